@@ -1,0 +1,360 @@
+//! `urlfleet`: check the HTTP status of very large URL sets, on a laptop or as a cluster.
+//!
+//! Exit codes: 0 success (and, for `check` / `submit --watch`, nothing broken); 1 runtime error
+//! (coordinator or database unreachable, I/O); 2 broken URLs found; 3 usage or configuration error.
+
+mod check;
+mod client;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use urlfleet_coordinator::CoordinatorConfig;
+use urlfleet_shared::proto::v1 as pb;
+use urlfleet_shared::telemetry::{self, LogFormat};
+use urlfleet_worker::WorkerConfig;
+
+use crate::output::Format;
+
+/// Exit code when broken URLs were found.
+pub const EXIT_BROKEN: u8 = 2;
+/// Exit code of usage and configuration errors.
+pub const EXIT_USAGE: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "urlfleet", version, about = "Check the HTTP status of very large URL sets", propagate_version = true)]
+struct Cli {
+    /// Log format: text or json (logs go to standard error).
+    #[arg(long, global = true, env = "URLFLEET_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Connection to a coordinator.
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// Coordinator address.
+    #[arg(long, env = "URLFLEET_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    coordinator: String,
+}
+
+/// Options of a submitted job.
+#[derive(clap::Args, Clone, Default)]
+pub struct JobArgs {
+    /// Job name.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Priority: high, medium or low (default: from the job's size).
+    #[arg(long)]
+    pub priority: Option<PriorityArg>,
+    /// Check every URL, even those checked recently.
+    #[arg(long)]
+    pub force: bool,
+    /// Concurrent requests per host (default 2).
+    #[arg(long)]
+    pub host_concurrency: Option<u32>,
+    /// Minimum interval between request starts to one host (default 100ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub host_interval: Option<std::time::Duration>,
+    /// Per-host politeness, HOST=CONCURRENCY/INTERVAL, e.g. example.com=16/0ms (repeatable).
+    #[arg(long = "host-policy", value_parser = client::parse_host_policy)]
+    pub host_policies: Vec<(String, pb::HostPolicy)>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = client::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Idempotency key: retrying a submission with the same key returns the first job.
+    #[arg(long, default_value = "")]
+    pub idempotency_key: String,
+}
+
+/// Job priority on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PriorityArg {
+    /// Before everything else.
+    High,
+    /// Before low.
+    Medium,
+    /// Last.
+    Low,
+}
+
+impl JobArgs {
+    /// The wire options.
+    pub fn options(&self) -> pb::JobOptions {
+        pb::JobOptions {
+            name: self.name.clone(),
+            priority: match self.priority {
+                None => pb::Priority::Unspecified,
+                Some(PriorityArg::High) => pb::Priority::High,
+                Some(PriorityArg::Medium) => pb::Priority::Medium,
+                Some(PriorityArg::Low) => pb::Priority::Low,
+            } as i32,
+            force: self.force,
+            politeness: Some(pb::HostPolicy {
+                concurrency: self.host_concurrency,
+                interval_ms: self.host_interval.map(|d| d.as_millis() as u64),
+            }),
+            host_policies: client::host_policies(&self.host_policies),
+            labels: self.labels.iter().cloned().collect(),
+            idempotency_key: self.idempotency_key.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check every URL of a list on this machine (embedded coordinator and worker) and print a summary.
+    Check(check::CheckArgs),
+    /// Run a coordinator.
+    Coordinator(CoordinatorConfig),
+    /// Run a worker.
+    Worker(WorkerConfig),
+    /// Submit a URL list to a coordinator as a job.
+    Submit {
+        /// File with one URL per line, or - for standard input.
+        file: PathBuf,
+        /// Follow the job until it ends, then print its summary.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        job: JobArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<StateArg>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one job.
+    Status {
+        /// Job id.
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a job's progress until it ends.
+    Watch {
+        /// Job id.
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a job's per-URL results.
+    Results {
+        /// Job id.
+        id: i64,
+        /// Only these classes: ok, redirected, broken, error, invalid (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<ClassArg>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job; finished results are kept.
+    Cancel {
+        /// Job id.
+        id: i64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Job state filter.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StateArg {
+    Scheduled,
+    Running,
+    Completed,
+    Cancelled,
+}
+
+/// Outcome class filter.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ClassArg {
+    /// 2xx.
+    Ok,
+    /// 2xx after redirects.
+    Redirected,
+    /// 4xx/5xx.
+    Broken,
+    /// No usable HTTP answer.
+    #[value(alias = "errors")]
+    Error,
+    /// Not a checkable URL.
+    Invalid,
+}
+
+impl From<ClassArg> for pb::OutcomeClass {
+    fn from(c: ClassArg) -> Self {
+        match c {
+            ClassArg::Ok => Self::Ok,
+            ClassArg::Redirected => Self::Redirected,
+            ClassArg::Broken => Self::Broken,
+            ClassArg::Error => Self::Error,
+            ClassArg::Invalid => Self::Invalid,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let default_filter = match cli.command {
+        Command::Coordinator(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    telemetry::init(default_filter, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("urlfleet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("urlfleet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    let shutdown = urlfleet_shared::shutdown::signal;
+    match command {
+        Command::Check(args) => check::run(args).await,
+        Command::Coordinator(config) => {
+            urlfleet_coordinator::serve(config, shutdown()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(config) => {
+            urlfleet_worker::run(config, shutdown()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { file, watch, job, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let resp = client::submit(&mut c, &file, job.options()).await?;
+            let submitted = resp.job.unwrap_or_default();
+            if resp.deduplicated {
+                eprintln!("an identical job is already scheduled or running: job {}", submitted.id);
+            }
+            println!("{}", submitted.id);
+            if !watch {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let done = follow(&mut c, submitted.id).await?;
+            println!("{}", output::job_details(&done));
+            Ok(gate(&done))
+        }
+        Command::Jobs { state, limit, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let states = state
+                .map(|s| {
+                    vec![match s {
+                        StateArg::Scheduled => pb::JobState::Scheduled,
+                        StateArg::Running => pb::JobState::Running,
+                        StateArg::Completed => pb::JobState::Completed,
+                        StateArg::Cancelled => pb::JobState::Cancelled,
+                    } as i32]
+                })
+                .unwrap_or_default();
+            let resp = c
+                .list_jobs(pb::ListJobsRequest { page_size: limit, page_token: String::new(), states })
+                .await
+                .map_err(client::status_error)?
+                .into_inner();
+            println!(
+                "{:>8}  {:<10} {:>9} {:>9} {:>8} {:>8}  {:<20}  name",
+                "id", "state", "total", "resolved", "broken", "errors", "created"
+            );
+            for j in resp.jobs {
+                let c = j.counts.unwrap_or_default();
+                println!(
+                    "{:>8}  {:<10} {:>9} {:>9} {:>8} {:>8}  {:<20}  {}",
+                    j.id,
+                    output::state_name(j.state),
+                    c.total,
+                    c.checked + c.fresh + c.invalid + c.failed,
+                    c.broken,
+                    c.error,
+                    urlfleet_shared::time::rfc3339(j.created_at_ms),
+                    j.name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { id, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let job = c.get_job(pb::GetJobRequest { id }).await.map_err(client::status_error)?.into_inner();
+            println!("{}", output::job_details(&job));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { id, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let done = follow(&mut c, id).await?;
+            println!("{}", output::job_details(&done));
+            Ok(gate(&done))
+        }
+        Command::Results { id, only, format, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let classes: Vec<pb::OutcomeClass> = only.into_iter().map(Into::into).collect();
+            let stdout = std::io::stdout().lock();
+            let mut w = output::ResultWriter::new(std::io::BufWriter::new(stdout), format);
+            client::results(&mut c, id, &classes, |r| Ok(w.write(&r)?)).await?;
+            w.finish()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id, remote } => {
+            let mut c = client::connect(&remote.coordinator).await?;
+            let job = c.cancel_job(pb::CancelJobRequest { id }).await.map_err(client::status_error)?.into_inner();
+            println!("{}", output::progress_line(&job));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Follows a job, printing progress to standard error when it is a terminal.
+async fn follow(c: &mut client::Client, id: i64) -> Result<pb::Job> {
+    let tty = std::io::stderr().is_terminal();
+    let done = client::watch(c, id, |j| {
+        if tty {
+            eprint!("\r\x1b[2K{}", output::progress_line(j));
+        }
+    })
+    .await?;
+    if tty {
+        eprintln!();
+    }
+    Ok(done)
+}
+
+/// Exit code of a finished job: 2 when anything is broken, errored or invalid.
+fn gate(job: &pb::Job) -> ExitCode {
+    if output::failures(&job.counts.unwrap_or_default()) > 0 {
+        ExitCode::from(EXIT_BROKEN)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

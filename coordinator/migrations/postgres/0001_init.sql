@@ -1,0 +1,108 @@
+-- urlfleet schema v1 (PostgreSQL). Timestamps are milliseconds since the Unix epoch (BIGINT).
+
+CREATE TABLE jobs (
+    id              BIGSERIAL PRIMARY KEY,
+    name            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    priority        SMALLINT NOT NULL,
+    options         BYTEA NOT NULL,
+    unique_key      TEXT NOT NULL,
+    unique_active   BOOLEAN NOT NULL,
+    idempotency_key TEXT,
+    not_before      BIGINT NOT NULL,
+    received        BIGINT NOT NULL DEFAULT 0,
+    total           BIGINT NOT NULL DEFAULT 0,
+    duplicates      BIGINT NOT NULL DEFAULT 0,
+    leased          BIGINT NOT NULL DEFAULT 0,
+    checked         BIGINT NOT NULL DEFAULT 0,
+    fresh           BIGINT NOT NULL DEFAULT 0,
+    invalid         BIGINT NOT NULL DEFAULT 0,
+    failed          BIGINT NOT NULL DEFAULT 0,
+    cancelled       BIGINT NOT NULL DEFAULT 0,
+    n_ok            BIGINT NOT NULL DEFAULT 0,
+    n_redirected    BIGINT NOT NULL DEFAULT 0,
+    n_broken        BIGINT NOT NULL DEFAULT 0,
+    n_error         BIGINT NOT NULL DEFAULT 0,
+    created_at      BIGINT NOT NULL,
+    sealed_at       BIGINT,
+    finished_at     BIGINT
+);
+-- Duplicate submissions: at most one active job per unique key, enforced by the database.
+CREATE UNIQUE INDEX jobs_unique_active ON jobs (unique_key) WHERE unique_active;
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_state ON jobs (state, id);
+
+CREATE TABLE urls (
+    id             BIGSERIAL PRIMARY KEY,
+    url            TEXT NOT NULL UNIQUE,
+    host           TEXT NOT NULL,
+    kind           TEXT,
+    status         INTEGER,
+    final_url      TEXT,
+    redirects      TEXT,
+    attempts       INTEGER,
+    response_ms    BIGINT,
+    content_type   TEXT,
+    content_length BIGINT,
+    error          TEXT,
+    checked_at     BIGINT
+);
+
+CREATE TABLE checks (
+    url_id         BIGINT NOT NULL REFERENCES urls (id),
+    checked_at     BIGINT NOT NULL,
+    lease_id       BIGINT NOT NULL,
+    kind           TEXT NOT NULL,
+    status         INTEGER,
+    final_url      TEXT,
+    redirects      TEXT,
+    attempts       INTEGER NOT NULL,
+    response_ms    BIGINT NOT NULL,
+    content_type   TEXT,
+    content_length BIGINT,
+    error          TEXT,
+    PRIMARY KEY (url_id, checked_at)
+);
+
+CREATE TABLE job_urls (
+    job_id    BIGINT NOT NULL REFERENCES jobs (id),
+    url_id    BIGINT NOT NULL REFERENCES urls (id),
+    host      TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    url_order SMALLINT NOT NULL,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    lease_id  BIGINT,
+    kind      TEXT,
+    PRIMARY KEY (job_id, url_id)
+);
+CREATE INDEX job_urls_frontier ON job_urls (host, url_order) WHERE state = 'pending';
+CREATE INDEX job_urls_lease ON job_urls (lease_id) WHERE state = 'leased';
+CREATE INDEX job_urls_open_url ON job_urls (url_id) WHERE state IN ('pending', 'leased');
+
+CREATE TABLE job_invalid (
+    job_id BIGINT NOT NULL REFERENCES jobs (id),
+    seq    BIGINT NOT NULL,
+    input  TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE hosts (
+    host            TEXT PRIMARY KEY,
+    pending         BIGINT NOT NULL DEFAULT 0,
+    lease_id        BIGINT,
+    lease_epoch     BIGINT NOT NULL DEFAULT 0,
+    leased_until    BIGINT,
+    worker_id       TEXT,
+    next_allowed_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX hosts_ready ON hosts (next_allowed_at) WHERE pending > 0 AND lease_id IS NULL;
+CREATE INDEX hosts_leased ON hosts (leased_until) WHERE lease_id IS NOT NULL;
+
+CREATE TABLE leases (
+    id          BIGSERIAL PRIMARY KEY,
+    host        TEXT NOT NULL,
+    epoch       BIGINT NOT NULL,
+    worker_id   TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);

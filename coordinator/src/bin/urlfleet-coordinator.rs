@@ -1,0 +1,28 @@
+//! `urlfleet-coordinator`: serves the job and worker APIs on one address.
+
+use clap::Parser;
+use urlfleet_coordinator::CoordinatorConfig;
+use urlfleet_shared::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "urlfleet-coordinator", version, about = "urlfleet coordinator")]
+struct Args {
+    #[command(flatten)]
+    config: CoordinatorConfig,
+    /// Log format: text or json.
+    #[arg(long, env = "URLFLEET_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    telemetry::init("info", args.log_format);
+    match urlfleet_coordinator::serve(args.config, urlfleet_shared::shutdown::signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("urlfleet-coordinator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

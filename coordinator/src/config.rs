@@ -1,0 +1,47 @@
+//! The coordinator's configuration: one typed struct shared by flags and environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use urlfleet_shared::policy;
+
+/// Configuration of a coordinator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "URLFLEET_LISTEN", default_value = policy::DEFAULT_COORDINATOR_ADDR)]
+    pub listen: SocketAddr,
+    /// Database URL: `postgres://…` for a cluster, `sqlite:PATH` for a single node.
+    #[arg(long = "db", env = "DATABASE_URL", default_value = "sqlite:urlfleet.db")]
+    pub database_url: String,
+    /// Lease time to live; workers renew their leases by heartbeats.
+    #[arg(long, env = "URLFLEET_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Maximum URLs in one lease.
+    #[arg(long, env = "URLFLEET_LEASE_SIZE", default_value_t = policy::DEFAULT_LEASE_SIZE)]
+    pub lease_size: u32,
+    /// Leases of one URL that may expire before it is marked failed.
+    #[arg(long, env = "URLFLEET_MAX_LEASE_ATTEMPTS", default_value_t = policy::DEFAULT_MAX_LEASE_ATTEMPTS)]
+    pub max_lease_attempts: u32,
+    /// How often expired leases are looked for.
+    #[arg(long, env = "URLFLEET_REAP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reap_interval: Duration,
+    /// An identical submission within this window returns the existing job.
+    #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
+    pub unique_window: Duration,
+}
+
+impl CoordinatorConfig {
+    /// A configuration with every default, serving on `listen` and storing in `database_url`.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Self {
+            listen,
+            database_url: database_url.into(),
+            lease_ttl: policy::DEFAULT_LEASE_TTL,
+            lease_size: policy::DEFAULT_LEASE_SIZE,
+            max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
+            reap_interval: Duration::from_secs(1),
+            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+        }
+    }
+}

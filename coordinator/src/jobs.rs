@@ -1,0 +1,378 @@
+//! `JobService`: the client API. Handlers convert wire messages into domain values at the edge and
+//! map every error to the gRPC code that says what went wrong.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, instrument, warn};
+use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
+use urlfleet_shared::{OutcomeClass, policy};
+
+use crate::config::CoordinatorConfig;
+use crate::events::Events;
+use crate::planner::Planner;
+use crate::store::{JobRecord, JobState, NewJob, RecheckPolicy, ResultRow, Store, StoreError};
+
+/// URLs persisted per store call while a submission is written.
+const ADD_BATCH: usize = 10_000;
+/// Results read per store call by `ListResults`.
+const RESULTS_PAGE: u32 = 1_000;
+/// Longest wait between two progress checks of a watched job.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+/// The `JobService` implementation.
+#[derive(Clone)]
+pub struct JobApi {
+    store: Arc<dyn Store>,
+    events: Arc<Events>,
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+}
+
+impl JobApi {
+    /// A handler over a store.
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Arc<Events>,
+        config: CoordinatorConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { store, events, config, shutdown }
+    }
+}
+
+/// Maps a store error to a gRPC status without leaking SQL details to clients.
+pub(crate) fn store_status(e: StoreError) -> Status {
+    warn!(error = %e, "store error");
+    match e {
+        StoreError::Connect { .. } | StoreError::Query(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+            Status::unavailable("database unavailable")
+        }
+        other => Status::internal(format!("store: {other}")),
+    }
+}
+
+fn not_found(id: i64) -> Status {
+    Status::not_found(format!("job {id} not found"))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    #[instrument(skip_all, name = "submit_job", fields(job.id = tracing::field::Empty, urls = tracing::field::Empty))]
+    async fn submit_job(
+        &self,
+        request: Request<Streaming<pb::SubmitJobRequest>>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let mut stream = request.into_inner();
+        let options = match stream.message().await? {
+            Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => o,
+            Some(_) => return Err(Status::invalid_argument("the first SubmitJob message must carry options")),
+            None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
+        };
+        validate_options(&options)?;
+        let mut planner = Planner::default();
+        while let Some(msg) = stream.message().await? {
+            match msg.item {
+                Some(pb::submit_job_request::Item::Urls(chunk)) => chunk.urls.iter().for_each(|u| planner.push(u)),
+                Some(pb::submit_job_request::Item::Options(_)) => {
+                    return Err(Status::invalid_argument("options may only be sent once, first"));
+                }
+                None => {}
+            }
+        }
+        let plan = planner.finish(&options);
+        if plan.total() == 0 {
+            return Err(Status::invalid_argument("the job has no URLs"));
+        }
+        let span = tracing::Span::current();
+        span.record("urls", plan.total());
+        let new = NewJob {
+            name: options.name.clone(),
+            priority: plan.priority,
+            options: options.encode_to_vec(),
+            unique_key: plan.unique_key.clone(),
+            idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
+            not_before_ms: options.not_before_ms,
+            received: plan.received,
+            duplicates: plan.duplicates,
+            total: plan.total(),
+            unique_window: self.config.unique_window,
+        };
+        let (job, deduplicated) = self.store.create_job(new).await.map_err(store_status)?;
+        span.record("job.id", job.id);
+        if deduplicated {
+            info!(job.id = job.id, "duplicate submission returns the existing job");
+            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
+        }
+        let recheck = RecheckPolicy {
+            force: options.force,
+            recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
+            recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
+        };
+        for batch in plan.urls.chunks(ADD_BATCH) {
+            self.store.add_urls(job.id, batch, recheck).await.map_err(store_status)?;
+            self.events.work_available();
+        }
+        if !plan.invalid.is_empty() {
+            self.store.add_invalid(job.id, 1, &plan.invalid).await.map_err(store_status)?;
+        }
+        let job = self.store.seal_job(job.id).await.map_err(store_status)?;
+        self.events.work_available();
+        self.events.job_changed(job.id);
+        info!(
+            job.id = job.id,
+            urls = plan.urls.len(),
+            invalid = plan.invalid.len(),
+            duplicates = plan.duplicates,
+            "job accepted"
+        );
+        Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: false }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().id;
+        let job = self.store.get_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
+        Ok(Response::new(job_to_pb(&job)))
+    }
+
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 50,
+            n => n.min(1_000),
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            t => Some(t.parse::<i64>().map_err(|_| Status::invalid_argument("malformed page_token"))?),
+        };
+        let mut states = Vec::new();
+        for s in &req.states {
+            states.push(match pb::JobState::try_from(*s) {
+                Ok(pb::JobState::Scheduled) => JobState::Scheduled,
+                Ok(pb::JobState::Running) => JobState::Running,
+                Ok(pb::JobState::Completed) => JobState::Completed,
+                Ok(pb::JobState::Cancelled) => JobState::Cancelled,
+                _ => return Err(Status::invalid_argument(format!("unknown job state {s}"))),
+            });
+        }
+        let jobs = self.store.list_jobs(&states, before, limit).await.map_err(store_status)?;
+        let next_page_token = if jobs.len() as u32 == limit {
+            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_to_pb).collect(), next_page_token }))
+    }
+
+    type WatchJobStream = BoxStream<pb::JobEvent>;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = request.into_inner().id;
+        let job = self.store.get_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        let mut changes = self.events.subscribe_jobs();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(
+            async move {
+                let mut last = job;
+                let mut first = true;
+                loop {
+                    let done = last.state.is_final();
+                    if first || done {
+                        let event = pb::JobEvent { job: Some(job_to_pb(&last)), r#final: done };
+                        if tx.send(Ok(event)).await.is_err() || done {
+                            return;
+                        }
+                        first = false;
+                    }
+                    // Wake on a local change or poll: another coordinator may be making the progress.
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        () = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("coordinator shutting down"))).await;
+                            return;
+                        }
+                        _ = async {
+                            loop {
+                                match changes.recv().await {
+                                    Ok(j) if j == id => return,
+                                    Ok(_) => {}
+                                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                                }
+                            }
+                        } => {}
+                        () = tokio::time::sleep(WATCH_POLL) => {}
+                    }
+                    match store.get_job(id).await {
+                        Ok(Some(job)) => {
+                            if job != last {
+                                let done = job.state.is_final();
+                                if !done {
+                                    let event = pb::JobEvent { job: Some(job_to_pb(&job)), r#final: false };
+                                    if tx.send(Ok(event)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                last = job;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => warn!(error = %e, job.id = id, "watch: reading the job failed; retrying"),
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("watch_job", job.id = id)),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = request.into_inner().id;
+        let (job, revoked) = self.store.cancel_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
+        for lease in revoked {
+            self.events.lease_revoked(lease);
+        }
+        self.events.job_changed(id);
+        info!(job.id = id, "job cancelled");
+        Ok(Response::new(job_to_pb(&job)))
+    }
+
+    type ListResultsStream = BoxStream<pb::UrlResult>;
+
+    async fn list_results(
+        &self,
+        request: Request<pb::ListResultsRequest>,
+    ) -> Result<Response<Self::ListResultsStream>, Status> {
+        let req = request.into_inner();
+        self.store.get_job(req.job_id).await.map_err(store_status)?.ok_or_else(|| not_found(req.job_id))?;
+        let mut classes = Vec::new();
+        for c in &req.classes {
+            let c =
+                pb::OutcomeClass::try_from(*c).map_err(|_| Status::invalid_argument(format!("unknown class {c}")))?;
+            classes.push(OutcomeClass::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        }
+        let after = req.after.clone();
+        if !(after.is_empty() || after.starts_with('u') || after.starts_with('i')) {
+            return Err(Status::invalid_argument("malformed cursor"));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut after = (!after.is_empty()).then_some(after);
+            let mut left = if req.limit == 0 { u64::MAX } else { req.limit };
+            while left > 0 {
+                let page = RESULTS_PAGE.min(u32::try_from(left).unwrap_or(u32::MAX));
+                let rows = match store.list_results(req.job_id, &classes, after.as_deref(), page).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let n = rows.len();
+                for row in rows {
+                    after = Some(row.cursor.clone());
+                    if tx.send(Ok(result_to_pb(row))).await.is_err() {
+                        return;
+                    }
+                }
+                left = left.saturating_sub(n as u64);
+                if n < page as usize {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn duration_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 { default } else { Duration::from_millis(ms) }
+}
+
+fn validate_options(o: &pb::JobOptions) -> Result<(), Status> {
+    if pb::Priority::try_from(o.priority).is_err() {
+        return Err(Status::invalid_argument(format!("unknown priority {}", o.priority)));
+    }
+    for host in o.host_policies.keys() {
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(Status::invalid_argument(format!("host policy key {host:?} is not a host")));
+        }
+    }
+    if o.idempotency_key.len() > 256 {
+        return Err(Status::invalid_argument("idempotency_key longer than 256 bytes"));
+    }
+    Ok(())
+}
+
+/// A stored job as a wire message.
+pub fn job_to_pb(j: &JobRecord) -> pb::Job {
+    let c = &j.counts;
+    let options = pb::JobOptions::decode(j.options.as_slice()).unwrap_or_default();
+    pb::Job {
+        id: j.id,
+        name: j.name.clone(),
+        state: match j.state {
+            JobState::Scheduled => pb::JobState::Scheduled,
+            JobState::Running => pb::JobState::Running,
+            JobState::Completed => pb::JobState::Completed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        } as i32,
+        priority: match j.priority {
+            1 => pb::Priority::High,
+            2 => pb::Priority::Medium,
+            _ => pb::Priority::Low,
+        } as i32,
+        counts: Some(pb::JobCounts {
+            received: c.received,
+            total: c.total,
+            duplicates: c.duplicates,
+            pending: c.pending(),
+            leased: c.leased,
+            checked: c.checked,
+            fresh: c.fresh,
+            invalid: c.invalid,
+            failed: c.failed,
+            ok: c.ok,
+            redirected: c.redirected,
+            broken: c.broken,
+            error: c.error,
+        }),
+        created_at_ms: j.created_at_ms,
+        sealed_at_ms: j.sealed_at_ms.unwrap_or(0),
+        finished_at_ms: j.finished_at_ms.unwrap_or(0),
+        not_before_ms: j.not_before_ms,
+        labels: options.labels.clone(),
+        options: Some(options),
+    }
+}
+
+fn result_to_pb(r: ResultRow) -> pb::UrlResult {
+    pb::UrlResult {
+        cursor: r.cursor,
+        url: r.url,
+        class: r.kind.map(|k| pb::OutcomeClass::from(k.class())).unwrap_or(pb::OutcomeClass::Unspecified) as i32,
+        kind: r.kind.map(|k| k.as_str().to_string()).unwrap_or_else(|| "pending".into()),
+        status: r.status.map(u32::from).unwrap_or(0),
+        final_url: r.final_url.unwrap_or_default(),
+        redirects: r.redirects.iter().map(Into::into).collect(),
+        attempts: r.attempts,
+        response_time_ms: r.response_time_ms,
+        content_type: r.content_type.unwrap_or_default(),
+        content_length: r.content_length,
+        checked_at_ms: r.checked_at_ms.unwrap_or(0),
+        error: r.error.unwrap_or_default(),
+        fresh: r.fresh,
+    }
+}

@@ -1,0 +1,24 @@
+//! The urlfleet coordinator: it accepts jobs, plans their URLs into a per-host frontier, leases
+//! host-partitioned batches to workers over one bidirectional stream each, ingests their results
+//! idempotently and reports progress.
+//!
+//! # Layout
+//! - [`store`]: the [`store::Store`] trait, PostgreSQL and SQLite implementations, migrations.
+//! - [`planner`]: turns a submitted URL stream into a job (normalize, dedup, unique key, priority).
+//! - [`jobs`]: the `JobService` gRPC handlers.
+//! - [`work`]: the `WorkerService` gRPC handler: worker sessions, credits, leases, ingest, acks.
+//! - [`events`]: in-process notifications (new work, job progress, revoked leases).
+//! - [`server`]: wiring: [`server::run`] serves both services (plus health and reflection) on a
+//!   listener until a shutdown future completes.
+//! - [`config`]: the coordinator's typed configuration.
+
+pub mod config;
+pub mod events;
+pub mod jobs;
+pub mod planner;
+pub mod server;
+pub mod store;
+pub mod work;
+
+pub use config::CoordinatorConfig;
+pub use server::{run, serve};

@@ -1,0 +1,425 @@
+//! Persistence: the [`Store`] trait and its two implementations, PostgreSQL (the cluster store) and
+//! SQLite (the embedded default). Both run the same SQL where the dialects agree (see [`sql`]), so
+//! the same conformance tests hold for both.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop};
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached or refused the connection.
+    #[error("cannot connect to database {url}: {source}")]
+    Connect {
+        /// Database URL with the password masked.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The database URL names no supported database.
+    #[error("unsupported database URL {0} (expected postgres://… or sqlite:…)")]
+    UnsupportedUrl(String),
+    /// Migrations failed.
+    #[error("migrating database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// Stored data that cannot be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Lifecycle state of a job, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Accepted, nothing leased yet.
+    Scheduled,
+    /// Some URL leased, not all resolved.
+    Running,
+    /// Every URL resolved.
+    Completed,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl JobState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+
+    fn parse(s: &str) -> StoreResult<Self> {
+        Ok(match s {
+            "scheduled" => Self::Scheduled,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "cancelled" => Self::Cancelled,
+            other => return Err(StoreError::Corrupt(format!("job state {other:?}"))),
+        })
+    }
+}
+
+/// Scheduling priority (1 high, 2 medium, 3 low).
+pub type Priority = i16;
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Display name.
+    pub name: String,
+    /// Effective priority.
+    pub priority: Priority,
+    /// Encoded options (protobuf `JobOptions`), kept as submitted.
+    pub options: Vec<u8>,
+    /// Hash of the sorted URL set and the options: duplicate submissions share it.
+    pub unique_key: String,
+    /// Client idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Earliest lease time.
+    pub not_before_ms: i64,
+    /// Entries received (including duplicates and invalid ones).
+    pub received: u64,
+    /// Entries that collapsed into an identical earlier one.
+    pub duplicates: u64,
+    /// Distinct entries (valid and invalid).
+    pub total: u64,
+    /// An active job with the same key older than this is not a duplicate any more.
+    pub unique_window: Duration,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: JobState,
+    /// Priority.
+    pub priority: Priority,
+    /// Encoded options.
+    pub options: Vec<u8>,
+    /// Earliest lease time.
+    pub not_before_ms: i64,
+    /// Counters.
+    pub counts: JobCounts,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// When every URL was persisted.
+    pub sealed_at_ms: Option<i64>,
+    /// When the job ended.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// Counters of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Entries received.
+    pub received: u64,
+    /// Distinct entries.
+    pub total: u64,
+    /// Collapsed duplicates.
+    pub duplicates: u64,
+    /// Leased right now.
+    pub leased: u64,
+    /// Checked by this job.
+    pub checked: u64,
+    /// Skipped by the re-check policy.
+    pub fresh: u64,
+    /// Invalid entries.
+    pub invalid: u64,
+    /// Given up after expired leases.
+    pub failed: u64,
+    /// Left unresolved by a cancellation.
+    pub cancelled: u64,
+    /// Outcome classes of checked and fresh URLs.
+    pub ok: u64,
+    /// See `ok`.
+    pub redirected: u64,
+    /// See `ok`.
+    pub broken: u64,
+    /// See `ok` (includes failed).
+    pub error: u64,
+}
+
+impl JobCounts {
+    /// URLs not resolved yet (waiting or leased).
+    pub fn unresolved(&self) -> u64 {
+        self.total.saturating_sub(self.checked + self.fresh + self.invalid + self.failed + self.cancelled)
+    }
+
+    /// URLs waiting for a lease.
+    pub fn pending(&self) -> u64 {
+        self.unresolved().saturating_sub(self.leased)
+    }
+}
+
+/// A valid URL of a job, ready to persist.
+#[derive(Debug, Clone)]
+pub struct PlannedUrl {
+    /// Normalized URL.
+    pub url: String,
+    /// Its host key.
+    pub host: String,
+}
+
+/// The re-check policy applied when URLs are added to a job.
+#[derive(Debug, Clone, Copy)]
+pub struct RecheckPolicy {
+    /// Check everything.
+    pub force: bool,
+    /// A healthy URL checked more recently than this is fresh.
+    pub recheck_after: Duration,
+    /// A URL with stored status >= 400 checked more recently than this is fresh.
+    pub recheck_broken_after: Duration,
+}
+
+/// An invalid input entry.
+#[derive(Debug, Clone)]
+pub struct InvalidEntry {
+    /// The input as given.
+    pub input: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+/// What a lease request asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// Worker that will hold the lease.
+    pub worker_id: String,
+    /// At most this many URLs.
+    pub max_urls: u32,
+    /// Lease time to live.
+    pub ttl: Duration,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Lease id.
+    pub id: i64,
+    /// Fencing epoch of the host.
+    pub epoch: i64,
+    /// Host.
+    pub host: String,
+    /// (url id, url).
+    pub urls: Vec<(i64, String)>,
+    /// Deadline, ms since epoch.
+    pub deadline_ms: i64,
+    /// Jobs the URLs belong to.
+    pub jobs: Vec<i64>,
+    /// Encoded options of those jobs (for politeness), deduplicated.
+    pub job_options: Vec<Vec<u8>>,
+}
+
+/// What happened to the jobs touched by a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Jobs whose counters changed.
+    pub jobs: Vec<i64>,
+}
+
+/// A stored result of one URL of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultRow {
+    /// Paging cursor.
+    pub cursor: String,
+    /// URL (or raw input for invalid entries).
+    pub url: String,
+    /// Outcome kind; `None` while unresolved.
+    pub kind: Option<OutcomeKind>,
+    /// Whether the result came from the re-check policy.
+    pub fresh: bool,
+    /// Final status.
+    pub status: Option<u16>,
+    /// Final URL.
+    pub final_url: Option<String>,
+    /// Redirect hops.
+    pub redirects: Vec<RedirectHop>,
+    /// Attempts.
+    pub attempts: u32,
+    /// Response time.
+    pub response_time_ms: u64,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Content length.
+    pub content_length: Option<u64>,
+    /// Check time.
+    pub checked_at_ms: Option<i64>,
+    /// Reason for errors.
+    pub error: Option<String>,
+}
+
+/// The persistence interface of a coordinator. Every write is idempotent; see the module docs of the
+/// implementations for the SQL.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a job, or returns the active job with the same unique key (or idempotency key); the
+    /// flag is true in that case. Uniqueness is enforced by unique indexes, so two concurrent
+    /// submissions cannot both create a job.
+    async fn create_job(&self, job: NewJob) -> StoreResult<(JobRecord, bool)>;
+    /// Adds valid URLs to a job (applying the re-check policy), in one transaction per call.
+    async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()>;
+    /// Adds invalid entries to a job; `first_seq` numbers them.
+    async fn add_invalid(&self, job_id: i64, first_seq: i64, entries: &[InvalidEntry]) -> StoreResult<()>;
+    /// Marks a job's submission complete; completes it at once when nothing is left to check.
+    async fn seal_job(&self, job_id: i64) -> StoreResult<JobRecord>;
+    /// One job.
+    async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>>;
+    /// Jobs newest first, with id below `before` when given, in the given states (all when empty).
+    async fn list_jobs(&self, states: &[JobState], before: Option<i64>, limit: u32) -> StoreResult<Vec<JobRecord>>;
+    /// Cancels a job; returns it and the ids of leases that now hold nothing but cancelled work.
+    async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>>;
+    /// Leases a batch of URLs of one free, ready host; `None` when no work is ready.
+    async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>>;
+    /// Renews the worker's leases.
+    async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()>;
+    /// Makes every lease of the worker expire now (the worker went away).
+    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()>;
+    /// Returns the URLs of expired leases to the frontier, failing those whose leases expired
+    /// `max_attempts` times.
+    async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
+    /// Persists reported results: latest state (monotonic), history (idempotent), job progress.
+    async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched>;
+    /// A page of a job's results after `after`, filtered by class (all when empty).
+    async fn list_results(
+        &self,
+        job_id: i64,
+        classes: &[OutcomeClass],
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ResultRow>>;
+}
+
+/// Opens the store a database URL names, creating an SQLite file when missing, and migrates it.
+pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(mask_password(url)))
+    }
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..auth_end].rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}://{}:***{}", &url[..scheme_end], &userinfo[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Aggregated counter changes per job, built while applying a write.
+#[derive(Debug, Default)]
+pub(crate) struct CounterDelta(BTreeMap<i64, [i64; 9]>);
+
+/// Index of each counter in a [`CounterDelta`] row.
+pub(crate) mod delta {
+    pub const LEASED: usize = 0;
+    pub const CHECKED: usize = 1;
+    pub const FRESH: usize = 2;
+    pub const FAILED: usize = 3;
+    pub const OK: usize = 4;
+    pub const REDIRECTED: usize = 5;
+    pub const BROKEN: usize = 6;
+    pub const ERROR: usize = 7;
+    pub const CANCELLED: usize = 8;
+}
+
+impl CounterDelta {
+    pub(crate) fn add(&mut self, job: i64, idx: usize, n: i64) {
+        self.0.entry(job).or_default()[idx] += n;
+    }
+
+    pub(crate) fn add_class(&mut self, job: i64, class: OutcomeClass) {
+        let idx = match class {
+            OutcomeClass::Ok => delta::OK,
+            OutcomeClass::Redirected => delta::REDIRECTED,
+            OutcomeClass::Broken => delta::BROKEN,
+            OutcomeClass::Error | OutcomeClass::Invalid => delta::ERROR,
+        };
+        self.add(job, idx, 1);
+    }
+
+    pub(crate) fn jobs(&self) -> Vec<i64> {
+        self.0.keys().copied().collect()
+    }
+
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (i64, &[i64; 9])> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+/// Redirect hops as stored: one `status url` pair per line.
+pub(crate) fn encode_redirects(hops: &[RedirectHop]) -> Option<String> {
+    if hops.is_empty() {
+        return None;
+    }
+    Some(hops.iter().map(|h| format!("{} {}", h.status, h.url)).collect::<Vec<_>>().join("\n"))
+}
+
+pub(crate) fn decode_redirects(s: Option<&str>) -> Vec<RedirectHop> {
+    s.unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (st, url) = l.split_once(' ')?;
+            Some(RedirectHop { url: url.to_string(), status: st.parse().ok()? })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(mask_password("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(mask_password("sqlite:./urlfleet.db"), "sqlite:./urlfleet.db");
+    }
+
+    #[test]
+    fn redirects_round_trip() {
+        let hops = vec![
+            RedirectHop { url: "http://a.example/x y".into(), status: 301 },
+            RedirectHop { url: "http://b.example/".into(), status: 308 },
+        ];
+        assert_eq!(decode_redirects(encode_redirects(&hops).as_deref()), hops);
+        assert!(encode_redirects(&[]).is_none());
+    }
+}

@@ -1,0 +1,825 @@
+//! The SQL both stores share. PostgreSQL and SQLite agree on everything the store needs here
+//! (`$N` placeholders, `ON CONFLICT`, `RETURNING`, partial indexes); the few differences are passed
+//! in as literals. The implementation is a macro, not generic code, so that each store is checked
+//! by the compiler against its own concrete driver types and can override hot paths later.
+
+/// Rows per multi-row statement: under both bind-parameter limits (SQLite 32,766, PostgreSQL 65,535)
+/// for the widest statement here (6 columns): floor(32_766 / 6 × 0.9) = 4,914, rounded down.
+pub(crate) const CHUNK_ROWS: usize = 4_000;
+
+/// Columns of `jobs` read into a [`super::JobRecord`], in the order `job_from_row` expects.
+pub(crate) const JOB_COLS: &str = "id, name, state, priority, options, not_before, received, total, \
+     duplicates, leased, checked, fresh, invalid, failed, cancelled, n_ok, n_redirected, n_broken, \
+     n_error, created_at, sealed_at, finished_at";
+
+/// Kinds whose class is one of `classes`.
+pub(crate) fn kinds_of(classes: &[urlfleet_shared::OutcomeClass]) -> Vec<&'static str> {
+    urlfleet_shared::OutcomeKind::ALL.into_iter().filter(|k| classes.contains(&k.class())).map(|k| k.as_str()).collect()
+}
+
+/// Where a URL goes when added to a job: `(state, url_order)`, given what is stored about it.
+/// `url_order` sorts the frontier: job priority first, then never checked, broken, stale.
+pub(crate) fn plan_state(
+    priority: i16,
+    stored_kind: Option<&str>,
+    stored_status: Option<i32>,
+    checked_at: Option<i64>,
+    policy: &super::RecheckPolicy,
+    now: i64,
+) -> (&'static str, i16) {
+    let base = priority * 10;
+    let Some(checked_at) = checked_at else { return ("pending", base) };
+    let failing = stored_status.is_some_and(|s| s >= 400)
+        || stored_kind
+            .and_then(|k| k.parse::<urlfleet_shared::OutcomeKind>().ok())
+            .is_some_and(|k| k.class().is_failure());
+    let age = now - checked_at;
+    if failing {
+        if policy.force || age >= urlfleet_shared::time::ms(policy.recheck_broken_after) {
+            return ("pending", base + 1);
+        }
+    } else if policy.force || age >= urlfleet_shared::time::ms(policy.recheck_after) {
+        return ("pending", base + 2);
+    }
+    ("fresh", base + 2)
+}
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, skip_locked = $skip:literal) => {
+        use std::collections::{BTreeMap, BTreeSet, HashMap};
+        use std::time::Duration;
+
+        use sqlx::{QueryBuilder, Row};
+        use urlfleet_shared::convert::ReportedResult;
+        use urlfleet_shared::time::{ms, now_ms};
+        use urlfleet_shared::{OutcomeClass, OutcomeKind};
+
+        use crate::store::sql::{kinds_of, plan_state, CHUNK_ROWS, JOB_COLS};
+        use crate::store::{
+            decode_redirects, delta, encode_redirects, CounterDelta, InvalidEntry, JobCounts,
+            JobRecord, JobState, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy,
+            ResultRow, Store, StoreError, StoreResult, Touched,
+        };
+
+        type Tx<'a> = sqlx::Transaction<'a, $db>;
+
+        fn job_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<JobRecord> {
+            let u = |i: usize| -> StoreResult<u64> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
+            Ok(JobRecord {
+                id: row.try_get(0)?,
+                name: row.try_get(1)?,
+                state: JobState::parse(&row.try_get::<String, _>(2)?)?,
+                priority: row.try_get(3)?,
+                options: row.try_get(4)?,
+                not_before_ms: row.try_get(5)?,
+                counts: JobCounts {
+                    received: u(6)?,
+                    total: u(7)?,
+                    duplicates: u(8)?,
+                    leased: u(9)?,
+                    checked: u(10)?,
+                    fresh: u(11)?,
+                    invalid: u(12)?,
+                    failed: u(13)?,
+                    cancelled: u(14)?,
+                    ok: u(15)?,
+                    redirected: u(16)?,
+                    broken: u(17)?,
+                    error: u(18)?,
+                },
+                created_at_ms: row.try_get(19)?,
+                sealed_at_ms: row.try_get(20)?,
+                finished_at_ms: row.try_get(21)?,
+            })
+        }
+
+        async fn fetch_job(tx: &mut Tx<'_>, id: i64) -> StoreResult<Option<JobRecord>> {
+            let sql = sqlx::AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"));
+            let row = sqlx::query(sql).bind(id).fetch_optional(&mut **tx).await?;
+            row.as_ref().map(job_from_row).transpose()
+        }
+
+        /// Applies counter changes, in ascending job id order (a fixed lock order avoids deadlocks
+        /// between concurrent transactions on PostgreSQL).
+        async fn apply_delta(tx: &mut Tx<'_>, d: &CounterDelta) -> StoreResult<()> {
+            for (job, v) in d.rows() {
+                sqlx::query(
+                    "UPDATE jobs SET leased = leased + $2, checked = checked + $3, fresh = fresh + $4, \
+                     failed = failed + $5, n_ok = n_ok + $6, n_redirected = n_redirected + $7, \
+                     n_broken = n_broken + $8, n_error = n_error + $9, cancelled = cancelled + $10 \
+                     WHERE id = $1",
+                )
+                .bind(job)
+                .bind(v[delta::LEASED])
+                .bind(v[delta::CHECKED])
+                .bind(v[delta::FRESH])
+                .bind(v[delta::FAILED])
+                .bind(v[delta::OK])
+                .bind(v[delta::REDIRECTED])
+                .bind(v[delta::BROKEN])
+                .bind(v[delta::ERROR])
+                .bind(v[delta::CANCELLED])
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        /// Completes the jobs whose every URL is resolved.
+        async fn complete_if_done(tx: &mut Tx<'_>, jobs: &[i64], now: i64) -> StoreResult<()> {
+            for job in jobs {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'completed', finished_at = $2, unique_active = FALSE \
+                     WHERE id = $1 AND sealed_at IS NOT NULL AND state IN ('scheduled', 'running') \
+                     AND checked + fresh + invalid + failed + cancelled >= total",
+                )
+                .bind(job)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        /// Adds pending work to hosts' frontier counters (negative to remove).
+        async fn add_host_pending(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, i64>) -> StoreResult<()> {
+            let rows: Vec<(&str, i64)> = per_host.iter().map(|(h, n)| (*h, *n)).collect();
+            for chunk in rows.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending) ");
+                qb.push_values(chunk, |mut b, (h, n)| {
+                    b.push_bind(*h).push_bind(*n);
+                });
+                qb.push(" ON CONFLICT (host) DO UPDATE SET pending = hosts.pending + excluded.pending");
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// Releases a host whose lease has no leased URL left, and keeps it paused until `not_before`.
+        async fn release_lease_if_done(tx: &mut Tx<'_>, lease_id: i64, not_before: i64) -> StoreResult<()> {
+            sqlx::query(
+                "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL, \
+                 next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END \
+                 WHERE lease_id = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased')",
+            )
+            .bind(lease_id)
+            .bind(not_before)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            async fn create_job(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                if let Some(key) = &job.idempotency_key {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT {JOB_COLS} FROM jobs WHERE idempotency_key = $1"
+                    ));
+                    if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *tx).await? {
+                        return Ok((job_from_row(&row)?, true));
+                    }
+                }
+                // An active job older than the uniqueness window no longer absorbs duplicates.
+                sqlx::query(
+                    "UPDATE jobs SET unique_active = FALSE \
+                     WHERE unique_key = $1 AND unique_active AND created_at < $2",
+                )
+                .bind(&job.unique_key)
+                .bind(now - ms(job.unique_window))
+                .execute(&mut *tx)
+                .await?;
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
+                     idempotency_key, not_before, received, total, duplicates, created_at) \
+                     VALUES ($1, 'scheduled', $2, $3, $4, TRUE, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                )
+                .bind(&job.name)
+                .bind(job.priority)
+                .bind(&job.options)
+                .bind(&job.unique_key)
+                .bind(&job.idempotency_key)
+                .bind(job.not_before_ms)
+                .bind(job.received as i64)
+                .bind(job.total as i64)
+                .bind(job.duplicates as i64)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (id, existing) = match id {
+                    Some(id) => (id, false),
+                    None => {
+                        let id: Option<i64> = sqlx::query_scalar(
+                            "SELECT id FROM jobs WHERE (unique_key = $1 AND unique_active) \
+                             OR idempotency_key = $2 ORDER BY id LIMIT 1",
+                        )
+                        .bind(&job.unique_key)
+                        .bind(&job.idempotency_key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let id = id.ok_or_else(|| {
+                            StoreError::Corrupt("job insert conflicted with no visible job".into())
+                        })?;
+                        (id, true)
+                    }
+                };
+                let rec = fetch_job(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                Ok((rec, existing))
+            }
+
+            async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let priority: i16 = sqlx::query_scalar("SELECT priority FROM jobs WHERE id = $1")
+                    .bind(job_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut d = CounterDelta::default();
+                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
+                for chunk in urls.chunks(CHUNK_ROWS) {
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO urls (url, host) ");
+                    qb.push_values(chunk, |mut b, u| {
+                        b.push_bind(u.url.as_str()).push_bind(u.host.as_str());
+                    });
+                    qb.push(" ON CONFLICT (url) DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT id, url, kind, status, checked_at FROM urls WHERE url IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for u in chunk {
+                        sep.push_bind(u.url.as_str());
+                    }
+                    qb.push(")");
+                    let rows = qb.build().fetch_all(&mut *tx).await?;
+                    let mut stored: HashMap<String, (i64, Option<String>, Option<i32>, Option<i64>)> =
+                        HashMap::with_capacity(rows.len());
+                    for r in rows {
+                        stored.insert(r.try_get(1)?, (r.try_get(0)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
+                    }
+                    let mut planned = Vec::with_capacity(chunk.len());
+                    for u in chunk {
+                        let (id, kind, status, checked_at) = stored
+                            .get(&u.url)
+                            .ok_or_else(|| StoreError::Corrupt(format!("url {} not stored", u.url)))?;
+                        let (state, order) = plan_state(priority, kind.as_deref(), *status, *checked_at, &policy, now);
+                        let kept_kind = if state == "fresh" { kind.clone() } else { None };
+                        if state == "fresh" {
+                            d.add(job_id, delta::FRESH, 1);
+                            let class = kind
+                                .as_deref()
+                                .and_then(|k| k.parse::<OutcomeKind>().ok())
+                                .map(|k| k.class())
+                                .unwrap_or(OutcomeClass::Error);
+                            d.add_class(job_id, class);
+                        } else {
+                            *per_host.entry(u.host.as_str()).or_default() += 1;
+                        }
+                        planned.push((*id, u.host.as_str(), state, order, kept_kind));
+                    }
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) ",
+                    );
+                    qb.push_values(&planned, |mut b, (id, host, state, order, kind)| {
+                        b.push_bind(job_id)
+                            .push_bind(*id)
+                            .push_bind(*host)
+                            .push_bind(*state)
+                            .push_bind(*order)
+                            .push_bind(kind.as_deref());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                add_host_pending(&mut tx, &per_host).await?;
+                apply_delta(&mut tx, &d).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn add_invalid(&self, job_id: i64, first_seq: i64, entries: &[InvalidEntry]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                let mut inserted = 0u64;
+                for (ci, chunk) in entries.chunks(CHUNK_ROWS).enumerate() {
+                    let base = first_seq + (ci * CHUNK_ROWS) as i64;
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO job_invalid (job_id, seq, input, reason) ");
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, e)| {
+                        b.push_bind(job_id)
+                            .push_bind(base + i as i64)
+                            .push_bind(e.input.as_str())
+                            .push_bind(e.reason.as_str());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                sqlx::query("UPDATE jobs SET invalid = invalid + $2 WHERE id = $1")
+                    .bind(job_id)
+                    .bind(inserted as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn seal_job(&self, job_id: i64) -> StoreResult<JobRecord> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE jobs SET sealed_at = $2 WHERE id = $1 AND sealed_at IS NULL")
+                    .bind(job_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                complete_if_done(&mut tx, &[job_id], now).await?;
+                let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                Ok(rec)
+            }
+
+            async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"));
+                let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(job_from_row).transpose()
+            }
+
+            async fn list_jobs(&self, states: &[JobState], before: Option<i64>, limit: u32) -> StoreResult<Vec<JobRecord>> {
+                let mut qb = QueryBuilder::<$db>::new(format!("SELECT {JOB_COLS} FROM jobs WHERE id < "));
+                qb.push_bind(before.unwrap_or(i64::MAX));
+                if !states.is_empty() {
+                    qb.push(" AND state IN (");
+                    let mut sep = qb.separated(", ");
+                    for s in states {
+                        sep.push_bind(s.as_str());
+                    }
+                    qb.push(")");
+                }
+                qb.push(" ORDER BY id DESC LIMIT ");
+                qb.push_bind(i64::from(limit));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(job_from_row).collect()
+            }
+
+            async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let Some(job) = fetch_job(&mut tx, id).await? else { return Ok(None) };
+                if job.state.is_final() {
+                    return Ok(Some((job, Vec::new())));
+                }
+                let pending: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let leased: Vec<(Option<i64>,)> = sqlx::query_as(
+                    "UPDATE job_urls SET state = 'cancelled', lease_id = NULL \
+                     WHERE job_id = $1 AND state = 'leased' RETURNING lease_id",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
+                for (h,) in &pending {
+                    *per_host.entry(h.as_str()).or_default() -= 1;
+                }
+                add_host_pending(&mut tx, &per_host).await?;
+                let lease_ids: BTreeSet<i64> = leased.iter().filter_map(|(l,)| *l).collect();
+                let mut revoked = Vec::new();
+                for l in lease_ids {
+                    // A lease that still holds URLs of other jobs keeps running for them.
+                    let res = sqlx::query(
+                        "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL \
+                         WHERE lease_id = $1 AND NOT EXISTS \
+                         (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased')",
+                    )
+                    .bind(l)
+                    .execute(&mut *tx)
+                    .await?;
+                    if res.rows_affected() > 0 {
+                        revoked.push(l);
+                    }
+                }
+                let n = (pending.len() + leased.len()) as i64;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = $2, unique_active = FALSE, \
+                     cancelled = cancelled + $3, leased = leased - $4 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(n)
+                .bind(leased.len() as i64)
+                .execute(&mut *tx)
+                .await?;
+                let job = fetch_job(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                Ok(Some((job, revoked)))
+            }
+
+            async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let candidates: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT host, lease_epoch FROM hosts WHERE pending > 0 AND lease_id IS NULL \
+                     AND next_allowed_at <= $1 ORDER BY next_allowed_at, host LIMIT 4",
+                    $skip
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (host, epoch) in candidates {
+                    let rows: Vec<(i64,)> = sqlx::query_as(
+                        "SELECT ju.url_id FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
+                         WHERE ju.host = $1 AND ju.state = 'pending' \
+                         AND j.state IN ('scheduled', 'running') AND j.not_before <= $2 \
+                         ORDER BY ju.url_order, ju.url_id LIMIT $3",
+                    )
+                    .bind(&host)
+                    .bind(now)
+                    .bind(i64::from(req.max_urls.max(1)))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let url_ids: BTreeSet<i64> = rows.into_iter().map(|(id,)| id).collect();
+                    if url_ids.is_empty() {
+                        // The counter drifted or the host's work waits for `not_before`: recount and
+                        // look again a little later.
+                        sqlx::query(
+                            "UPDATE hosts SET next_allowed_at = $2, pending = \
+                             (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND state = 'pending') WHERE host = $1",
+                        )
+                        .bind(&host)
+                        .bind(now + 1_000)
+                        .execute(&mut *tx)
+                        .await?;
+                        continue;
+                    }
+                    let epoch = epoch + 1;
+                    let lease_id: i64 = sqlx::query_scalar(
+                        "INSERT INTO leases (host, epoch, worker_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(&host)
+                    .bind(epoch)
+                    .bind(&req.worker_id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let mut d = CounterDelta::default();
+                    let mut n_rows = 0i64;
+                    let ids: Vec<i64> = url_ids.iter().copied().collect();
+                    for chunk in ids.chunks(CHUNK_ROWS) {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE job_urls SET state = 'leased', lease_id = ");
+                        qb.push_bind(lease_id);
+                        qb.push(" WHERE state = 'pending' AND url_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(*id);
+                        }
+                        qb.push(") RETURNING job_id");
+                        let jobs: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                        for (j,) in jobs {
+                            d.add(j, delta::LEASED, 1);
+                            n_rows += 1;
+                        }
+                    }
+                    let deadline = now + ms(req.ttl);
+                    sqlx::query(
+                        "UPDATE hosts SET lease_id = $2, lease_epoch = $3, leased_until = $4, worker_id = $5, \
+                         pending = pending - $6 WHERE host = $1",
+                    )
+                    .bind(&host)
+                    .bind(lease_id)
+                    .bind(epoch)
+                    .bind(deadline)
+                    .bind(&req.worker_id)
+                    .bind(n_rows)
+                    .execute(&mut *tx)
+                    .await?;
+                    apply_delta(&mut tx, &d).await?;
+                    let jobs = d.jobs();
+                    let mut options = Vec::new();
+                    for j in &jobs {
+                        sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'")
+                            .bind(j)
+                            .execute(&mut *tx)
+                            .await?;
+                        let o: Vec<u8> = sqlx::query_scalar("SELECT options FROM jobs WHERE id = $1")
+                            .bind(j)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        if !options.contains(&o) {
+                            options.push(o);
+                        }
+                    }
+                    let mut urls = Vec::with_capacity(ids.len());
+                    for chunk in ids.chunks(CHUNK_ROWS) {
+                        let mut qb = QueryBuilder::<$db>::new("SELECT id, url FROM urls WHERE id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(*id);
+                        }
+                        qb.push(") ORDER BY id");
+                        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                        urls.extend(rows);
+                    }
+                    tx.commit().await?;
+                    return Ok(Some(LeaseGrant {
+                        id: lease_id,
+                        epoch,
+                        host,
+                        urls,
+                        deadline_ms: deadline,
+                        jobs,
+                        job_options: options,
+                    }));
+                }
+                tx.commit().await?;
+                Ok(None)
+            }
+
+            async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
+                let until = now_ms() + ms(ttl);
+                for id in lease_ids {
+                    sqlx::query("UPDATE hosts SET leased_until = $3 WHERE lease_id = $1 AND worker_id = $2")
+                        .bind(id)
+                        .bind(worker_id)
+                        .bind(until)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()> {
+                sqlx::query("UPDATE hosts SET leased_until = 0 WHERE worker_id = $1 AND lease_id IS NOT NULL")
+                    .bind(worker_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let expired: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT host, lease_id FROM hosts WHERE lease_id IS NOT NULL AND leased_until < $1 \
+                     ORDER BY host LIMIT 100",
+                    $skip
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut d = CounterDelta::default();
+                for (host, lease_id) in &expired {
+                    let rows: Vec<(i64, String)> = sqlx::query_as(
+                        "UPDATE job_urls SET attempts = attempts + 1, lease_id = NULL, \
+                         state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE 'pending' END, \
+                         kind = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE kind END \
+                         WHERE lease_id = $1 AND state = 'leased' RETURNING job_id, state",
+                    )
+                    .bind(lease_id)
+                    .bind(i64::from(max_attempts))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut back = 0i64;
+                    for (job, state) in &rows {
+                        d.add(*job, delta::LEASED, -1);
+                        if state == "failed" {
+                            d.add(*job, delta::FAILED, 1);
+                            d.add(*job, delta::ERROR, 1);
+                        } else {
+                            back += 1;
+                        }
+                    }
+                    sqlx::query(
+                        "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL, \
+                         pending = pending + $3 WHERE host = $1 AND lease_id = $2",
+                    )
+                    .bind(host)
+                    .bind(lease_id)
+                    .bind(back)
+                    .execute(&mut *tx)
+                    .await?;
+                    tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
+                }
+                apply_delta(&mut tx, &d).await?;
+                let jobs = d.jobs();
+                complete_if_done(&mut tx, &jobs, now).await?;
+                tx.commit().await?;
+                Ok(Touched { jobs })
+            }
+
+            async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
+                let now = now_ms();
+                let mut tx = self.pool.begin().await?;
+                let mut d = CounterDelta::default();
+                let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
+                let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
+                let mut sorted: Vec<&ReportedResult> = results.iter().collect();
+                sorted.sort_by_key(|r| (r.url_id, r.outcome.checked_at_ms));
+                for r in sorted {
+                    let o = &r.outcome;
+                    let redirects = encode_redirects(&o.redirects);
+                    let status = o.status.map(i32::from);
+                    let attempts = o.attempts as i32;
+                    let response_ms = o.response_time_ms.min(i64::MAX as u64) as i64;
+                    let length = o.content_length.map(|l| l.min(i64::MAX as u64) as i64);
+                    // Latest state, monotonic: an older result never overwrites a newer one.
+                    sqlx::query(
+                        "UPDATE urls SET kind = $2, status = $3, final_url = $4, redirects = $5, attempts = $6, \
+                         response_ms = $7, content_type = $8, content_length = $9, error = $10, checked_at = $11 \
+                         WHERE id = $1 AND (checked_at IS NULL OR checked_at < $11)",
+                    )
+                    .bind(r.url_id)
+                    .bind(o.kind.as_str())
+                    .bind(status)
+                    .bind(o.final_url.as_deref())
+                    .bind(redirects.as_deref())
+                    .bind(attempts)
+                    .bind(response_ms)
+                    .bind(o.content_type.as_deref())
+                    .bind(length)
+                    .bind(o.error.as_deref())
+                    .bind(o.checked_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    // History; a replayed report hits the primary key and changes nothing.
+                    sqlx::query(
+                        "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, \
+                         attempts, response_ms, content_type, content_length, error) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                         ON CONFLICT (url_id, checked_at) DO NOTHING",
+                    )
+                    .bind(r.url_id)
+                    .bind(o.checked_at_ms)
+                    .bind(r.lease_id)
+                    .bind(o.kind.as_str())
+                    .bind(status)
+                    .bind(o.final_url.as_deref())
+                    .bind(redirects.as_deref())
+                    .bind(attempts)
+                    .bind(response_ms)
+                    .bind(o.content_type.as_deref())
+                    .bind(length)
+                    .bind(o.error.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                    // Progress: only an open URL can finish, so a replay or a late report from an
+                    // expired lease can neither double-count nor un-finish anything.
+                    let class = o.kind.class();
+                    let from_leased: Vec<(i64,)> = sqlx::query_as(
+                        "UPDATE job_urls SET state = 'done', kind = $2, lease_id = NULL \
+                         WHERE url_id = $1 AND state = 'leased' RETURNING job_id",
+                    )
+                    .bind(r.url_id)
+                    .bind(o.kind.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for (job,) in from_leased {
+                        d.add(job, delta::LEASED, -1);
+                        d.add(job, delta::CHECKED, 1);
+                        d.add_class(job, class);
+                    }
+                    let from_pending: Vec<(i64, String)> = sqlx::query_as(
+                        "UPDATE job_urls SET state = 'done', kind = $2 \
+                         WHERE url_id = $1 AND state = 'pending' RETURNING job_id, host",
+                    )
+                    .bind(r.url_id)
+                    .bind(o.kind.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    for (job, host) in from_pending {
+                        d.add(job, delta::CHECKED, 1);
+                        d.add_class(job, class);
+                        *per_host.entry(host).or_default() -= 1;
+                    }
+                    let pause = leases.entry(r.lease_id).or_insert(0);
+                    *pause = (*pause).max(o.host_paused_until_ms.unwrap_or(0));
+                }
+                let per_host: BTreeMap<&str, i64> = per_host.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+                add_host_pending(&mut tx, &per_host).await?;
+                for (lease, pause) in &leases {
+                    if *pause > now {
+                        sqlx::query(
+                            "UPDATE hosts SET next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 \
+                             ELSE next_allowed_at END WHERE host = (SELECT host FROM leases WHERE id = $1)",
+                        )
+                        .bind(lease)
+                        .bind(pause)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    release_lease_if_done(&mut tx, *lease, now).await?;
+                }
+                apply_delta(&mut tx, &d).await?;
+                let jobs = d.jobs();
+                complete_if_done(&mut tx, &jobs, now).await?;
+                tx.commit().await?;
+                Ok(Touched { jobs })
+            }
+
+            async fn list_results(
+                &self,
+                job_id: i64,
+                classes: &[OutcomeClass],
+                after: Option<&str>,
+                limit: u32,
+            ) -> StoreResult<Vec<ResultRow>> {
+                // Cursor: `u<url id>` within the URL rows, then `i<seq>` within the invalid entries.
+                let (in_invalid, after_n) = match after {
+                    None | Some("") => (false, 0),
+                    Some(c) => {
+                        let n = c.get(1..).and_then(|n| n.parse::<i64>().ok());
+                        match (c.as_bytes()[0], n) {
+                            (b'u', Some(n)) => (false, n),
+                            (b'i', Some(n)) => (true, n),
+                            _ => return Err(StoreError::Corrupt(format!("bad cursor {c:?}"))),
+                        }
+                    }
+                };
+                let kinds = kinds_of(classes);
+                let want_urls = classes.is_empty() || kinds.iter().any(|k| *k != "invalid");
+                let want_invalid = classes.is_empty() || classes.contains(&OutcomeClass::Invalid);
+                let mut out = Vec::new();
+                if want_urls && !in_invalid {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT u.id, u.url, ju.kind, ju.state, u.status, u.final_url, u.redirects, u.attempts, \
+                         u.response_ms, u.content_type, u.content_length, u.checked_at, u.error \
+                         FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = ",
+                    );
+                    qb.push_bind(job_id).push(" AND ju.url_id > ").push_bind(after_n);
+                    if !classes.is_empty() {
+                        qb.push(" AND ju.kind IN (");
+                        let mut sep = qb.separated(", ");
+                        for k in &kinds {
+                            sep.push_bind(*k);
+                        }
+                        qb.push(")");
+                    }
+                    qb.push(" ORDER BY ju.url_id LIMIT ").push_bind(i64::from(limit));
+                    for r in qb.build().fetch_all(&self.pool).await? {
+                        let id: i64 = r.try_get(0)?;
+                        let kind: Option<String> = r.try_get(2)?;
+                        let state: String = r.try_get(3)?;
+                        let resolved = matches!(state.as_str(), "done" | "fresh" | "failed");
+                        out.push(ResultRow {
+                            cursor: format!("u{id}"),
+                            url: r.try_get(1)?,
+                            kind: kind.as_deref().and_then(|k| k.parse().ok()),
+                            fresh: state == "fresh",
+                            status: if resolved { r.try_get::<Option<i32>, _>(4)?.map(|s| s as u16) } else { None },
+                            final_url: if resolved { r.try_get(5)? } else { None },
+                            redirects: if resolved { decode_redirects(r.try_get::<Option<String>, _>(6)?.as_deref()) } else { Vec::new() },
+                            attempts: r.try_get::<Option<i32>, _>(7)?.unwrap_or(0).max(0) as u32,
+                            response_time_ms: r.try_get::<Option<i64>, _>(8)?.unwrap_or(0).max(0) as u64,
+                            content_type: r.try_get(9)?,
+                            content_length: r.try_get::<Option<i64>, _>(10)?.map(|l| l.max(0) as u64),
+                            checked_at_ms: r.try_get(11)?,
+                            error: if state == "failed" {
+                                Some("gave up: the URL's leases expired too many times".into())
+                            } else {
+                                r.try_get(12)?
+                            },
+                        });
+                    }
+                }
+                let remaining = i64::from(limit) - out.len() as i64;
+                if want_invalid && remaining > 0 {
+                    let after_seq = if in_invalid { after_n } else { -1 };
+                    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                        "SELECT seq, input, reason FROM job_invalid WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    )
+                    .bind(job_id)
+                    .bind(after_seq)
+                    .bind(remaining)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for (seq, input, reason) in rows {
+                        out.push(ResultRow {
+                            cursor: format!("i{seq}"),
+                            url: input,
+                            kind: Some(OutcomeKind::Invalid),
+                            fresh: false,
+                            status: None,
+                            final_url: None,
+                            redirects: Vec::new(),
+                            attempts: 0,
+                            response_time_ms: 0,
+                            content_type: None,
+                            content_length: None,
+                            checked_at_ms: None,
+                            error: Some(reason),
+                        });
+                    }
+                }
+                Ok(out)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

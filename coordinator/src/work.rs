@@ -1,0 +1,259 @@
+//! `WorkerService.Work`: one session per connected worker. The session grants leases while the
+//! worker has credits, ingests result batches and acknowledges each only after it is committed,
+//! renews leases on heartbeats, forwards revocations, and makes the worker's leases expire when the
+//! stream ends so that their unfinished URLs return to the frontier.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use urlfleet_shared::HostPolicy;
+use urlfleet_shared::convert::{ReportedResult, overlay_policy};
+use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
+use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
+
+use crate::config::CoordinatorConfig;
+use crate::events::Events;
+use crate::store::{LeaseGrant, LeaseRequest, Store};
+
+/// Longest wait before looking for work again when nothing was leasable.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Attempts to commit one result batch before the session gives up (the worker resends it).
+const INGEST_ATTEMPTS: u32 = 5;
+
+/// The `WorkerService` implementation.
+#[derive(Clone)]
+pub struct WorkApi {
+    store: Arc<dyn Store>,
+    events: Arc<Events>,
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+    coordinator_id: Arc<str>,
+    sessions: Arc<AtomicU64>,
+}
+
+impl WorkApi {
+    /// A handler over a store.
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Arc<Events>,
+        config: CoordinatorConfig,
+        shutdown: CancellationToken,
+        coordinator_id: Arc<str>,
+    ) -> Self {
+        Self { store, events, config, shutdown, coordinator_id, sessions: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkApi {
+    type WorkStream = WorkStream;
+
+    async fn work(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<WorkStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(Status::unavailable("coordinator shutting down"));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMessage { msg: Some(In::Hello(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first Work message must be hello")),
+        };
+        if hello.worker_id.is_empty() {
+            return Err(Status::invalid_argument("hello.worker_id is empty"));
+        }
+        // Leases are held by the session, not the worker: a reconnecting worker must not be able to
+        // renew (or lose) leases of its previous session by accident.
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let holder = format!("{}#{}/{}", hello.worker_id, self.coordinator_id, n);
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = pb::Welcome {
+            coordinator_id: self.coordinator_id.to_string(),
+            lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
+        };
+        tx.send(Ok(out(Out::Welcome(welcome)))).await.map_err(|_| Status::cancelled("worker went away"))?;
+        info!(worker.id = %hello.worker_id, session = %holder, capacity = hello.capacity, "worker connected");
+        let session = Session { api: self.clone(), holder: holder.clone(), tx, credits: 0, leaving: false };
+        tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn out(msg: Out) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { msg: Some(msg) }
+}
+
+struct Session {
+    api: WorkApi,
+    holder: String,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    credits: u64,
+    leaving: bool,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::WorkerMessage>) {
+        let mut revoked = self.api.events.subscribe_revocations();
+        let result: Result<(), String> = async {
+            loop {
+                // Lease as long as the worker has credits and work is ready.
+                while self.credits > 0 && !self.leaving && !self.api.shutdown.is_cancelled() {
+                    match self.lease().await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            warn!(error = %e, "leasing failed");
+                            break;
+                        }
+                    }
+                }
+                let want_work = self.credits > 0 && !self.leaving;
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => self.handle(m).await?,
+                        Ok(None) => return Ok(()),
+                        Err(status) => return Err(format!("stream error: {}", status.message())),
+                    },
+                    () = self.api.events.work_notified(), if want_work => {}
+                    () = tokio::time::sleep(IDLE_POLL), if want_work => {}
+                    r = revoked.recv() => {
+                        if let Ok(lease_id) = r {
+                            // Every session forwards every revocation; a worker ignores leases it does not hold.
+                            let revoke = pb::Revoke { lease_id, reason: "job cancelled".into() };
+                            if self.tx.send(Ok(out(Out::Revoke(revoke)))).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    () = self.api.shutdown.cancelled() => return Ok(()),
+                    () = self.tx.closed() => return Ok(()),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            warn!(error = %e, "worker session ended with an error");
+        }
+        // Whatever the worker still held goes back to the frontier at the next reap.
+        if let Err(e) = self.api.store.expire_worker_leases(&self.holder).await {
+            warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
+        }
+        self.api.events.work_available();
+        info!(session = %self.holder, "worker disconnected");
+    }
+
+    async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
+        match msg.msg {
+            Some(In::Credits(c)) => self.credits += u64::from(c.urls),
+            Some(In::Results(batch)) => self.ingest(batch).await?,
+            Some(In::Heartbeat(hb)) => {
+                if let Err(e) =
+                    self.api.store.renew_leases(&self.holder, &hb.lease_ids, self.api.config.lease_ttl).await
+                {
+                    warn!(error = %e, "renewing leases failed");
+                }
+            }
+            Some(In::Goodbye(g)) => {
+                info!(reason = %g.reason, "worker leaving");
+                self.leaving = true;
+            }
+            Some(In::Hello(_)) => return Err("hello sent twice".into()),
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn lease(&mut self) -> Result<bool, crate::store::StoreError> {
+        let req = LeaseRequest {
+            worker_id: self.holder.clone(),
+            max_urls: self.credits.min(u64::from(self.api.config.lease_size)) as u32,
+            ttl: self.api.config.lease_ttl,
+        };
+        let Some(grant) = self.api.store.acquire_lease(&req).await? else { return Ok(false) };
+        self.credits -= grant.urls.len() as u64;
+        debug!(lease.id = grant.id, server.address = %grant.host, urls = grant.urls.len(), "lease granted");
+        for job in &grant.jobs {
+            self.api.events.job_changed(*job);
+        }
+        let lease = lease_to_pb(grant);
+        if self.tx.send(Ok(out(Out::Lease(lease)))).await.is_err() {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn ingest(&mut self, batch: pb::ResultBatch) -> Result<(), String> {
+        let mut results = Vec::with_capacity(batch.results.len());
+        for r in batch.results {
+            match ReportedResult::try_from(r) {
+                Ok(r) => results.push(r),
+                // A malformed result cannot become valid by resending: drop it, loudly.
+                Err(e) => warn!(error = %e, batch = batch.batch_id, "dropping a malformed result"),
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        let touched = loop {
+            attempt += 1;
+            match self.api.store.ingest(&results).instrument(info_span!("ingest_chunk", rows = results.len())).await {
+                Ok(t) => break t,
+                Err(e) if attempt < INGEST_ATTEMPTS => {
+                    warn!(error = %e, attempt, "ingest failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                // Not acknowledged: the worker keeps the batch and resends it after reconnecting.
+                Err(e) => return Err(format!("ingest failed: {e}")),
+            }
+        };
+        let ack = pb::Ack { batch_id: batch.batch_id };
+        if self.tx.send(Ok(out(Out::Ack(ack)))).await.is_err() {
+            return Ok(());
+        }
+        for job in touched.jobs {
+            self.api.events.job_changed(job);
+        }
+        self.api.events.work_available();
+        Ok(())
+    }
+}
+
+/// The politeness of a lease: the strictest of the jobs its URLs belong to, so that sharing a URL
+/// between jobs never makes a host's limits looser than any of them asked for.
+fn lease_policy(grant: &LeaseGrant) -> HostPolicy {
+    let mut policy: Option<HostPolicy> = None;
+    for raw in &grant.job_options {
+        let o = pb::JobOptions::decode(raw.as_slice()).unwrap_or_default();
+        let p = overlay_policy(HostPolicy::default(), o.politeness.as_ref());
+        let p = overlay_policy(p, o.host_policies.get(&grant.host));
+        policy = Some(match policy {
+            None => p,
+            Some(q) => {
+                HostPolicy { concurrency: q.concurrency.min(p.concurrency), interval: q.interval.max(p.interval) }
+            }
+        });
+    }
+    policy.unwrap_or_default()
+}
+
+fn lease_to_pb(grant: LeaseGrant) -> pb::Lease {
+    let policy = lease_policy(&grant);
+    pb::Lease {
+        id: grant.id,
+        epoch: grant.epoch,
+        host: grant.host,
+        urls: grant.urls.into_iter().map(|(url_id, url)| pb::LeasedUrl { url_id, url }).collect(),
+        policy: Some(policy.into()),
+        deadline_ms: grant.deadline_ms,
+        trace_context: Default::default(),
+    }
+}

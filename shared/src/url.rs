@@ -1,0 +1,182 @@
+//! URL normalization: the one place that decides what "the same URL" means.
+//!
+//! Parsing follows the WHATWG URL standard (the `url` crate), which already lowercases the scheme and
+//! host, converts international domain names to punycode, drops a default port, turns an empty path
+//! into `/` and percent-encodes what must be. On top of that, normalization drops the fragment (never
+//! sent to a server), upper-cases percent-escapes and decodes escaped unreserved characters, so
+//! `%7e` and `~` are one URL. Query order is kept: servers may care about it.
+
+use std::fmt;
+
+/// Why an input line is not a checkable URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// The line does not parse as an absolute URL.
+    #[error("not a valid URL: {0}")]
+    Parse(String),
+    /// The scheme is not http or https.
+    #[error("unsupported scheme {0:?} (only http and https are checked)")]
+    Scheme(String),
+    /// The URL has no host.
+    #[error("URL has no host")]
+    NoHost,
+    /// The URL is longer than the stored limit.
+    #[error("URL is longer than {MAX_URL_LEN} bytes")]
+    TooLong,
+}
+
+/// Longest URL accepted, in bytes (after normalization).
+pub const MAX_URL_LEN: usize = 8192;
+
+/// A normalized http(s) URL and the host it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NormalizedUrl {
+    url: url::Url,
+    host: String,
+}
+
+impl NormalizedUrl {
+    /// Parses and normalizes one URL. Surrounding whitespace is ignored.
+    pub fn parse(input: &str) -> Result<Self, UrlError> {
+        let input = input.trim();
+        let mut url = url::Url::parse(input).map_err(|e| UrlError::Parse(e.to_string()))?;
+        match url.scheme() {
+            "http" | "https" => {}
+            other => return Err(UrlError::Scheme(other.to_string())),
+        }
+        url.set_fragment(None);
+        let path = normalize_escapes(url.path());
+        if path != url.path() {
+            url.set_path(&path);
+        }
+        if let Some(q) = url.query() {
+            let q2 = normalize_escapes(q);
+            if q2 != q {
+                url.set_query(Some(&q2));
+            }
+        }
+        let host = host_key(&url).ok_or(UrlError::NoHost)?;
+        if url.as_str().len() > MAX_URL_LEN {
+            return Err(UrlError::TooLong);
+        }
+        Ok(Self { url, host })
+    }
+
+    /// The normalized URL text.
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The parsed URL.
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// The host key: lowercase host (punycode or IP literal) with `:port` when the port is not the
+    /// scheme's default. Politeness and leases are partitioned by this key.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+impl fmt::Display for NormalizedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+/// The host key of any parsed URL (see [`NormalizedUrl::host`]); `None` when it has no host.
+pub fn host_key(url: &url::Url) -> Option<String> {
+    let host = url.host_str()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+/// Upper-cases percent-escapes and decodes those of unreserved characters (RFC 3986 §6.2.2).
+fn normalize_escapes(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let (h, l) = (b[i + 1], b[i + 2]);
+            if let (Some(hv), Some(lv)) = (hex(h), hex(l)) {
+                let c = hv * 16 + lv;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push(h.to_ascii_uppercase() as char);
+                    out.push(l.to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Push the whole UTF-8 character starting here (the url crate escapes non-ASCII, but be safe).
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> String {
+        NormalizedUrl::parse(s).unwrap().as_str().to_string()
+    }
+
+    #[test]
+    fn lowercases_scheme_and_host_and_drops_default_port_and_fragment() {
+        assert_eq!(n("HTTP://Example.COM:80/a#frag"), "http://example.com/a");
+        assert_eq!(n("https://example.com:443"), "https://example.com/");
+        assert_eq!(n("  https://example.com:8443/x?b=2&a=1  "), "https://example.com:8443/x?b=2&a=1");
+    }
+
+    #[test]
+    fn idna_hosts_become_punycode() {
+        assert_eq!(n("https://Bücher.example/"), "https://xn--bcher-kva.example/");
+    }
+
+    #[test]
+    fn percent_escapes_are_normalized() {
+        assert_eq!(n("http://a.example/%7euser/%2f?q=%7e%2a"), "http://a.example/~user/%2F?q=~%2A");
+    }
+
+    #[test]
+    fn host_key_keeps_explicit_ports() {
+        let u = NormalizedUrl::parse("http://127.0.0.2:8080/x").unwrap();
+        assert_eq!(u.host(), "127.0.0.2:8080");
+        let u = NormalizedUrl::parse("http://[::1]/").unwrap();
+        assert_eq!(u.host(), "[::1]");
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_checked() {
+        assert!(matches!(NormalizedUrl::parse("ftp://x.example/"), Err(UrlError::Scheme(_))));
+        assert!(matches!(NormalizedUrl::parse("not a url"), Err(UrlError::Parse(_))));
+        assert!(matches!(NormalizedUrl::parse("mailto:a@b.example"), Err(UrlError::Scheme(_))));
+        assert!(matches!(NormalizedUrl::parse("http://"), Err(UrlError::Parse(_))));
+    }
+}

@@ -1,0 +1,139 @@
+//! Per-host politeness and the worker's global bound on in-flight requests.
+//!
+//! A request first waits for its host — a free per-host concurrency slot, then the host's next
+//! allowed start (interval since the previous start, or a pause after 429/503) — and only then takes
+//! a global slot. A host's delay therefore never holds a global slot: requests to other hosts do not
+//! wait behind a slow or paused host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use urlfleet_shared::HostPolicy;
+
+/// Per-host state.
+#[derive(Debug)]
+struct HostState {
+    slots: Arc<Semaphore>,
+    concurrency: u32,
+    /// Serializes the scheduling of request starts; holds the next allowed start.
+    next_start: tokio::sync::Mutex<Instant>,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+/// The gate every request passes.
+#[derive(Debug)]
+pub struct Politeness {
+    hosts: Mutex<HashMap<String, Arc<HostState>>>,
+    global: Arc<Semaphore>,
+}
+
+/// Permission to send one request: a host slot and a global slot, released on drop.
+#[derive(Debug)]
+pub struct Permit {
+    _host: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Politeness {
+    /// A gate with `global` in-flight requests at most.
+    pub fn new(global: usize) -> Self {
+        Self { hosts: Mutex::new(HashMap::new()), global: Arc::new(Semaphore::new(global.max(1))) }
+    }
+
+    fn host(&self, host: &str, policy: HostPolicy) -> Arc<HostState> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let concurrency = policy.concurrency.max(1);
+        match hosts.get(host) {
+            Some(s) if s.concurrency == concurrency => s.clone(),
+            existing => {
+                // A changed limit takes effect for new requests; the next start time carries over.
+                let next = existing.and_then(|s| s.next_start.try_lock().ok().map(|n| *n)).unwrap_or_else(Instant::now);
+                let paused = existing.and_then(|s| *s.paused_until.lock().unwrap_or_else(|e| e.into_inner()));
+                let s = Arc::new(HostState {
+                    slots: Arc::new(Semaphore::new(concurrency as usize)),
+                    concurrency,
+                    next_start: tokio::sync::Mutex::new(next),
+                    paused_until: Mutex::new(paused),
+                });
+                hosts.insert(host.to_string(), s.clone());
+                s
+            }
+        }
+    }
+
+    /// Waits until a request to `host` may start under `policy`.
+    pub async fn acquire(&self, host: &str, policy: HostPolicy) -> Permit {
+        let state = self.host(host, policy);
+        let host_slot = state.slots.clone().acquire_owned().await.expect("host semaphore never closes");
+        let mut next = state.next_start.lock().await;
+        loop {
+            let paused = *state.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            let wake = paused.map_or(*next, |p| p.max(*next));
+            if wake <= Instant::now() {
+                break;
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+        let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
+        *next = Instant::now() + policy.interval;
+        Permit { _host: host_slot, _global: global }
+    }
+
+    /// Pauses a host for everyone on this worker (Retry-After, back-off after 429/503).
+    pub fn pause(&self, host: &str, for_: Duration) {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = hosts.get(host) {
+            let until = Instant::now() + for_;
+            let mut p = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_none_or(|p| p < until) {
+                *p = Some(until);
+            }
+        }
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self, capacity: usize) -> usize {
+        capacity - self.global.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_to_one_host_are_spaced_by_the_interval() {
+        let gate = Arc::new(Politeness::new(8));
+        let policy = HostPolicy { concurrency: 4, interval: Duration::from_millis(100) };
+        let t0 = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let p = gate.acquire("a.example", policy).await;
+            starts.push(t0.elapsed());
+            drop(p);
+        }
+        for w in starts.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_millis(100), "{starts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_host_does_not_hold_back_other_hosts() {
+        let gate = Arc::new(Politeness::new(1));
+        let policy = HostPolicy { concurrency: 1, interval: Duration::ZERO };
+        drop(gate.acquire("slow.example", policy).await);
+        gate.pause("slow.example", Duration::from_secs(60));
+        let g = gate.clone();
+        let slow = tokio::spawn(async move { g.acquire("slow.example", policy).await });
+        tokio::task::yield_now().await;
+        let t0 = Instant::now();
+        let other = gate.acquire("fast.example", policy).await;
+        assert!(t0.elapsed() < Duration::from_secs(1), "the paused host held the only global slot");
+        drop(other);
+        let _ = slow.await;
+        assert!(t0.elapsed() >= Duration::from_secs(59));
+    }
+}

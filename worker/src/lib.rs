@@ -1,0 +1,14 @@
+//! The urlfleet worker: it holds one session with a coordinator, checks the URLs leased to it with
+//! bounded concurrency and per-host politeness, and reports results until they are acknowledged.
+//!
+//! # Layout
+//! - [`engine`]: the HTTP check engine (politeness gate, retries, redirects, SSRF guard).
+//! - [`session`]: the coordinator session (credits, leases, result batches, acks, reconnects).
+//! - [`config`]: the worker's typed configuration.
+
+pub mod config;
+pub mod engine;
+pub mod session;
+
+pub use config::WorkerConfig;
+pub use session::run;

@@ -1,0 +1,319 @@
+//! The worker's session with its coordinator.
+//!
+//! Checks run independently of the connection: a lease's checks keep going while the worker
+//! reconnects, and their results wait in the outbox. Every result batch stays in the outbox until the
+//! coordinator acknowledges it (it acknowledges only what is committed), and unacknowledged batches
+//! are resent after every reconnect; the coordinator's writes are idempotent, so a resend changes
+//! nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+use urlfleet_shared::HostPolicy;
+use urlfleet_shared::convert::{ReportedResult, overlay_policy};
+use urlfleet_shared::proto::v1::worker_service_client::WorkerServiceClient;
+use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as In, worker_message::Msg as Out};
+
+use crate::config::WorkerConfig;
+use crate::engine::Engine;
+
+/// Largest gRPC message accepted.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Reconnect back-off bounds.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Runs a worker until `shutdown` completes, then leaves gracefully: it says goodbye, lets its leased
+/// checks finish within the grace period, waits for their results to be acknowledged and exits.
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine::new(config.engine())?);
+    Worker::new(config, engine).run(shutdown).await
+}
+
+/// A finished URL: its result, or nothing when the check was abandoned (lease revoked).
+type Finished = Option<pb::CheckResult>;
+
+struct Worker {
+    config: WorkerConfig,
+    id: String,
+    engine: Arc<Engine>,
+    leases: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    /// URLs leased and not finished.
+    outstanding: Arc<AtomicUsize>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
+    /// Results not yet in a batch.
+    pending: Vec<pb::CheckResult>,
+    /// Batches sent and not acknowledged.
+    unacked: BTreeMap<u64, pb::ResultBatch>,
+    next_batch: u64,
+    /// Credits owed to the coordinator (URLs finished since the last grant).
+    owed: u32,
+    stopping: Option<Instant>,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The stream broke: reconnect.
+    Lost(String),
+    /// Everything is delivered after a shutdown.
+    Done,
+}
+
+impl Worker {
+    fn new(config: WorkerConfig, engine: Arc<Engine>) -> Self {
+        let id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        Self {
+            config,
+            id,
+            engine,
+            leases: Arc::default(),
+            outstanding: Arc::default(),
+            finished_tx,
+            finished_rx,
+            pending: Vec::new(),
+            unacked: BTreeMap::new(),
+            next_batch: 1,
+            owed: 0,
+            stopping: None,
+        }
+    }
+
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut delay = RECONNECT_MIN;
+        info!(worker.id = %self.id, coordinator = %self.config.coordinator, "worker starting");
+        loop {
+            match self.connect_and_work(&mut shutdown).await {
+                Ok(Ended::Done) => {
+                    info!(worker.id = %self.id, "worker stopped");
+                    return Ok(());
+                }
+                Ok(Ended::Lost(why)) => {
+                    warn!(error = %why, unacked = self.unacked.len(), "coordinator session lost; reconnecting");
+                    delay = RECONNECT_MIN;
+                }
+                Err(e) => {
+                    debug!(error = %format!("{e:#}"), "cannot reach the coordinator");
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+            }
+            if let Some(deadline) = self.stopping
+                && Instant::now() >= deadline + self.config.shutdown_grace
+            {
+                warn!(
+                    unacked_batches = self.unacked.len(),
+                    "giving up on the coordinator during shutdown; unacknowledged results are lost"
+                );
+                return Ok(());
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            tokio::select! {
+                () = tokio::time::sleep(delay + jitter) => {}
+                () = &mut shutdown, if self.stopping.is_none() => self.begin_stop(),
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        info!(
+            leases = self.leases.lock().map(|l| l.len()).unwrap_or(0),
+            "worker shutting down: finishing leased checks"
+        );
+        self.stopping = Some(Instant::now() + self.config.shutdown_grace);
+    }
+
+    async fn connect_and_work(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> anyhow::Result<Ended> {
+        let channel = tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
+            .context("coordinator address")?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting")?;
+        let mut client = WorkerServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(256);
+        let send = |tx: &mpsc::Sender<pb::WorkerMessage>, m: Out| {
+            let tx = tx.clone();
+            async move { tx.send(pb::WorkerMessage { msg: Some(m) }).await.is_ok() }
+        };
+        let hello = pb::Hello {
+            worker_id: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            capacity: self.config.concurrency as u32,
+        };
+        send(&tx, Out::Hello(hello)).await;
+        let mut inbound = client.work(ReceiverStream::new(rx)).await.context("opening the work stream")?.into_inner();
+        let ttl = match inbound.message().await.context("reading welcome")? {
+            Some(pb::CoordinatorMessage { msg: Some(In::Welcome(w)) }) => {
+                Duration::from_millis(w.lease_ttl_ms.max(300))
+            }
+            _ => anyhow::bail!("the coordinator did not answer hello with welcome"),
+        };
+        info!(worker.id = %self.id, "connected to coordinator");
+        for batch in self.unacked.values() {
+            send(&tx, Out::Results(batch.clone())).await;
+        }
+        self.owed = 0;
+        if self.stopping.is_none() {
+            let free = (self.config.credits as usize).saturating_sub(self.outstanding.load(Ordering::Relaxed));
+            send(&tx, Out::Credits(pb::Credits { urls: free as u32 })).await;
+        } else {
+            send(&tx, Out::Goodbye(pb::Goodbye { reason: "shutting down".into() })).await;
+        }
+        let mut flush = tokio::time::interval(self.config.batch_delay.max(Duration::from_millis(1)));
+        let mut heartbeat = tokio::time::interval(ttl / 3);
+        loop {
+            if let Some(deadline) = self.stopping {
+                let idle = self.leases.lock().map(|l| l.is_empty()).unwrap_or(true);
+                if idle
+                    && self.pending.is_empty()
+                    && self.unacked.is_empty()
+                    && self.outstanding.load(Ordering::Relaxed) == 0
+                {
+                    return Ok(Ended::Done);
+                }
+                if Instant::now() >= deadline {
+                    self.abandon_leases();
+                }
+            }
+            let grace_tick = tokio::time::sleep(Duration::from_millis(100));
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => self.handle(m),
+                    Ok(None) => return Ok(Ended::Lost("the coordinator closed the stream".into())),
+                    Err(status) => return Ok(Ended::Lost(status.message().to_string())),
+                },
+                f = self.finished_rx.recv() => {
+                    // The worker holds a sender itself, so the channel never closes.
+                    if let Some(f) = f {
+                        self.owed += 1;
+                        if let Some(r) = f {
+                            self.pending.push(r);
+                        }
+                        if self.pending.len() >= self.config.batch_size && !self.flush(&tx).await {
+                            return Ok(Ended::Lost("send failed".into()));
+                        }
+                    }
+                }
+                _ = flush.tick() => {
+                    if !self.flush(&tx).await {
+                        return Ok(Ended::Lost("send failed".into()));
+                    }
+                    if self.owed > 0 && self.stopping.is_none() {
+                        let urls = std::mem::take(&mut self.owed);
+                        send(&tx, Out::Credits(pb::Credits { urls })).await;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let lease_ids: Vec<i64> = self.leases.lock().map(|l| l.keys().copied().collect()).unwrap_or_default();
+                    if !lease_ids.is_empty() {
+                        send(&tx, Out::Heartbeat(pb::Heartbeat { lease_ids })).await;
+                    }
+                }
+                () = &mut *shutdown, if self.stopping.is_none() => {
+                    self.begin_stop();
+                    send(&tx, Out::Goodbye(pb::Goodbye { reason: "shutting down".into() })).await;
+                }
+                () = grace_tick, if self.stopping.is_some() => {}
+            }
+        }
+    }
+
+    /// Sends pending results as one batch, kept until acknowledged. False when the stream is gone.
+    async fn flush(&mut self, tx: &mpsc::Sender<pb::WorkerMessage>) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let batch = pb::ResultBatch { batch_id: self.next_batch, results: std::mem::take(&mut self.pending) };
+        self.next_batch += 1;
+        self.unacked.insert(batch.batch_id, batch.clone());
+        tx.send(pb::WorkerMessage { msg: Some(Out::Results(batch)) }).await.is_ok()
+    }
+
+    fn handle(&mut self, msg: pb::CoordinatorMessage) {
+        match msg.msg {
+            Some(In::Lease(lease)) => self.start_lease(lease),
+            Some(In::Ack(ack)) => {
+                self.unacked.remove(&ack.batch_id);
+            }
+            Some(In::Revoke(r)) => {
+                if let Some(token) = self.leases.lock().ok().and_then(|mut l| l.remove(&r.lease_id)) {
+                    info!(lease.id = r.lease_id, reason = %r.reason, "lease revoked");
+                    token.cancel();
+                }
+            }
+            Some(In::Welcome(_)) | None => {}
+        }
+    }
+
+    fn abandon_leases(&mut self) {
+        if let Ok(mut leases) = self.leases.lock() {
+            for (id, token) in leases.drain() {
+                warn!(lease.id = id, "shutdown grace period over: abandoning lease");
+                token.cancel();
+            }
+        }
+    }
+
+    fn start_lease(&mut self, lease: pb::Lease) {
+        let token = CancellationToken::new();
+        let policy = overlay_policy(HostPolicy::default(), lease.policy.as_ref());
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(lease.id, token.clone());
+        self.outstanding.fetch_add(lease.urls.len(), Ordering::Relaxed);
+        let span = info_span!("lease", lease.id = lease.id, server.address = %lease.host, urls = lease.urls.len());
+        let engine = self.engine.clone();
+        let leases = self.leases.clone();
+        let outstanding = self.outstanding.clone();
+        let finished = self.finished_tx.clone();
+        let (lease_id, epoch) = (lease.id, lease.epoch);
+        tokio::spawn(
+            async move {
+                let mut checks = tokio::task::JoinSet::new();
+                for u in lease.urls {
+                    let engine = engine.clone();
+                    let token = token.clone();
+                    let finished = finished.clone();
+                    let outstanding = outstanding.clone();
+                    checks.spawn(
+                        async move {
+                            let outcome = engine.check(&u.url, policy, &token).await;
+                            let result = (!token.is_cancelled()).then(|| {
+                                pb::CheckResult::from(&ReportedResult { lease_id, epoch, url_id: u.url_id, outcome })
+                            });
+                            outstanding.fetch_sub(1, Ordering::Relaxed);
+                            let _ = finished.send(result);
+                        }
+                        .in_current_span(),
+                    );
+                }
+                while checks.join_next().await.is_some() {}
+                if let Ok(mut l) = leases.lock() {
+                    l.remove(&lease_id);
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
