@@ -352,9 +352,5 @@ async fn follow(c: &mut client::Client, id: i64) -> Result<pb::Job> {
 
 /// Exit code of a finished job: 2 when anything is broken, errored or invalid.
 fn gate(job: &pb::Job) -> ExitCode {
-    if output::failures(&job.counts.unwrap_or_default()) > 0 {
-        ExitCode::from(EXIT_BROKEN)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if output::failures(&job.counts.unwrap_or_default()) > 0 { ExitCode::from(EXIT_BROKEN) } else { ExitCode::SUCCESS }
 }

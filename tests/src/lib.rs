@@ -1,1 +1,15 @@
-//! placeholder
+//! Test support for urlfleet's black-box tests: a fixture HTTP server, fresh databases, and helpers
+//! that spawn coordinators and workers on port 0 — one helper crate, used by every test.
+//!
+//! # Layout
+//! - [`fixture`]: the fixture HTTP server.
+//! - [`db`]: a fresh SQLite file or PostgreSQL database per test.
+//! - [`cluster`]: coordinators and workers on port 0, a client, and [`cluster::eventually`].
+
+pub mod cluster;
+pub mod db;
+pub mod fixture;
+
+pub use cluster::{Coordinator, Worker, eventually};
+pub use db::{Backend, TestDb};
+pub use fixture::Fixture;

@@ -2,9 +2,9 @@
 //! frontier rows are claimed with `FOR UPDATE SKIP LOCKED`, so two coordinators never lease the
 //! same host (and so never the same URL) at once.
 
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, SqlSafeStr};
 
 use super::mask_password;
 
@@ -17,6 +17,12 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, super::StoreError> {
+        // One direct connection first: a refused or misconfigured server fails at once instead of
+        // after the pool's acquire timeout.
+        let probe = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|source| super::StoreError::Connect { url: mask_password(url), source })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(10))

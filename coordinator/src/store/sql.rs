@@ -377,13 +377,16 @@ macro_rules! sql_store {
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?;
-                let leased: Vec<(Option<i64>,)> = sqlx::query_as(
-                    "UPDATE job_urls SET state = 'cancelled', lease_id = NULL \
-                     WHERE job_id = $1 AND state = 'leased' RETURNING lease_id",
-                )
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+                // RETURNING yields new values, so read the lease ids before clearing them.
+                let leased: Vec<(Option<i64>,)> =
+                    sqlx::query_as("SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                sqlx::query("UPDATE job_urls SET state = 'cancelled', lease_id = NULL WHERE job_id = $1 AND state = 'leased'")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
                 for (h,) in &pending {
                     *per_host.entry(h.as_str()).or_default() -= 1;

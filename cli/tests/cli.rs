@@ -1,0 +1,156 @@
+//! The `urlfleet` binary as a user runs it.
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use sqlx::Connection;
+use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
+
+fn urlfleet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_urlfleet"))
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary off the async runtime's threads.
+async fn run(mut cmd: Command) -> Run {
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run urlfleet")).await.unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() {
+    let a = Fixture::start(IpAddr::from([127, 0, 0, 21])).await;
+    let b = Fixture::start(IpAddr::from([127, 0, 0, 22])).await;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let dir = std::env::temp_dir().join(format!("urlfleet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("urls.txt");
+    let mut lines = vec!["# my site".to_string(), String::new()];
+    for i in 0..60 {
+        lines.push(a.url(&format!("/status/200?n={i}")));
+    }
+    lines.push(b.url("/status/404"));
+    lines.push(b.url("/redirect/2"));
+    lines.push(b.url("/status/200"));
+    lines.push(a.url("/status/200?n=0")); // duplicate
+    lines.push("ftp://files.example/x".into());
+    std::fs::write(&list, lines.join("\n")).unwrap();
+
+    let mut cmd = urlfleet();
+    cmd.args(["check", "--db", &db.url, "--allow", "127.0.0.0/8", "--no-politeness", "--retries", "0"]).arg(&list);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "broken URLs exit with 2\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("64 URLs"), "{}", r.stdout);
+    assert!(r.stdout.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 duplicates collapsed"), "{}", r.stdout);
+    assert!(r.stdout.contains(&b.url("/status/404")), "broken URLs are listed: {}", r.stdout);
+    assert!(r.stdout.contains("ftp://files.example/x"), "invalid lines are listed: {}", r.stdout);
+    assert!(!r.stdout.contains(&a.url("/status/200?n=1")), "healthy URLs are not listed");
+
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<(String, Option<i32>, Option<String>)> =
+        sqlx::query_as("SELECT url, status, kind FROM urls ORDER BY url").fetch_all(&mut c).await.unwrap();
+    assert_eq!(rows.len(), 63);
+    let get = |u: &str| rows.iter().find(|r| r.0 == u).cloned().unwrap();
+    assert_eq!(get(&b.url("/status/404")).1, Some(404));
+    assert_eq!(get(&b.url("/redirect/2")), (b.url("/redirect/2"), Some(200), Some("redirected".into())));
+    assert!(rows.iter().filter(|r| r.0.contains("/status/200")).all(|r| r.1 == Some(200)));
+
+    // All healthy: exit 0.
+    let ok_list = dir.join("ok.txt");
+    std::fs::write(&ok_list, format!("{}\n{}\n", a.url("/status/204"), b.url("/status/200?x=1"))).unwrap();
+    let mut cmd = urlfleet();
+    cmd.args(["check", "--db", &db.url, "--allow", "127.0.0.0/8"]).arg(&ok_list);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("2 ok"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_allow_list_loopback_targets_are_blocked() {
+    let a = Fixture::local().await;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let list = std::env::temp_dir().join(format!("urlfleet-blocked-{}.txt", std::process::id()));
+    std::fs::write(&list, format!("{}\nhttp://localhost:{}/\n", a.url("/"), a.addr().port())).unwrap();
+    let mut cmd = urlfleet();
+    cmd.args(["check", "--db", &db.url]).arg(&list);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("2 errors"), "{}", r.stdout);
+    assert_eq!(r.stdout.matches("blocked").count(), 2, "{}", r.stdout);
+    assert_eq!(a.seen().len(), 0, "no connection is made to a blocked target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_one_line_error_with_the_password_masked() {
+    let mut cmd = urlfleet();
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--db", "postgres://fleet:hunter2@127.0.0.1:1/urlfleet"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1);
+    assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let line = r.stderr.lines().rfind(|l| l.starts_with("urlfleet:")).expect("an error line");
+    assert!(line.contains("postgres://fleet:***@127.0.0.1:1/urlfleet"), "{line}");
+
+    let mut cmd = urlfleet();
+    cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--db", "mysql://x"]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("unsupported database URL"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_submit_watch_list_and_read_results() {
+    let site = Fixture::local().await;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let worker = Worker::spawn(&coordinator.addr, |_| {});
+    let list = std::env::temp_dir().join(format!("urlfleet-submit-{}.txt", std::process::id()));
+    std::fs::write(&list, format!("{}\n{}\n", site.url("/status/200"), site.url("/status/500"))).unwrap();
+
+    let mut cmd = urlfleet();
+    cmd.args(["submit", "--watch", "--name", "nightly", "--coordinator", &coordinator.addr]).arg(&list);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let id: i64 = r.stdout.lines().next().unwrap().trim().parse().expect("job id first");
+    assert!(r.stdout.contains("completed"), "{}", r.stdout);
+
+    let mut cmd = urlfleet();
+    cmd.args(["jobs", "--coordinator", &coordinator.addr]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("nightly") && r.stdout.contains("completed"), "{}", r.stdout);
+
+    let mut cmd = urlfleet();
+    cmd.args(["results", &id.to_string(), "--only", "broken", "--format", "csv", "--coordinator", &coordinator.addr]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stdout);
+    assert!(lines[0].starts_with("url,class,kind,status"));
+    assert!(lines[1].contains("/status/500") && lines[1].contains(",broken,broken,500,"), "{}", lines[1]);
+
+    let mut cmd = urlfleet();
+    cmd.args(["results", &id.to_string(), "--format", "json", "--coordinator", &coordinator.addr]);
+    let r = run(cmd).await;
+    let rows: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+
+    let mut cmd = urlfleet();
+    cmd.args(["status", "999999", "--coordinator", &coordinator.addr]);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not found"), "{}", r.stderr);
+
+    worker.stop().await;
+    coordinator.stop().await;
+}

@@ -1,0 +1,336 @@
+//! Store conformance: every rule holds the same on SQLite and PostgreSQL. Each test runs against both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use urlfleet_coordinator::store::{InvalidEntry, JobState, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::time::now_ms;
+use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
+use urlfleet_tests::{Backend, TestDb};
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await; })*
+        }
+    };
+}
+
+on_both_stores!(
+    duplicate_submissions_return_the_existing_job,
+    concurrent_duplicate_submissions_create_one_job,
+    a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job,
+    replayed_results_change_nothing,
+    an_older_result_never_overwrites_a_newer_one,
+    expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit,
+    recently_checked_urls_are_fresh_unless_forced,
+    cancelling_keeps_finished_results_and_releases_leases,
+    invalid_entries_are_listed_with_their_reasons,
+);
+
+async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::fresh(backend).await;
+    let store = urlfleet_coordinator::store::connect(&db.url).await.expect("open store");
+    (db, store)
+}
+
+fn new_job(key: &str, total: u64) -> NewJob {
+    NewJob {
+        name: format!("job {key}"),
+        priority: 1,
+        options: Vec::new(),
+        unique_key: key.to_string(),
+        idempotency_key: None,
+        not_before_ms: 0,
+        received: total,
+        duplicates: 0,
+        total,
+        unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+    }
+}
+
+fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
+    (0..n).map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string() }).collect()
+}
+
+fn recheck() -> RecheckPolicy {
+    RecheckPolicy {
+        force: false,
+        recheck_after: policy::DEFAULT_RECHECK_AFTER,
+        recheck_broken_after: policy::DEFAULT_RECHECK_BROKEN_AFTER,
+    }
+}
+
+fn lease_req(holder: &str) -> LeaseRequest {
+    LeaseRequest { worker_id: holder.to_string(), max_urls: 100, ttl: Duration::from_secs(30) }
+}
+
+fn result(lease: i64, url_id: i64, status: u16, checked_at: i64) -> ReportedResult {
+    let mut o = CheckOutcome::error(OutcomeKind::from_status(status, 0), "", 1);
+    o.error = None;
+    o.status = Some(status);
+    o.checked_at_ms = checked_at;
+    ReportedResult { lease_id: lease, epoch: 1, url_id, outcome: o }
+}
+
+async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
+    match db.backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}
+
+async fn duplicate_submissions_return_the_existing_job(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (first, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    assert!(!dup);
+    let (second, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    assert!(dup);
+    assert_eq!(second.id, first.id);
+
+    // Once the first job ends, the same set makes a new job.
+    store.add_urls(first.id, &urls("a.example", 1), recheck()).await.unwrap();
+    store.seal_job(first.id).await.unwrap();
+    store.cancel_job(first.id).await.unwrap();
+    let (third, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    assert!(!dup);
+    assert_ne!(third.id, first.id);
+
+    // An idempotency key finds its job whatever the URL set.
+    let mut keyed = new_job("k2", 1);
+    keyed.idempotency_key = Some("retry-me".into());
+    let (k, _) = store.create_job(keyed.clone()).await.unwrap();
+    keyed.unique_key = "k3".into();
+    let (again, dup) = store.create_job(keyed).await.unwrap();
+    assert!(dup);
+    assert_eq!(again.id, k.id);
+
+    // Outside the window an active job no longer absorbs duplicates.
+    let mut short = new_job("k4", 1);
+    short.unique_window = Duration::ZERO;
+    let (a, _) = store.create_job(short.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (b, dup) = store.create_job(short).await.unwrap();
+    assert!(!dup);
+    assert_ne!(a.id, b.id);
+}
+
+async fn concurrent_duplicate_submissions_create_one_job(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.create_job(new_job("same", 3)).await.unwrap() }));
+    }
+    let mut created = 0;
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (job, dup) = t.await.unwrap();
+        created += usize::from(!dup);
+        ids.push(job.id);
+    }
+    ids.dedup();
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1, "every submission got the same job");
+}
+
+async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("flow", 5)).await.unwrap();
+    let mut all = urls("a.example", 3);
+    all.extend(urls("b.example", 2));
+    store.add_urls(job.id, &all, recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+
+    let l1 = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a lease");
+    let l2 = store.acquire_lease(&lease_req("w2")).await.unwrap().expect("another host");
+    assert_ne!(l1.host, l2.host, "a host is leased to one holder at a time");
+    assert!(store.acquire_lease(&lease_req("w3")).await.unwrap().is_none(), "both hosts are taken");
+    assert_eq!(l1.urls.len() + l2.urls.len(), 5);
+    let running = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(running.counts.leased, 5);
+
+    let now = now_ms();
+    let res: Vec<ReportedResult> = l1
+        .urls
+        .iter()
+        .map(|(id, _)| result(l1.id, *id, 200, now))
+        .chain(l2.urls.iter().map(|(id, _)| result(l2.id, *id, 404, now)))
+        .collect();
+    let touched = store.ingest(&res).await.unwrap();
+    assert_eq!(touched.jobs, vec![job.id]);
+    let done = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.counts.checked, 5);
+    assert_eq!(done.counts.leased, 0);
+    assert_eq!(done.counts.ok + done.counts.broken, 5);
+    assert_eq!(done.counts.broken as usize, l2.urls.len());
+    assert!(done.finished_at_ms.is_some());
+}
+
+async fn replayed_results_change_nothing(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("replay", 4)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 4), recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let now = now_ms();
+    let batch: Vec<ReportedResult> = lease.urls.iter().map(|(id, _)| result(lease.id, *id, 200, now)).collect();
+    store.ingest(&batch[..2]).await.unwrap();
+    store.ingest(&batch[..2]).await.unwrap();
+    let halfway = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(halfway.counts.checked, 2);
+    store.ingest(&batch).await.unwrap();
+    let once = store.get_job(job.id).await.unwrap().unwrap();
+    let checks_once = scalar(&db, "SELECT COUNT(*) FROM checks").await;
+    store.ingest(&batch).await.unwrap();
+    store.ingest(&batch).await.unwrap();
+    let twice = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(once, twice, "a replay changes no counter and no state");
+    assert_eq!(twice.counts.checked, 4);
+    assert_eq!(twice.counts.ok, 4);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM checks").await, checks_once);
+    assert_eq!(checks_once, 4);
+}
+
+async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("mono", 1)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 1), recheck()).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let url_id = lease.urls[0].0;
+    let t = now_ms();
+    store.ingest(&[result(lease.id, url_id, 404, t)]).await.unwrap();
+    store.ingest(&[result(lease.id, url_id, 200, t - 60_000)]).await.unwrap();
+    assert_eq!(scalar(&db, "SELECT CAST(status AS BIGINT) FROM urls").await, 404, "the newer result stays");
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM checks").await, 2, "both are history");
+    store.ingest(&[result(lease.id, url_id, 200, t + 1)]).await.unwrap();
+    assert_eq!(scalar(&db, "SELECT CAST(status AS BIGINT) FROM urls").await, 200);
+    let j = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
+}
+
+async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("expire", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+    let short = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_millis(1) };
+    for attempt in 1..=3 {
+        let lease = store.acquire_lease(&short).await.unwrap().unwrap_or_else(|| panic!("lease {attempt}"));
+        assert_eq!(lease.urls.len(), 2);
+        assert!(store.acquire_lease(&short).await.unwrap().is_none(), "still leased before the reap");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let touched = store.reap_expired(3).await.unwrap();
+        assert_eq!(touched.jobs, vec![job.id]);
+        let j = store.get_job(job.id).await.unwrap().unwrap();
+        assert_eq!(j.counts.leased, 0);
+        if attempt < 3 {
+            assert_eq!(j.counts.pending(), 2, "back on the frontier after attempt {attempt}");
+            assert_eq!(j.state, JobState::Running);
+        } else {
+            assert_eq!(j.counts.failed, 2);
+            assert_eq!(j.counts.error, 2);
+            assert_eq!(j.state, JobState::Completed, "a URL that keeps killing leases fails instead of looping");
+        }
+    }
+    assert!(store.acquire_lease(&short).await.unwrap().is_none());
+    let rows = store.list_results(job.id, &[], None, 10).await.unwrap();
+    assert!(rows.iter().all(|r| r.kind == Some(OutcomeKind::Failed) && r.error.is_some()));
+
+    // A late report from an expired lease is recorded but cannot un-fail or double-count.
+    store.ingest(&[result(1, rows.len() as i64, 200, now_ms())]).await.unwrap();
+    let j = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!((j.counts.failed, j.counts.checked), (2, 0));
+}
+
+async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("first", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let now = now_ms();
+    store
+        .ingest(&[result(lease.id, lease.urls[0].0, 200, now), result(lease.id, lease.urls[1].0, 500, now)])
+        .await
+        .unwrap();
+
+    let (again, _) = store.create_job(new_job("second", 2)).await.unwrap();
+    store.add_urls(again.id, &urls("a.example", 2), recheck()).await.unwrap();
+    let sealed = store.seal_job(again.id).await.unwrap();
+    assert_eq!(sealed.state, JobState::Completed, "nothing to check");
+    assert_eq!((sealed.counts.fresh, sealed.counts.ok, sealed.counts.broken), (2, 1, 1));
+    let rows = store.list_results(again.id, &[], None, 10).await.unwrap();
+    assert!(rows.iter().all(|r| r.fresh && r.status.is_some()));
+
+    // Broken URLs are re-checked sooner than healthy ones.
+    let (third, _) = store.create_job(new_job("third", 2)).await.unwrap();
+    let policy = RecheckPolicy { recheck_broken_after: Duration::ZERO, ..recheck() };
+    store.add_urls(third.id, &urls("a.example", 2), policy).await.unwrap();
+    let j = store.seal_job(third.id).await.unwrap();
+    assert_eq!((j.counts.fresh, j.counts.pending()), (1, 1));
+
+    let (forced, _) = store.create_job(new_job("forced", 2)).await.unwrap();
+    store.add_urls(forced.id, &urls("a.example", 2), RecheckPolicy { force: true, ..recheck() }).await.unwrap();
+    let j = store.seal_job(forced.id).await.unwrap();
+    assert_eq!((j.counts.fresh, j.counts.pending()), (0, 2));
+}
+
+async fn cancelling_keeps_finished_results_and_releases_leases(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("cancel", 6)).await.unwrap();
+    let mut all = urls("a.example", 3);
+    all.extend(urls("b.example", 3));
+    store.add_urls(job.id, &all, recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now_ms())]).await.unwrap();
+    let (cancelled, revoked) = store.cancel_job(job.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(revoked, vec![lease.id]);
+    assert_eq!((cancelled.counts.checked, cancelled.counts.cancelled, cancelled.counts.leased), (1, 5, 0));
+    assert!(store.acquire_lease(&lease_req("w")).await.unwrap().is_none(), "nothing left to lease");
+    let rows = store.list_results(job.id, &[urlfleet_shared::OutcomeClass::Ok], None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "the finished result is kept");
+    let (again, revoked) = store.cancel_job(job.id).await.unwrap().unwrap();
+    assert_eq!(again, cancelled);
+    assert!(revoked.is_empty());
+    assert!(store.cancel_job(987_654).await.unwrap().is_none());
+}
+
+async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("invalid", 3)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 1), recheck()).await.unwrap();
+    let bad = vec![
+        InvalidEntry { input: "ftp://x".into(), reason: "unsupported scheme".into() },
+        InvalidEntry { input: "nope".into(), reason: "not a URL".into() },
+    ];
+    store.add_invalid(job.id, 1, &bad).await.unwrap();
+    let j = store.seal_job(job.id).await.unwrap();
+    assert_eq!(j.counts.invalid, 2);
+    // Paging crosses from URL rows into invalid entries.
+    let page1 = store.list_results(job.id, &[], None, 2).await.unwrap();
+    assert_eq!(page1.len(), 2);
+    let page2 = store.list_results(job.id, &[], Some(&page1[1].cursor), 2).await.unwrap();
+    assert_eq!(page2.len(), 1);
+    assert_eq!(page2[0].url, "nope");
+    let only_invalid = store.list_results(job.id, &[urlfleet_shared::OutcomeClass::Invalid], None, 10).await.unwrap();
+    assert_eq!(only_invalid.len(), 2);
+    assert!(only_invalid.iter().all(|r| r.error.is_some() && r.kind == Some(OutcomeKind::Invalid)));
+}
