@@ -26,7 +26,12 @@ impl Coordinator {
     /// Starts a coordinator on a port-0 loopback listener, with short lease timings suited to tests;
     /// `tweak` adjusts the configuration.
     pub async fn spawn(db_url: &str, tweak: impl FnOnce(&mut CoordinatorConfig)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind coordinator");
+        Self::spawn_on(db_url, 0, tweak).await
+    }
+
+    /// Like [`Coordinator::spawn`], on a chosen loopback port (0 for any).
+    pub async fn spawn_on(db_url: &str, port: u16, tweak: impl FnOnce(&mut CoordinatorConfig)) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind coordinator");
         let local = listener.local_addr().expect("coordinator address");
         let mut config = CoordinatorConfig::new(local, db_url);
         config.lease_ttl = Duration::from_secs(3);
