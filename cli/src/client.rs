@@ -136,22 +136,6 @@ fn code_name(c: tonic::Code) -> &'static str {
     }
 }
 
-/// Parses `HOST=CONCURRENCY/INTERVAL` (either side of the slash may be empty), e.g.
-/// `example.com=16/0ms`.
-pub fn parse_host_policy(s: &str) -> Result<(String, pb::HostPolicy), String> {
-    let (host, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST=CONCURRENCY/INTERVAL"))?;
-    let (c, i) = rest.split_once('/').unwrap_or((rest, ""));
-    let concurrency = match c {
-        "" => None,
-        c => Some(c.parse::<u32>().map_err(|_| format!("{s:?}: bad concurrency {c:?}"))?),
-    };
-    let interval_ms = match i {
-        "" => None,
-        i => Some(humantime::parse_duration(i).map_err(|e| format!("{s:?}: bad interval: {e}"))?.as_millis() as u64),
-    };
-    Ok((host.to_ascii_lowercase(), pb::HostPolicy { concurrency, interval_ms }))
-}
-
 /// Parses `KEY=VALUE`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))

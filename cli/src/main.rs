@@ -62,7 +62,7 @@ pub struct JobArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub host_interval: Option<std::time::Duration>,
     /// Per-host politeness, HOST=CONCURRENCY/INTERVAL, e.g. example.com=16/0ms (repeatable).
-    #[arg(long = "host-policy", value_parser = client::parse_host_policy)]
+    #[arg(long = "host-policy", value_parser = urlfleet_shared::convert::parse_host_policy)]
     pub host_policies: Vec<(String, pb::HostPolicy)>,
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = client::parse_label)]

@@ -26,12 +26,33 @@ pub struct CoordinatorConfig {
     /// How often expired leases are looked for.
     #[arg(long, env = "URLFLEET_REAP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reap_interval: Duration,
+    /// Default concurrent requests per host, for jobs that do not set their own.
+    #[arg(long, env = "URLFLEET_HOST_CONCURRENCY", default_value_t = policy::DEFAULT_HOST_CONCURRENCY)]
+    pub host_concurrency: u32,
+    /// Default minimum interval between request starts to one host.
+    #[arg(long, env = "URLFLEET_HOST_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub host_interval: Duration,
+    /// Politeness for one host in every job, HOST=CONCURRENCY/INTERVAL, e.g. example.com=16/0ms
+    /// (repeatable). A job's own per-host setting wins over it.
+    #[arg(long = "host-policy", env = "URLFLEET_HOST_POLICIES", value_delimiter = ',', value_parser = urlfleet_shared::convert::parse_host_policy)]
+    pub host_policies: Vec<(String, urlfleet_shared::proto::v1::HostPolicy)>,
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
 }
 
 impl CoordinatorConfig {
+    /// The politeness a lease of `host` gets from one job's options: the coordinator's default,
+    /// then the job's default, then the coordinator's setting for the host, then the job's.
+    pub fn host_policy(&self, host: &str, job: &urlfleet_shared::proto::v1::JobOptions) -> urlfleet_shared::HostPolicy {
+        use urlfleet_shared::convert::overlay_policy;
+        let base =
+            urlfleet_shared::HostPolicy { concurrency: self.host_concurrency.max(1), interval: self.host_interval };
+        let p = overlay_policy(base, job.politeness.as_ref());
+        let p = overlay_policy(p, self.host_policies.iter().find(|(h, _)| h == host).map(|(_, p)| p));
+        overlay_policy(p, job.host_policies.get(host))
+    }
+
     /// A configuration with every default, serving on `listen` and storing in `database_url`.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
         Self {
@@ -42,6 +63,9 @@ impl CoordinatorConfig {
             max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
             reap_interval: Duration::from_secs(1),
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            host_concurrency: policy::DEFAULT_HOST_CONCURRENCY,
+            host_interval: policy::DEFAULT_HOST_INTERVAL,
+            host_policies: Vec::new(),
         }
     }
 }

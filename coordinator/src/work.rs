@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use urlfleet_shared::HostPolicy;
-use urlfleet_shared::convert::{ReportedResult, overlay_policy};
+use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
 
@@ -184,7 +184,7 @@ impl Session {
         for job in &grant.jobs {
             self.api.events.job_changed(*job);
         }
-        let lease = lease_to_pb(grant);
+        let lease = lease_to_pb(&self.api.config, grant);
         if self.tx.send(Ok(out(Out::Lease(lease)))).await.is_err() {
             return Ok(false);
         }
@@ -229,12 +229,11 @@ impl Session {
 
 /// The politeness of a lease: the strictest of the jobs its URLs belong to, so that sharing a URL
 /// between jobs never makes a host's limits looser than any of them asked for.
-fn lease_policy(grant: &LeaseGrant) -> HostPolicy {
+fn lease_policy(config: &CoordinatorConfig, grant: &LeaseGrant) -> HostPolicy {
     let mut policy: Option<HostPolicy> = None;
     for raw in &grant.job_options {
         let o = pb::JobOptions::decode(raw.as_slice()).unwrap_or_default();
-        let p = overlay_policy(HostPolicy::default(), o.politeness.as_ref());
-        let p = overlay_policy(p, o.host_policies.get(&grant.host));
+        let p = config.host_policy(&grant.host, &o);
         policy = Some(match policy {
             None => p,
             Some(q) => {
@@ -242,11 +241,11 @@ fn lease_policy(grant: &LeaseGrant) -> HostPolicy {
             }
         });
     }
-    policy.unwrap_or_default()
+    policy.unwrap_or_else(|| config.host_policy(&grant.host, &pb::JobOptions::default()))
 }
 
-fn lease_to_pb(grant: LeaseGrant) -> pb::Lease {
-    let policy = lease_policy(&grant);
+fn lease_to_pb(config: &CoordinatorConfig, grant: LeaseGrant) -> pb::Lease {
+    let policy = lease_policy(config, &grant);
     pb::Lease {
         id: grant.id,
         epoch: grant.epoch,

@@ -50,6 +50,22 @@ impl From<HostPolicy> for pb::HostPolicy {
     }
 }
 
+/// Parses `HOST=CONCURRENCY/INTERVAL` (either side of the slash may be empty), e.g.
+/// `example.com=16/0ms`.
+pub fn parse_host_policy(s: &str) -> Result<(String, pb::HostPolicy), String> {
+    let (host, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST=CONCURRENCY/INTERVAL"))?;
+    let (c, i) = rest.split_once('/').unwrap_or((rest, ""));
+    let concurrency = match c {
+        "" => None,
+        c => Some(c.parse::<u32>().map_err(|_| format!("{s:?}: bad concurrency {c:?}"))?),
+    };
+    let interval_ms = match i {
+        "" => None,
+        i => Some(humantime::parse_duration(i).map_err(|e| format!("{s:?}: bad interval: {e}"))?.as_millis() as u64),
+    };
+    Ok((host.to_ascii_lowercase(), pb::HostPolicy { concurrency, interval_ms }))
+}
+
 /// Overlays a wire policy (whose unset fields inherit) on a base policy.
 pub fn overlay_policy(base: HostPolicy, p: Option<&pb::HostPolicy>) -> HostPolicy {
     match p {
@@ -170,6 +186,18 @@ mod tests {
         };
         let wire = pb::CheckResult::from(&r);
         assert_eq!(ReportedResult::try_from(wire).unwrap(), r);
+    }
+
+    #[test]
+    fn host_policies_parse() {
+        let (h, p) = parse_host_policy("Example.com=16/0ms").unwrap();
+        assert_eq!((h.as_str(), p.concurrency, p.interval_ms), ("example.com", Some(16), Some(0)));
+        let (_, p) = parse_host_policy("a.example=/250ms").unwrap();
+        assert_eq!((p.concurrency, p.interval_ms), (None, Some(250)));
+        let (_, p) = parse_host_policy("a.example=4").unwrap();
+        assert_eq!((p.concurrency, p.interval_ms), (Some(4), None));
+        assert!(parse_host_policy("a.example").is_err());
+        assert!(parse_host_policy("a.example=x/1s").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `/to?u={url}`: 302 to `url` (percent-decoded).
 //! - `/delay/{ms}`: answers 200 after `ms` milliseconds.
 //! - `/hang`: never answers.
+//! - `/flakyhang/{key}/{k}`: never answers the first `k` requests for `key`, then answers 200.
 //! - `/flaky/{key}/{k}/{code}`: answers `code` to the first `k` requests for `key`, then 200.
 //! - `/throttle/{key}/{secs}`: answers 429 with `Retry-After: secs` to the first request for `key`, then 200.
 //! - `/head405`: HEAD answers 405, GET answers 200.
@@ -171,6 +172,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
             std::future::pending::<()>().await;
             unreachable!()
         }
+        ["flakyhang", key, k] => {
+            if bump(&state, key) <= k.parse().unwrap_or(0) {
+                std::future::pending::<()>().await;
+            }
+            respond(StatusCode::OK)
+        }
         ["flaky", key, k, code] => {
             let n = bump(&state, key);
             if n <= k.parse().unwrap_or(0) {
@@ -233,4 +240,64 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TCP server that resets the first `k` connections (RST, no answer) and then answers every request
+/// with 200; counts connections.
+pub struct ResetThenServe {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicU32>,
+    stop: CancellationToken,
+}
+
+impl Drop for ResetThenServe {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl ResetThenServe {
+    /// Starts the server on 127.0.0.1.
+    pub async fn start(k: u32) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let stop = CancellationToken::new();
+        let (count, token) = (connections.clone(), stop.clone());
+        let state = Arc::new(Mutex::new(State::default()));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = token.cancelled() => return,
+                    r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                };
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if n <= k {
+                    // SO_LINGER 0 makes the close a reset (RST); the short block on drop is harmless here.
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                    continue;
+                }
+                let st = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(st.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, connections, stop }
+    }
+
+    /// `http://127.0.0.1:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

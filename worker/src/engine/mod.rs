@@ -109,7 +109,7 @@ impl Engine {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
-            .pool_max_idle_per_host(config.concurrency.min(64))
+            .pool_max_idle_per_host(config.concurrency.max(1))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .no_proxy()
@@ -149,27 +149,36 @@ impl Engine {
         };
         let home = host_key(&parsed).unwrap_or_default();
         let mut attempt = 0u32;
+        // The latest pause any attempt asked for: reported with the outcome, for the whole cluster.
+        let mut paused_until: Option<i64> = None;
         loop {
             attempt += 1;
-            let result = tokio::select! {
+            let mut result = tokio::select! {
                 r = self.attempt(&parsed, &home, policy) => r,
                 () = cancel.cancelled() => {
                     return CheckOutcome::error(OutcomeKind::Other, "check cancelled", attempt);
                 }
             };
-            let retry = result.retry_delay(attempt, &self.config);
-            if let (Some(pause), Some(host)) = (result.pause_host, result.last_host.as_deref()) {
-                self.gate.pause(host, pause);
+            if let Some(host) = result.last_host.clone() {
+                match (result.throttled(), result.pause_host) {
+                    (true, Some(pause)) => self.gate.pause(&host, pause),
+                    (true, None) => result.pause_host = Some(self.gate.throttled(&host)),
+                    (false, _) => self.gate.healthy(&host),
+                }
             }
+            if let Some(pause) = result.pause_host {
+                paused_until = paused_until.max(Some(wall_ms_after(pause)));
+            }
+            let retry = result.retry_delay(attempt, &self.config);
             match retry {
                 Some(delay) if attempt <= self.config.retries => {
                     debug!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return result.into_outcome(attempt),
+                        () = cancel.cancelled() => return result.into_outcome(attempt, paused_until),
                     }
                 }
-                _ => return result.into_outcome(attempt),
+                _ => return result.into_outcome(attempt, paused_until),
             }
         }
     }
@@ -233,11 +242,14 @@ impl Engine {
         host: &str,
         policy: HostPolicy,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
-        let (status, headers, elapsed) = self.send(Method::HEAD, url, host, policy).await?;
-        if matches!(status, StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED) {
-            return self.send(Method::GET, url, host, policy).await;
+        match self.send(Method::HEAD, url, host, policy).await {
+            Ok((StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED, ..)) => {
+                self.send(Method::GET, url, host, policy).await
+            }
+            // Servers that mishandle HEAD (a body after the headers, a garbled answer) often serve GET.
+            Err(Transport::Other(_)) => self.send(Method::GET, url, host, policy).await,
+            other => other,
         }
-        Ok((status, headers, elapsed))
     }
 
     async fn send(

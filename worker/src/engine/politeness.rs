@@ -4,6 +4,10 @@
 //! allowed start (interval since the previous start, or a pause after 429/503) — and only then takes
 //! a global slot. A host's delay therefore never holds a global slot: requests to other hosts do not
 //! wait behind a slow or paused host.
+//!
+//! A host that answers 429 or 503 without `Retry-After` is backed off exponentially: its spacing grows
+//! by a penalty that doubles with every throttled answer (from [`PENALTY_START`] up to
+//! [`PENALTY_MAX`]) and halves with every answer that is not throttled, so it recovers gradually.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use urlfleet_shared::HostPolicy;
 
+/// First penalty added to a host's spacing after a throttled answer without `Retry-After`.
+pub const PENALTY_START: Duration = Duration::from_millis(500);
+/// Largest penalty.
+pub const PENALTY_MAX: Duration = Duration::from_secs(60);
+/// Added to every non-zero interval: the server measures arrivals, which jitter by a connection
+/// set-up or a scheduling hiccup; the margin keeps a polite client polite by the server's clock.
+pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
+
 /// Per-host state.
 #[derive(Debug)]
 struct HostState {
@@ -21,6 +33,8 @@ struct HostState {
     /// Serializes the scheduling of request starts; holds the next allowed start.
     next_start: tokio::sync::Mutex<Instant>,
     paused_until: Mutex<Option<Instant>>,
+    /// Extra spacing after throttled answers; decays on healthy answers.
+    penalty: Mutex<Duration>,
 }
 
 /// The gate every request passes.
@@ -52,11 +66,14 @@ impl Politeness {
                 // A changed limit takes effect for new requests; the next start time carries over.
                 let next = existing.and_then(|s| s.next_start.try_lock().ok().map(|n| *n)).unwrap_or_else(Instant::now);
                 let paused = existing.and_then(|s| *s.paused_until.lock().unwrap_or_else(|e| e.into_inner()));
+                let penalty =
+                    existing.map(|s| *s.penalty.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
                 let s = Arc::new(HostState {
                     slots: Arc::new(Semaphore::new(concurrency as usize)),
                     concurrency,
                     next_start: tokio::sync::Mutex::new(next),
                     paused_until: Mutex::new(paused),
+                    penalty: Mutex::new(penalty),
                 });
                 hosts.insert(host.to_string(), s.clone());
                 s
@@ -78,7 +95,10 @@ impl Politeness {
             tokio::time::sleep_until(wake).await;
         }
         let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
-        *next = Instant::now() + policy.interval;
+        let penalty = *state.penalty.lock().unwrap_or_else(|e| e.into_inner());
+        let spacing = policy.interval + penalty;
+        let margin = if spacing.is_zero() { Duration::ZERO } else { INTERVAL_MARGIN };
+        *next = Instant::now() + spacing + margin;
         Permit { _host: host_slot, _global: global }
     }
 
@@ -90,6 +110,37 @@ impl Politeness {
             let mut p = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
             if p.is_none_or(|p| p < until) {
                 *p = Some(until);
+            }
+        }
+    }
+
+    /// A throttled answer (429/503) without `Retry-After`: doubles the host's penalty and pauses it
+    /// for that long. Returns the pause.
+    pub fn throttled(&self, host: &str) -> Duration {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = hosts.get(host) else { return Duration::ZERO };
+        let mut p = s.penalty.lock().unwrap_or_else(|e| e.into_inner());
+        *p = (*p * 2).clamp(PENALTY_START, PENALTY_MAX);
+        let pause = *p;
+        drop(p);
+        let until = Instant::now() + pause;
+        let mut paused = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|q| q < until) {
+            *paused = Some(until);
+        }
+        pause
+    }
+
+    /// An answer that was not throttled: the host's penalty halves (and vanishes below 10 ms).
+    pub fn healthy(&self, host: &str) {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = hosts.get(host) {
+            let mut p = s.penalty.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.is_zero() {
+                *p /= 2;
+                if *p < Duration::from_millis(10) {
+                    *p = Duration::ZERO;
+                }
             }
         }
     }
@@ -118,6 +169,30 @@ mod tests {
         for w in starts.windows(2) {
             assert!(w[1] - w[0] >= Duration::from_millis(100), "{starts:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_backs_a_host_off_exponentially_and_it_recovers_gradually() {
+        let gate = Politeness::new(8);
+        let policy = HostPolicy { concurrency: 1, interval: Duration::ZERO };
+        drop(gate.acquire("t.example", policy).await);
+        assert_eq!(gate.throttled("t.example"), PENALTY_START);
+        assert_eq!(gate.throttled("t.example"), PENALTY_START * 2);
+        let t0 = Instant::now();
+        drop(gate.acquire("t.example", policy).await);
+        assert!(t0.elapsed() >= PENALTY_START * 2, "paused for the penalty");
+        // Spacing now includes the penalty; each healthy answer halves it.
+        gate.healthy("t.example");
+        let t1 = Instant::now();
+        drop(gate.acquire("t.example", policy).await);
+        assert!(t1.elapsed() >= PENALTY_START * 2, "the previous start was spaced by the old penalty");
+        for _ in 0..10 {
+            gate.healthy("t.example");
+        }
+        drop(gate.acquire("t.example", policy).await);
+        let t2 = Instant::now();
+        drop(gate.acquire("t.example", policy).await);
+        assert!(t2.elapsed() < Duration::from_millis(5), "recovered: {:?}", t2.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

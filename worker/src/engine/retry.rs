@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::{StatusCode, header};
 use urlfleet_shared::{CheckOutcome, OutcomeKind, RedirectHop};
 
-use super::{BlockedAddress, DnsFailure, EngineConfig, MAX_RETRY_AFTER, backoff, wall_ms_after};
+use super::{BlockedAddress, DnsFailure, EngineConfig, MAX_RETRY_AFTER, backoff};
 
 /// A failure below HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +158,13 @@ impl Attempt {
         }
     }
 
+    /// Whether the host throttled this attempt (429 or 503).
+    pub(crate) fn throttled(&self) -> bool {
+        self.result
+            .as_ref()
+            .is_ok_and(|h| matches!(h.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE))
+    }
+
     fn retryable(&self) -> bool {
         match &self.result {
             Ok(h) => {
@@ -177,8 +184,7 @@ impl Attempt {
         Some(self.retry_after.unwrap_or_else(|| backoff(attempt, config.backoff_base, config.backoff_cap)))
     }
 
-    pub(crate) fn into_outcome(self, attempts: u32) -> CheckOutcome {
-        let paused = self.pause_host.map(wall_ms_after);
+    pub(crate) fn into_outcome(self, attempts: u32, paused: Option<i64>) -> CheckOutcome {
         match self.result {
             Ok(h) => {
                 let header_str =
