@@ -21,9 +21,15 @@ use urlfleet_shared::HostPolicy;
 pub const PENALTY_START: Duration = Duration::from_millis(500);
 /// Largest penalty.
 pub const PENALTY_MAX: Duration = Duration::from_secs(60);
-/// Added to every non-zero interval: the server measures arrivals, which jitter by a connection
-/// set-up or a scheduling hiccup; the margin keeps a polite client polite by the server's clock.
+/// Added to every non-zero spacing, with [`margin`]: the server measures arrivals, which jitter by a
+/// connection set-up or a scheduling hiccup on either side; the margin keeps a polite client polite by
+/// the server's clock (measured: a 102 ms client spacing arrived 99 ms apart on a loaded machine).
 pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
+
+/// The safety margin added to a spacing: 5 % of it plus [`INTERVAL_MARGIN`] (7 ms at 100 ms).
+pub fn margin(spacing: Duration) -> Duration {
+    if spacing.is_zero() { Duration::ZERO } else { spacing / 20 + INTERVAL_MARGIN }
+}
 
 /// Per-host state.
 #[derive(Debug)]
@@ -97,8 +103,7 @@ impl Politeness {
         let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
         let penalty = *state.penalty.lock().unwrap_or_else(|e| e.into_inner());
         let spacing = policy.interval + penalty;
-        let margin = if spacing.is_zero() { Duration::ZERO } else { INTERVAL_MARGIN };
-        *next = Instant::now() + spacing + margin;
+        *next = Instant::now() + spacing + margin(spacing);
         Permit { _host: host_slot, _global: global }
     }
 

@@ -1,0 +1,139 @@
+//! Running the tools under measurement: wall time and peak memory of child processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+/// What a finished command cost.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Wall time.
+    pub wall: Duration,
+    /// Peak resident set size in bytes (from GNU time).
+    pub peak_rss: u64,
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error (without GNU time's line).
+    pub stderr: String,
+}
+
+/// Runs `program args…` under `/usr/bin/time`, capturing output.
+pub async fn measure(program: &Path, args: &[String]) -> Result<Measured> {
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("URLFLEET_BENCH_RSS_KB=%M")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", program.display()))?;
+    let wall = started.elapsed();
+    let stderr_all = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut peak_kb = 0u64;
+    let mut stderr = String::new();
+    for line in stderr_all.lines() {
+        if let Some(kb) = line.strip_prefix("URLFLEET_BENCH_RSS_KB=") {
+            peak_kb = kb.trim().parse().unwrap_or(0);
+        } else {
+            stderr.push_str(line);
+            stderr.push('\n');
+        }
+    }
+    Ok(Measured {
+        wall,
+        peak_rss: peak_kb * 1024,
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    })
+}
+
+/// A long-running child (coordinator, worker, nginx), killed on drop.
+pub struct Service {
+    child: Child,
+    name: String,
+}
+
+impl Service {
+    /// Starts `program args…` with output discarded (or to `log` when given).
+    pub fn start(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Self { child, name: name.to_string() })
+    }
+
+    /// Peak resident set size so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().to_string()))
+            })
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits (bounded); kills after that.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("{} did not stop within 15 s", self.name)
+            }
+        }
+    }
+}
+
+/// A sibling binary of this one (the `urlfleet` build of the same profile).
+pub fn sibling(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name(name);
+    if p.exists() { Ok(p) } else { bail!("{} not found next to {} (build the workspace first)", name, me.display()) }
+}
+
+/// A program on PATH (or in ~/.cargo/bin), if installed.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.push(PathBuf::from("/usr/sbin"));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until something accepts connections on `addr`.
+pub async fn wait_port(addr: &str, patience: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < patience {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on {addr} after {patience:?}")
+}
