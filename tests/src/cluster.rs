@@ -31,6 +31,8 @@ impl Coordinator {
 
     /// Like [`Coordinator::spawn`], on a chosen loopback port (0 for any).
     pub async fn spawn_on(db_url: &str, port: u16, tweak: impl FnOnce(&mut CoordinatorConfig)) -> Self {
+        // Warnings and errors of every role show up in a failing test's output.
+        urlfleet_shared::telemetry::init("warn", urlfleet_shared::telemetry::LogFormat::Text);
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind coordinator");
         let local = listener.local_addr().expect("coordinator address");
         let mut config = CoordinatorConfig::new(local, db_url);

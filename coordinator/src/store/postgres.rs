@@ -55,3 +55,167 @@ fn migrator() -> Migrator {
 }
 
 super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED");
+
+/// The newest result of each URL in a batch (the one the latest state and the job progress take).
+fn newest_per_url(results: &[ReportedResult]) -> Vec<&ReportedResult> {
+    let mut by_url: HashMap<i64, &ReportedResult> = HashMap::with_capacity(results.len());
+    for r in results {
+        let e = by_url.entry(r.url_id).or_insert(r);
+        if r.outcome.checked_at_ms > e.outcome.checked_at_ms {
+            *e = r;
+        }
+    }
+    let mut v: Vec<&ReportedResult> = by_url.into_values().collect();
+    v.sort_by_key(|r| r.url_id);
+    v
+}
+
+impl PgStore {
+    /// Set-based ingest: one statement per table for the whole batch, with the rows passed as arrays
+    /// (`UNNEST`), so a batch costs a handful of round trips whatever its size.
+    async fn ingest_impl(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
+        if results.is_empty() {
+            return Ok(Touched::default());
+        }
+        let now = now_ms();
+        let newest = newest_per_url(results);
+        let col = |f: &dyn Fn(&ReportedResult) -> Option<String>| -> Vec<Option<String>> {
+            newest.iter().map(|r| f(r)).collect()
+        };
+        let ids: Vec<i64> = newest.iter().map(|r| r.url_id).collect();
+        let kinds: Vec<String> = newest.iter().map(|r| r.outcome.kind.as_str().to_string()).collect();
+        let statuses: Vec<Option<i32>> = newest.iter().map(|r| r.outcome.status.map(i32::from)).collect();
+        let final_urls = col(&|r| r.outcome.final_url.clone());
+        let redirects = col(&|r| encode_redirects(&r.outcome.redirects));
+        let attempts: Vec<i32> = newest.iter().map(|r| r.outcome.attempts as i32).collect();
+        let response: Vec<i64> =
+            newest.iter().map(|r| r.outcome.response_time_ms.min(i64::MAX as u64) as i64).collect();
+        let ctypes = col(&|r| r.outcome.content_type.clone());
+        let lengths: Vec<Option<i64>> =
+            newest.iter().map(|r| r.outcome.content_length.map(|l| l.min(i64::MAX as u64) as i64)).collect();
+        let errors = col(&|r| r.outcome.error.clone());
+        let checked: Vec<i64> = newest.iter().map(|r| r.outcome.checked_at_ms).collect();
+
+        let mut tx = self.pool.begin().await?;
+        // Latest state, monotonic: an older result never overwrites a newer one.
+        sqlx::query(
+            "UPDATE urls u SET kind = t.kind, status = t.status, final_url = t.final_url, redirects = t.redirects, \
+             attempts = t.attempts, response_ms = t.response_ms, content_type = t.content_type, \
+             content_length = t.content_length, error = t.error, checked_at = t.checked_at \
+             FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::int[], $7::bigint[], \
+             $8::text[], $9::bigint[], $10::text[], $11::bigint[]) \
+             AS t(id, kind, status, final_url, redirects, attempts, response_ms, content_type, content_length, error, checked_at) \
+             WHERE u.id = t.id AND (u.checked_at IS NULL OR u.checked_at < t.checked_at)",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&statuses)
+        .bind(&final_urls)
+        .bind(&redirects)
+        .bind(&attempts)
+        .bind(&response)
+        .bind(&ctypes)
+        .bind(&lengths)
+        .bind(&errors)
+        .bind(&checked)
+        .execute(&mut *tx)
+        .await?;
+
+        // History: every result, a replay hits the primary key and changes nothing.
+        let all = results;
+        let h_ids: Vec<i64> = all.iter().map(|r| r.url_id).collect();
+        let h_checked: Vec<i64> = all.iter().map(|r| r.outcome.checked_at_ms).collect();
+        let h_lease: Vec<i64> = all.iter().map(|r| r.lease_id).collect();
+        let h_kind: Vec<String> = all.iter().map(|r| r.outcome.kind.as_str().to_string()).collect();
+        let h_status: Vec<Option<i32>> = all.iter().map(|r| r.outcome.status.map(i32::from)).collect();
+        let h_final: Vec<Option<String>> = all.iter().map(|r| r.outcome.final_url.clone()).collect();
+        let h_redirects: Vec<Option<String>> = all.iter().map(|r| encode_redirects(&r.outcome.redirects)).collect();
+        let h_attempts: Vec<i32> = all.iter().map(|r| r.outcome.attempts as i32).collect();
+        let h_response: Vec<i64> = all.iter().map(|r| r.outcome.response_time_ms.min(i64::MAX as u64) as i64).collect();
+        let h_ctype: Vec<Option<String>> = all.iter().map(|r| r.outcome.content_type.clone()).collect();
+        let h_length: Vec<Option<i64>> =
+            all.iter().map(|r| r.outcome.content_length.map(|l| l.min(i64::MAX as u64) as i64)).collect();
+        let h_error: Vec<Option<String>> = all.iter().map(|r| r.outcome.error.clone()).collect();
+        sqlx::query(
+            "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
+             response_ms, content_type, content_length, error) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[], \
+             $7::text[], $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::text[]) \
+             ON CONFLICT (url_id, checked_at) DO NOTHING",
+        )
+        .bind(&h_ids)
+        .bind(&h_checked)
+        .bind(&h_lease)
+        .bind(&h_kind)
+        .bind(&h_status)
+        .bind(&h_final)
+        .bind(&h_redirects)
+        .bind(&h_attempts)
+        .bind(&h_response)
+        .bind(&h_ctype)
+        .bind(&h_length)
+        .bind(&h_error)
+        .execute(&mut *tx)
+        .await?;
+
+        // Progress: lock the open rows in a fixed order, read what they were, then finish them. Only an
+        // open URL can finish, so a replay or a late report can neither double-count nor un-finish.
+        let open: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT job_id, url_id, state, host FROM job_urls WHERE url_id = ANY($1) \
+             AND state IN ('pending', 'leased') ORDER BY job_id, url_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut d = CounterDelta::default();
+        let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
+        if !open.is_empty() {
+            sqlx::query(
+                "UPDATE job_urls ju SET state = 'done', kind = t.kind, lease_id = NULL \
+                 FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
+                 WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased')",
+            )
+            .bind(&ids)
+            .bind(&kinds)
+            .execute(&mut *tx)
+            .await?;
+            let class_of: HashMap<i64, urlfleet_shared::OutcomeClass> =
+                newest.iter().map(|r| (r.url_id, r.outcome.kind.class())).collect();
+            for (job, url_id, state, host) in &open {
+                d.add(*job, delta::CHECKED, 1);
+                d.add_class(*job, class_of[url_id]);
+                if state == "leased" {
+                    d.add(*job, delta::LEASED, -1);
+                } else {
+                    *per_host.entry(host.clone()).or_default() -= 1;
+                }
+            }
+        }
+        let per_host: BTreeMap<&str, i64> = per_host.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+        add_host_pending(&mut tx, &per_host).await?;
+        let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
+        for r in results {
+            let pause = leases.entry(r.lease_id).or_insert(0);
+            *pause = (*pause).max(r.outcome.host_paused_until_ms.unwrap_or(0));
+        }
+        for (lease, pause) in &leases {
+            if *pause > now {
+                sqlx::query(
+                    "UPDATE hosts SET next_allowed_at = GREATEST(next_allowed_at, $2) \
+                     WHERE host = (SELECT host FROM leases WHERE id = $1)",
+                )
+                .bind(lease)
+                .bind(pause)
+                .execute(&mut *tx)
+                .await?;
+            }
+            release_lease_if_done(&mut tx, *lease, now).await?;
+        }
+        // Job rows are the most contended: touch them last, in id order, to hold their locks briefly.
+        apply_delta(&mut tx, &d).await?;
+        let jobs = d.jobs();
+        complete_if_done(&mut tx, &jobs, now).await?;
+        tx.commit().await?;
+        Ok(Touched { jobs })
+    }
+}
