@@ -39,9 +39,28 @@ pub struct CoordinatorConfig {
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
+    /// Results per ingest transaction (a chunk is also written 50 ms after its first result).
+    #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 2_000)]
+    pub ingest_chunk_rows: usize,
+    /// Ingest transactions written concurrently.
+    #[arg(long, env = "URLFLEET_INGEST_WRITERS", default_value_t = 2)]
+    pub ingest_writers: usize,
+    /// Results accepted and not yet committed, at most; above half of it no new leases are granted.
+    #[arg(long, env = "URLFLEET_INGEST_MAX_BACKLOG", default_value_t = 200_000)]
+    pub ingest_max_backlog: usize,
 }
 
 impl CoordinatorConfig {
+    /// The ingest pipeline's tuning.
+    pub fn ingest(&self) -> crate::ingest::IngestConfig {
+        crate::ingest::IngestConfig {
+            chunk_rows: self.ingest_chunk_rows.max(1),
+            writers: self.ingest_writers.max(1),
+            max_backlog: self.ingest_max_backlog.max(1),
+            ..Default::default()
+        }
+    }
+
     /// The politeness a lease of `host` gets from one job's options: the coordinator's default,
     /// then the job's default, then the coordinator's setting for the host, then the job's.
     pub fn host_policy(&self, host: &str, job: &urlfleet_shared::proto::v1::JobOptions) -> urlfleet_shared::HostPolicy {
@@ -66,6 +85,9 @@ impl CoordinatorConfig {
             host_concurrency: policy::DEFAULT_HOST_CONCURRENCY,
             host_interval: policy::DEFAULT_HOST_INTERVAL,
             host_policies: Vec::new(),
+            ingest_chunk_rows: 2_000,
+            ingest_writers: 2,
+            ingest_max_backlog: 200_000,
         }
     }
 }

@@ -8,12 +8,14 @@
 //! - [`jobs`]: the `JobService` gRPC handlers.
 //! - [`work`]: the `WorkerService` gRPC handler: worker sessions, credits, leases, ingest, acks.
 //! - [`events`]: in-process notifications (new work, job progress, revoked leases).
+//! - [`ingest`]: the shared ingest pipeline: chunks, concurrent writers, ack after commit, backlog.
 //! - [`server`]: wiring: [`server::run`] serves both services (plus health and reflection) on a
 //!   listener until a shutdown future completes.
 //! - [`config`]: the coordinator's typed configuration.
 
 pub mod config;
 pub mod events;
+pub mod ingest;
 pub mod jobs;
 pub mod planner;
 pub mod server;

@@ -43,8 +43,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let ingestor = crate::ingest::Ingestor::start(store.clone(), config.ingest(), token.clone());
     let jobs = JobApi::new(store.clone(), events.clone(), config.clone(), token.clone());
-    let work = WorkApi::new(store.clone(), events.clone(), config.clone(), token.clone(), coordinator_id.clone());
+    let work =
+        WorkApi::new(store.clone(), events.clone(), config.clone(), token.clone(), coordinator_id.clone(), ingestor);
     let addr = listener.local_addr()?;
     info!(address = %addr, coordinator.id = %coordinator_id, "coordinator serving");
 

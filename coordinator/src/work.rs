@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use prost::Message;
+use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,12 +24,15 @@ use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, wo
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
+use crate::ingest::{Ingestor, NotCommitted};
+use crate::store::Touched;
 use crate::store::{LeaseGrant, LeaseRequest, Store};
 
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
-/// Attempts to commit one result batch before the session gives up (the worker resends it).
-const INGEST_ATTEMPTS: u32 = 5;
+
+/// A result batch on its way to the database: its id and, once committed, what it touched.
+type Commit = Pin<Box<dyn Future<Output = (u64, Result<Touched, NotCommitted>)> + Send>>;
 
 /// The `WorkerService` implementation.
 #[derive(Clone)]
@@ -38,6 +43,7 @@ pub struct WorkApi {
     shutdown: CancellationToken,
     coordinator_id: Arc<str>,
     sessions: Arc<AtomicU64>,
+    ingestor: Ingestor,
 }
 
 impl WorkApi {
@@ -48,8 +54,9 @@ impl WorkApi {
         config: CoordinatorConfig,
         shutdown: CancellationToken,
         coordinator_id: Arc<str>,
+        ingestor: Ingestor,
     ) -> Self {
-        Self { store, events, config, shutdown, coordinator_id, sessions: Arc::new(AtomicU64::new(0)) }
+        Self { store, events, config, shutdown, coordinator_id, sessions: Arc::new(AtomicU64::new(0)), ingestor }
     }
 }
 
@@ -82,7 +89,14 @@ impl WorkerService for WorkApi {
         };
         tx.send(Ok(out(Out::Welcome(welcome)))).await.map_err(|_| Status::cancelled("worker went away"))?;
         info!(worker.id = %hello.worker_id, session = %holder, capacity = hello.capacity, "worker connected");
-        let session = Session { api: self.clone(), holder: holder.clone(), tx, credits: 0, leaving: false };
+        let session = Session {
+            api: self.clone(),
+            holder: holder.clone(),
+            tx,
+            credits: 0,
+            leaving: false,
+            commits: FuturesUnordered::new(),
+        };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -98,6 +112,8 @@ struct Session {
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
     credits: u64,
     leaving: bool,
+    /// Batches being committed; each is acknowledged when its commit completes.
+    commits: FuturesUnordered<Commit>,
 }
 
 impl Session {
@@ -106,7 +122,12 @@ impl Session {
         let result: Result<(), String> = async {
             loop {
                 // Lease as long as the worker has credits and work is ready.
-                while self.credits > 0 && !self.leaving && !self.api.shutdown.is_cancelled() {
+                // No new leases while ingest is behind: results would only pile up.
+                while self.credits > 0
+                    && !self.leaving
+                    && !self.api.shutdown.is_cancelled()
+                    && !self.api.ingestor.behind()
+                {
                     match self.lease().await {
                         Ok(true) => {}
                         Ok(false) => break,
@@ -134,6 +155,9 @@ impl Session {
                             }
                         }
                     }
+                    Some((batch_id, committed)) = self.commits.next(), if !self.commits.is_empty() => {
+                        self.committed(batch_id, committed).await?;
+                    }
                     () = self.api.shutdown.cancelled() => return Ok(()),
                     () = self.tx.closed() => return Ok(()),
                 }
@@ -154,7 +178,7 @@ impl Session {
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
         match msg.msg {
             Some(In::Credits(c)) => self.credits += u64::from(c.urls),
-            Some(In::Results(batch)) => self.ingest(batch).await?,
+            Some(In::Results(batch)) => self.ingest(batch),
             Some(In::Heartbeat(hb)) => {
                 if let Err(e) =
                     self.api.store.renew_leases(&self.holder, &hb.lease_ids, self.api.config.lease_ttl).await
@@ -191,7 +215,9 @@ impl Session {
         Ok(true)
     }
 
-    async fn ingest(&mut self, batch: pb::ResultBatch) -> Result<(), String> {
+    /// Hands a batch to the ingest pipeline; the ack goes out when it is committed, while the session
+    /// goes on leasing and receiving.
+    fn ingest(&mut self, batch: pb::ResultBatch) {
         let mut results = Vec::with_capacity(batch.results.len());
         for r in batch.results {
             match ReportedResult::try_from(r) {
@@ -200,22 +226,15 @@ impl Session {
                 Err(e) => warn!(error = %e, batch = batch.batch_id, "dropping a malformed result"),
             }
         }
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 0;
-        let touched = loop {
-            attempt += 1;
-            match self.api.store.ingest(&results).instrument(info_span!("ingest_chunk", rows = results.len())).await {
-                Ok(t) => break t,
-                Err(e) if attempt < INGEST_ATTEMPTS => {
-                    warn!(error = %e, attempt, "ingest failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                // Not acknowledged: the worker keeps the batch and resends it after reconnecting.
-                Err(e) => return Err(format!("ingest failed: {e}")),
-            }
-        };
-        let ack = pb::Ack { batch_id: batch.batch_id };
+        let ingestor = self.api.ingestor.clone();
+        let id = batch.batch_id;
+        self.commits.push(Box::pin(async move { (id, ingestor.submit(results).await) }));
+    }
+
+    async fn committed(&mut self, batch_id: u64, committed: Result<Touched, NotCommitted>) -> Result<(), String> {
+        // Not acknowledged: the worker keeps the batch and resends it after reconnecting.
+        let touched = committed.map_err(|e| e.to_string())?;
+        let ack = pb::Ack { batch_id };
         if self.tx.send(Ok(out(Out::Ack(ack)))).await.is_err() {
             return Ok(());
         }

@@ -1,0 +1,178 @@
+//! Result ingestion shared by every worker session of a coordinator.
+//!
+//! Sessions hand over result batches; a buffer task gathers them into chunks (by size or after a short
+//! delay) and a few writers commit the chunks concurrently, each chunk in one transaction. A session
+//! acknowledges a batch to its worker only when the chunk holding it has committed. When the database
+//! is slow or down, writers retry with back-off for as long as it takes, the backlog grows up to a
+//! bound, and while it is over half of that bound sessions grant no new leases — so nothing
+//! acknowledged is ever lost, and nothing new piles up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+use urlfleet_shared::convert::ReportedResult;
+
+use crate::store::{Store, Touched};
+
+/// Tuning of the ingest pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestConfig {
+    /// A chunk is written once it holds this many results…
+    pub chunk_rows: usize,
+    /// …or this long after its first result arrived.
+    pub flush_after: Duration,
+    /// Chunks written concurrently.
+    pub writers: usize,
+    /// Results accepted and not yet committed, at most; sessions stop leasing above half of it.
+    pub max_backlog: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { chunk_rows: 2_000, flush_after: Duration::from_millis(50), writers: 2, max_backlog: 200_000 }
+    }
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("results not committed: {0}")]
+pub struct NotCommitted(pub String);
+
+struct Pending {
+    results: Vec<ReportedResult>,
+    done: oneshot::Sender<Result<Touched, NotCommitted>>,
+}
+
+/// Handle of the ingest pipeline.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Pending>,
+    backlog: Arc<AtomicUsize>,
+    config: IngestConfig,
+}
+
+impl Ingestor {
+    /// Starts the buffer task and the writers; they stop when `shutdown` is cancelled, failing what is
+    /// not committed (the workers keep those results and resend them).
+    pub fn start(store: Arc<dyn Store>, config: IngestConfig, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = mpsc::channel::<Pending>(1_024);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        // As many chunks in hand as writers: the buffer waits for a free writer beyond that.
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Vec<Pending>>(config.writers.max(1));
+        tokio::spawn(buffer(rx, chunks_tx, config, shutdown.clone()));
+        let chunks_rx = Arc::new(tokio::sync::Mutex::new(chunks_rx));
+        for n in 0..config.writers.max(1) {
+            tokio::spawn(writer(n, store.clone(), chunks_rx.clone(), backlog.clone(), shutdown.clone()));
+        }
+        Self { tx, backlog, config }
+    }
+
+    /// Hands over a batch and waits until it is committed.
+    pub async fn submit(&self, results: Vec<ReportedResult>) -> Result<Touched, NotCommitted> {
+        let n = results.len();
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Pending { results, done }).await.is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            return Err(NotCommitted("coordinator shutting down".into()));
+        }
+        wait.await.unwrap_or_else(|_| Err(NotCommitted("coordinator shutting down".into())))
+    }
+
+    /// Results accepted and not yet committed.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Whether ingest is behind: sessions grant no new leases meanwhile.
+    pub fn behind(&self) -> bool {
+        self.backlog() > self.config.max_backlog / 2
+    }
+}
+
+type ChunkRx = mpsc::Receiver<Vec<Pending>>;
+
+/// Gathers batches into chunks by size or time.
+async fn buffer(
+    mut rx: mpsc::Receiver<Pending>,
+    chunks: mpsc::Sender<Vec<Pending>>,
+    config: IngestConfig,
+    shutdown: CancellationToken,
+) {
+    let mut chunk: Vec<Pending> = Vec::new();
+    let mut rows = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let flush = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => {
+                    rows += p.results.len();
+                    chunk.push(p);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.flush_after);
+                    rows >= config.chunk_rows
+                }
+                None => return,
+            },
+            () = timer => true,
+            () = shutdown.cancelled() => return,
+        };
+        if flush && !chunk.is_empty() {
+            rows = 0;
+            deadline = None;
+            // Waits for a free writer: backpressure reaches the sessions through the bounded input.
+            if chunks.send(std::mem::take(&mut chunk)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Commits chunks, retrying with back-off until the database takes them.
+async fn writer(
+    n: usize,
+    store: Arc<dyn Store>,
+    chunks: Arc<tokio::sync::Mutex<ChunkRx>>,
+    backlog: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let chunk = {
+            let mut rx = chunks.lock().await;
+            tokio::select! {
+                c = rx.recv() => match c { Some(c) => c, None => return },
+                () = shutdown.cancelled() => return,
+            }
+        };
+        let results: Vec<ReportedResult> = chunk.iter().flat_map(|p| p.results.iter().cloned()).collect();
+        let rows = results.len();
+        let mut delay = Duration::from_millis(50);
+        let outcome = loop {
+            let span = info_span!("ingest_chunk", writer = n, rows);
+            match store.ingest(&results).instrument(span).await {
+                Ok(t) => break Ok(t),
+                Err(e) => {
+                    warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "ingest failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break Err(NotCommitted(e.to_string())),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        backlog.fetch_sub(rows, Ordering::Relaxed);
+        for p in chunk {
+            let _ = p.done.send(outcome.clone());
+        }
+    }
+}
