@@ -364,7 +364,7 @@ pub async fn polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let m = if tool == "urlfleet" {
             let db = format!("sqlite:{}", ctx.file("polite.db").display());
             let _ = std::fs::remove_file(ctx.file("polite.db"));
-            proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, &db, &["--retries", "0"])).await?
+            proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, &db, &[])).await?
         } else {
             let lychee = ctx.lychee.as_ref().expect("checked above");
             proc::measure(lychee, &lychee_args(&list, &["--host-concurrency", "1", "--host-request-interval", "100ms"]))
@@ -500,7 +500,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let db = ctx.fresh_db("ingest").await?;
     let store = urlfleet_coordinator::store::connect(&db).await?;
     let urls: Vec<PlannedUrl> = (0..n)
-        .map(|i| PlannedUrl { url: format!("http://h{}.example/{i}", i % 100), host: format!("h{}.example", i % 100) })
+        .map(|i| PlannedUrl { url: format!("http://h{}.example/{i}", i % 100), host: format!("h{}.example", i % 100), max_leases: 1 })
         .collect();
     let (job, _) = store
         .create_job(NewJob {

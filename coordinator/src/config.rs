@@ -20,6 +20,10 @@ pub struct CoordinatorConfig {
     /// Maximum URLs in one lease.
     #[arg(long, env = "URLFLEET_LEASE_SIZE", default_value_t = policy::DEFAULT_LEASE_SIZE)]
     pub lease_size: u32,
+    /// Leases one host may have at once when its limits are lifted (no interval between requests);
+    /// a polite host is leased to one worker at a time.
+    #[arg(long, env = "URLFLEET_MAX_LEASES_PER_HOST", default_value_t = 8)]
+    pub max_leases_per_host: u32,
     /// Leases of one URL that may expire before it is marked failed.
     #[arg(long, env = "URLFLEET_MAX_LEASE_ATTEMPTS", default_value_t = policy::DEFAULT_MAX_LEASE_ATTEMPTS)]
     pub max_lease_attempts: u32,
@@ -80,6 +84,7 @@ impl CoordinatorConfig {
             lease_ttl: policy::DEFAULT_LEASE_TTL,
             lease_size: policy::DEFAULT_LEASE_SIZE,
             max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
+            max_leases_per_host: 8,
             reap_interval: Duration::from_secs(1),
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
             host_concurrency: policy::DEFAULT_HOST_CONCURRENCY,

@@ -89,7 +89,22 @@ impl JobService for JobApi {
                 None => {}
             }
         }
-        let plan = planner.finish(&options);
+        let mut plan = planner.finish(&options);
+        // A host whose limits are lifted (no interval) may be leased to several workers at once.
+        let mut shared: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        for u in &mut plan.urls {
+            if let Some(m) = shared.get(&u.host) {
+                u.max_leases = *m;
+                continue;
+            }
+            let m = if self.config.host_policy(&u.host, &options).interval.is_zero() {
+                self.config.max_leases_per_host.max(1)
+            } else {
+                1
+            };
+            shared.insert(u.host.clone(), m);
+            u.max_leases = m;
+        }
         if plan.total() == 0 {
             return Err(Status::invalid_argument("the job has no URLs"));
         }

@@ -87,7 +87,7 @@ impl Planner {
     /// Finishes the plan.
     pub fn finish(self, options: &pb::JobOptions) -> Plan {
         let mut urls: Vec<PlannedUrl> =
-            self.urls.into_iter().map(|(u, h)| PlannedUrl { url: u.into(), host: h.into() }).collect();
+            self.urls.into_iter().map(|(u, h)| PlannedUrl { url: u.into(), host: h.into(), max_leases: 1 }).collect();
         urls.sort_unstable_by(|a, b| a.url.cmp(&b.url));
         let total = (urls.len() + self.invalid.len()) as u64;
         let priority = match pb::Priority::try_from(options.priority).unwrap_or(pb::Priority::Unspecified) {

@@ -33,6 +33,7 @@ on_both_stores!(
     recently_checked_urls_are_fresh_unless_forced,
     cancelling_keeps_finished_results_and_releases_leases,
     invalid_entries_are_listed_with_their_reasons,
+    a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
 );
 
 async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
@@ -57,7 +58,7 @@ fn new_job(key: &str, total: u64) -> NewJob {
 }
 
 fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
-    (0..n).map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string() }).collect()
+    (0..n).map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string(), max_leases: 1 }).collect()
 }
 
 fn recheck() -> RecheckPolicy {
@@ -333,4 +334,29 @@ async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
     let only_invalid = store.list_results(job.id, &[urlfleet_shared::OutcomeClass::Invalid], None, 10).await.unwrap();
     assert_eq!(only_invalid.len(), 2);
     assert!(only_invalid.iter().all(|r| r.error.is_some() && r.kind == Some(OutcomeKind::Invalid)));
+}
+
+async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("shared", 500)).await.unwrap();
+    let own: Vec<PlannedUrl> = urls("own.example", 500).into_iter().map(|u| PlannedUrl { max_leases: 3, ..u }).collect();
+    store.add_urls(job.id, &own, recheck()).await.unwrap();
+    store.seal_job(job.id).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut leases = Vec::new();
+    for holder in ["w1", "w2", "w3"] {
+        let l = store.acquire_lease(&lease_req(holder)).await.unwrap().expect("a concurrent lease");
+        assert_eq!(l.host, "own.example");
+        assert_eq!(l.urls.len(), 100);
+        for (id, _) in &l.urls {
+            assert!(seen.insert(*id), "URL {id} leased twice");
+        }
+        leases.push(l);
+    }
+    assert!(store.acquire_lease(&lease_req("w4")).await.unwrap().is_none(), "at most max_leases at once");
+    let l = &leases[0];
+    let now = now_ms();
+    store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+    let next = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a finished lease frees a slot");
+    assert!(next.urls.iter().all(|(id, _)| !seen.contains(id)));
 }

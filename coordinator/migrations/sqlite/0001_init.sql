@@ -75,9 +75,10 @@ CREATE TABLE job_urls (
     kind      TEXT,
     PRIMARY KEY (job_id, url_id)
 );
-CREATE INDEX job_urls_frontier ON job_urls (host, url_order) WHERE state = 'pending';
+CREATE INDEX job_urls_frontier ON job_urls (host, url_order, url_id) WHERE state = 'pending';
 CREATE INDEX job_urls_lease ON job_urls (lease_id) WHERE state = 'leased';
-CREATE INDEX job_urls_open_url ON job_urls (url_id) WHERE state IN ('pending', 'leased');
+-- Plain, not partial: SQLite cannot prove `state = 'pending'` implies an IN-list predicate.
+CREATE INDEX job_urls_url ON job_urls (url_id);
 
 CREATE TABLE job_invalid (
     job_id BIGINT NOT NULL REFERENCES jobs (id),
@@ -87,22 +88,26 @@ CREATE TABLE job_invalid (
     PRIMARY KEY (job_id, seq)
 );
 
+-- The frontier: one row per host. `pending` counts its pending job_urls rows; a polite host allows one
+-- lease at a time (`max_leases` 1), a host whose limits were lifted may be leased several times at once.
 CREATE TABLE hosts (
     host            TEXT PRIMARY KEY,
     pending         BIGINT NOT NULL DEFAULT 0,
-    lease_id        BIGINT,
-    lease_epoch     BIGINT NOT NULL DEFAULT 0,
-    leased_until    BIGINT,
-    worker_id       TEXT,
+    active_leases   INTEGER NOT NULL DEFAULT 0,
+    max_leases      INTEGER NOT NULL DEFAULT 1,
+    epoch           BIGINT NOT NULL DEFAULT 0,
     next_allowed_at BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX hosts_ready ON hosts (next_allowed_at) WHERE pending > 0 AND lease_id IS NULL;
-CREATE INDEX hosts_leased ON hosts (leased_until) WHERE lease_id IS NOT NULL;
+CREATE INDEX hosts_ready ON hosts (next_allowed_at) WHERE pending > 0;
 
 CREATE TABLE leases (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     host        TEXT NOT NULL,
     epoch       BIGINT NOT NULL,
-    worker_id   TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
+    holder      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    active      INTEGER NOT NULL
 );
+CREATE INDEX leases_expiry ON leases (expires_at) WHERE active;
+CREATE INDEX leases_holder ON leases (holder) WHERE active;

@@ -188,6 +188,8 @@ pub struct PlannedUrl {
     pub url: String,
     /// Its host key.
     pub host: String,
+    /// Leases the host may have at once: 1 for a polite host, more when its limits were lifted.
+    pub max_leases: u32,
 }
 
 /// The re-check policy applied when URLs are added to a job.

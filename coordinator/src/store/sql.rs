@@ -155,19 +155,45 @@ macro_rules! sql_store {
             Ok(())
         }
 
-        /// Releases a host whose lease has no leased URL left, and keeps it paused until `not_before`.
-        async fn release_lease_if_done(tx: &mut Tx<'_>, lease_id: i64, not_before: i64) -> StoreResult<()> {
-            sqlx::query(
-                "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL, \
-                 next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END \
-                 WHERE lease_id = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased')",
+        /// Adds new pending work to hosts, with how many leases each may have at once. A host keeps
+        /// the lower limit while it still has pending work, so a polite job is never overridden.
+        async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, (i64, i32)>) -> StoreResult<()> {
+            let rows: Vec<(&str, (i64, i32))> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
+            for chunk in rows.chunks(CHUNK_ROWS) {
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending, max_leases) ");
+                qb.push_values(chunk, |mut b, (h, (n, m))| {
+                    b.push_bind(*h).push_bind(*n).push_bind(*m);
+                });
+                qb.push(
+                    " ON CONFLICT (host) DO UPDATE SET pending = hosts.pending + excluded.pending, \
+                     max_leases = CASE WHEN hosts.pending > 0 AND hosts.max_leases < excluded.max_leases \
+                     THEN hosts.max_leases ELSE excluded.max_leases END",
+                );
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// Ends a lease that has no leased URL left: the host gets the slot back and stays paused until
+        /// `not_before`. Returns whether the lease ended.
+        async fn release_lease_if_done(tx: &mut Tx<'_>, lease_id: i64, not_before: i64) -> StoreResult<bool> {
+            let host: Option<String> = sqlx::query_scalar(
+                "UPDATE leases SET active = FALSE WHERE id = $1 AND active AND NOT EXISTS \
+                 (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased') RETURNING host",
             )
             .bind(lease_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(host) = host else { return Ok(false) };
+            sqlx::query(
+                "UPDATE hosts SET active_leases = active_leases - 1, \
+                 next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END WHERE host = $1",
+            )
+            .bind(&host)
             .bind(not_before)
             .execute(&mut **tx)
             .await?;
-            Ok(())
+            Ok(true)
         }
 
         /// Ingest, one statement per result and table: the portable path (SQLite uses it; a
@@ -352,7 +378,7 @@ macro_rules! sql_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let mut d = CounterDelta::default();
-                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
+                let mut per_host: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
                 for chunk in urls.chunks(CHUNK_ROWS) {
                     let mut qb = QueryBuilder::<$db>::new("INSERT INTO urls (url, host) ");
                     qb.push_values(chunk, |mut b, u| {
@@ -391,7 +417,8 @@ macro_rules! sql_store {
                                 .unwrap_or(OutcomeClass::Error);
                             d.add_class(job_id, class);
                         } else {
-                            *per_host.entry(u.host.as_str()).or_default() += 1;
+                            let e = per_host.entry(u.host.as_str()).or_insert((0, u.max_leases.max(1) as i32));
+                            e.0 += 1;
                         }
                         planned.push((*id, u.host.as_str(), state, order, kept_kind));
                     }
@@ -409,7 +436,7 @@ macro_rules! sql_store {
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
                 }
-                add_host_pending(&mut tx, &per_host).await?;
+                add_frontier(&mut tx, &per_host).await?;
                 apply_delta(&mut tx, &d).await?;
                 tx.commit().await?;
                 Ok(())
@@ -508,15 +535,7 @@ macro_rules! sql_store {
                 let mut revoked = Vec::new();
                 for l in lease_ids {
                     // A lease that still holds URLs of other jobs keeps running for them.
-                    let res = sqlx::query(
-                        "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL \
-                         WHERE lease_id = $1 AND NOT EXISTS \
-                         (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased')",
-                    )
-                    .bind(l)
-                    .execute(&mut *tx)
-                    .await?;
-                    if res.rows_affected() > 0 {
+                    if release_lease_if_done(&mut tx, l, 0).await? {
                         revoked.push(l);
                     }
                 }
@@ -540,7 +559,7 @@ macro_rules! sql_store {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
                 let candidates: Vec<(String, i64)> = sqlx::query_as(concat!(
-                    "SELECT host, lease_epoch FROM hosts WHERE pending > 0 AND lease_id IS NULL \
+                    "SELECT host, epoch FROM hosts WHERE pending > 0 AND active_leases < max_leases \
                      AND next_allowed_at <= $1 ORDER BY next_allowed_at, host LIMIT 4",
                     $skip
                 ))
@@ -575,12 +594,14 @@ macro_rules! sql_store {
                     }
                     let epoch = epoch + 1;
                     let lease_id: i64 = sqlx::query_scalar(
-                        "INSERT INTO leases (host, epoch, worker_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                        "INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) \
+                         VALUES ($1, $2, $3, $4, $5, TRUE) RETURNING id",
                     )
                     .bind(&host)
                     .bind(epoch)
                     .bind(&req.worker_id)
                     .bind(now)
+                    .bind(now + ms(req.ttl))
                     .fetch_one(&mut *tx)
                     .await?;
                     let mut d = CounterDelta::default();
@@ -603,14 +624,11 @@ macro_rules! sql_store {
                     }
                     let deadline = now + ms(req.ttl);
                     sqlx::query(
-                        "UPDATE hosts SET lease_id = $2, lease_epoch = $3, leased_until = $4, worker_id = $5, \
-                         pending = pending - $6 WHERE host = $1",
+                        "UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3 \
+                         WHERE host = $1",
                     )
                     .bind(&host)
-                    .bind(lease_id)
                     .bind(epoch)
-                    .bind(deadline)
-                    .bind(&req.worker_id)
                     .bind(n_rows)
                     .execute(&mut *tx)
                     .await?;
@@ -659,7 +677,7 @@ macro_rules! sql_store {
             async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
                 let until = now_ms() + ms(ttl);
                 for id in lease_ids {
-                    sqlx::query("UPDATE hosts SET leased_until = $3 WHERE lease_id = $1 AND worker_id = $2")
+                    sqlx::query("UPDATE leases SET expires_at = $3 WHERE id = $1 AND holder = $2 AND active")
                         .bind(id)
                         .bind(worker_id)
                         .bind(until)
@@ -670,7 +688,7 @@ macro_rules! sql_store {
             }
 
             async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()> {
-                sqlx::query("UPDATE hosts SET leased_until = 0 WHERE worker_id = $1 AND lease_id IS NOT NULL")
+                sqlx::query("UPDATE leases SET expires_at = 0 WHERE holder = $1 AND active")
                     .bind(worker_id)
                     .execute(&self.pool)
                     .await?;
@@ -681,8 +699,7 @@ macro_rules! sql_store {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
                 let expired: Vec<(String, i64)> = sqlx::query_as(concat!(
-                    "SELECT host, lease_id FROM hosts WHERE lease_id IS NOT NULL AND leased_until < $1 \
-                     ORDER BY host LIMIT 100",
+                    "SELECT host, id FROM leases WHERE active AND expires_at < $1 ORDER BY id LIMIT 100",
                     $skip
                 ))
                 .bind(now)
@@ -710,12 +727,11 @@ macro_rules! sql_store {
                             back += 1;
                         }
                     }
+                    sqlx::query("UPDATE leases SET active = FALSE WHERE id = $1").bind(lease_id).execute(&mut *tx).await?;
                     sqlx::query(
-                        "UPDATE hosts SET lease_id = NULL, leased_until = NULL, worker_id = NULL, \
-                         pending = pending + $3 WHERE host = $1 AND lease_id = $2",
+                        "UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2 WHERE host = $1",
                     )
                     .bind(host)
-                    .bind(lease_id)
                     .bind(back)
                     .execute(&mut *tx)
                     .await?;
