@@ -209,6 +209,7 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     expect_all_ok(&uf, n, "urlfleet check")?;
 
     let cluster = cluster_throughput(ctx, &list, n).await?;
+    let engine_alone = engine_throughput(port, n).await?;
 
     let ly = match &ctx.lychee {
         Some(l) => {
@@ -244,6 +245,15 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
         fmt_ratio(c_rate, ly_rate),
         fmt_ratio(c_rate, wrk_rate),
     ]);
+    let e_rate = rate(n, engine_alone);
+    report.row(&[
+        "check engine alone, in this process (no store)".into(),
+        format!("{:.2} s", engine_alone.as_secs_f64()),
+        format!("{e_rate:.0}"),
+        "".into(),
+        fmt_ratio(e_rate, ly_rate),
+        fmt_ratio(e_rate, wrk_rate),
+    ]);
     if let Some(m) = &ly {
         let r = rate(n, m.wall);
         report.row(&[
@@ -269,6 +279,33 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     nginx.stop().await?;
     Ok(())
+}
+
+/// The worker's check engine alone: `n` checks with 128 in flight, results dropped.
+async fn engine_throughput(port: u16, n: usize) -> Result<Duration> {
+    use futures::StreamExt as _;
+    let engine = std::sync::Arc::new(urlfleet_worker::engine::Engine::new(urlfleet_worker::engine::EngineConfig {
+        allow: vec!["127.0.0.0/8".parse().map_err(anyhow::Error::msg)?],
+        retries: 0,
+        ..Default::default()
+    })?);
+    let policy = urlfleet_shared::HostPolicy { concurrency: 128, interval: Duration::ZERO };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let mut ok = 0usize;
+    let mut checks = futures::stream::iter(0..n)
+        .map(|i| {
+            let (engine, cancel) = (engine.clone(), cancel.clone());
+            async move { engine.check(&format!("http://127.0.0.1:{port}/e/{i}"), policy, &cancel).await }
+        })
+        .buffer_unordered(256);
+    while let Some(o) = checks.next().await {
+        ok += usize::from(o.kind == urlfleet_shared::OutcomeKind::Ok);
+    }
+    if ok != n {
+        bail!("engine alone: {ok} of {n} ok");
+    }
+    Ok(started.elapsed())
 }
 
 fn expect_all_ok(m: &Measured, n: usize, what: &str) -> Result<()> {
@@ -500,7 +537,11 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let db = ctx.fresh_db("ingest").await?;
     let store = urlfleet_coordinator::store::connect(&db).await?;
     let urls: Vec<PlannedUrl> = (0..n)
-        .map(|i| PlannedUrl { url: format!("http://h{}.example/{i}", i % 100), host: format!("h{}.example", i % 100), max_leases: 1 })
+        .map(|i| PlannedUrl {
+            url: format!("http://h{}.example/{i}", i % 100),
+            host: format!("h{}.example", i % 100),
+            max_leases: 1,
+        })
         .collect();
     let (job, _) = store
         .create_job(NewJob {

@@ -339,7 +339,8 @@ async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
 async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(backend: Backend) {
     let (_db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("shared", 500)).await.unwrap();
-    let own: Vec<PlannedUrl> = urls("own.example", 500).into_iter().map(|u| PlannedUrl { max_leases: 3, ..u }).collect();
+    let own: Vec<PlannedUrl> =
+        urls("own.example", 500).into_iter().map(|u| PlannedUrl { max_leases: 3, ..u }).collect();
     store.add_urls(job.id, &own, recheck()).await.unwrap();
     store.seal_job(job.id).await.unwrap();
     let mut seen = std::collections::HashSet::new();

@@ -56,20 +56,6 @@ fn migrator() -> Migrator {
 
 super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED");
 
-/// The newest result of each URL in a batch (the one the latest state and the job progress take).
-fn newest_per_url(results: &[ReportedResult]) -> Vec<&ReportedResult> {
-    let mut by_url: HashMap<i64, &ReportedResult> = HashMap::with_capacity(results.len());
-    for r in results {
-        let e = by_url.entry(r.url_id).or_insert(r);
-        if r.outcome.checked_at_ms > e.outcome.checked_at_ms {
-            *e = r;
-        }
-    }
-    let mut v: Vec<&ReportedResult> = by_url.into_values().collect();
-    v.sort_by_key(|r| r.url_id);
-    v
-}
-
 impl PgStore {
     /// Set-based ingest: one statement per table for the whole batch, with the rows passed as arrays
     /// (`UNNEST`), so a batch costs a handful of round trips whatever its size.
@@ -167,8 +153,6 @@ impl PgStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut d = CounterDelta::default();
-        let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
         if !open.is_empty() {
             sqlx::query(
                 "UPDATE job_urls ju SET state = 'done', kind = t.kind, lease_id = NULL \
@@ -179,43 +163,7 @@ impl PgStore {
             .bind(&kinds)
             .execute(&mut *tx)
             .await?;
-            let class_of: HashMap<i64, urlfleet_shared::OutcomeClass> =
-                newest.iter().map(|r| (r.url_id, r.outcome.kind.class())).collect();
-            for (job, url_id, state, host) in &open {
-                d.add(*job, delta::CHECKED, 1);
-                d.add_class(*job, class_of[url_id]);
-                if state == "leased" {
-                    d.add(*job, delta::LEASED, -1);
-                } else {
-                    *per_host.entry(host.clone()).or_default() -= 1;
-                }
-            }
         }
-        let per_host: BTreeMap<&str, i64> = per_host.iter().map(|(h, n)| (h.as_str(), *n)).collect();
-        add_host_pending(&mut tx, &per_host).await?;
-        let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
-        for r in results {
-            let pause = leases.entry(r.lease_id).or_insert(0);
-            *pause = (*pause).max(r.outcome.host_paused_until_ms.unwrap_or(0));
-        }
-        for (lease, pause) in &leases {
-            if *pause > now {
-                sqlx::query(
-                    "UPDATE hosts SET next_allowed_at = GREATEST(next_allowed_at, $2) \
-                     WHERE host = (SELECT host FROM leases WHERE id = $1)",
-                )
-                .bind(lease)
-                .bind(pause)
-                .execute(&mut *tx)
-                .await?;
-            }
-            release_lease_if_done(&mut tx, *lease, now).await?;
-        }
-        // Job rows are the most contended: touch them last, in id order, to hold their locks briefly.
-        apply_delta(&mut tx, &d).await?;
-        let jobs = d.jobs();
-        complete_if_done(&mut tx, &jobs, now).await?;
-        tx.commit().await?;
-        Ok(Touched { jobs })
+        settle_ingest(tx, open, &newest, results, now).await
     }
 }

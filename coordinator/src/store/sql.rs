@@ -196,103 +196,56 @@ macro_rules! sql_store {
             Ok(true)
         }
 
-        /// Ingest, one statement per result and table: the portable path (SQLite uses it; a
-        /// store may replace it with set-based statements).
-        #[allow(dead_code)]
-        async fn ingest_per_row(pool: &sqlx::Pool<$db>, results: &[ReportedResult]) -> StoreResult<Touched> {
-            let now = now_ms();
-            let mut tx = pool.begin().await?;
+        /// The newest result of each URL in a batch (it sets the latest state and the job progress),
+        /// in URL id order.
+        fn newest_per_url(results: &[ReportedResult]) -> Vec<&ReportedResult> {
+            let mut by_url: HashMap<i64, &ReportedResult> = HashMap::with_capacity(results.len());
+            for r in results {
+                let e = by_url.entry(r.url_id).or_insert(r);
+                if r.outcome.checked_at_ms > e.outcome.checked_at_ms {
+                    *e = r;
+                }
+            }
+            let mut v: Vec<&ReportedResult> = by_url.into_values().collect();
+            v.sort_by_key(|r| r.url_id);
+            v
+        }
+
+        /// The rest of an ingest once `urls`, `checks` and `job_urls` are written: `open` holds the
+        /// `(job, url, previous state, host)` rows this batch finished. Counters, frontier, lease
+        /// ends, host pauses and job completion, then commit.
+        async fn settle_ingest(
+            mut tx: Tx<'_>,
+            open: Vec<(i64, i64, String, String)>,
+            newest: &[&ReportedResult],
+            results: &[ReportedResult],
+            now: i64,
+        ) -> StoreResult<Touched> {
+            let class_of: HashMap<i64, OutcomeClass> = newest.iter().map(|r| (r.url_id, r.outcome.kind.class())).collect();
             let mut d = CounterDelta::default();
             let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-            let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
-            let mut sorted: Vec<&ReportedResult> = results.iter().collect();
-            sorted.sort_by_key(|r| (r.url_id, r.outcome.checked_at_ms));
-            for r in sorted {
-                let o = &r.outcome;
-                let redirects = encode_redirects(&o.redirects);
-                let status = o.status.map(i32::from);
-                let attempts = o.attempts as i32;
-                let response_ms = o.response_time_ms.min(i64::MAX as u64) as i64;
-                let length = o.content_length.map(|l| l.min(i64::MAX as u64) as i64);
-                // Latest state, monotonic: an older result never overwrites a newer one.
-                sqlx::query(
-                    "UPDATE urls SET kind = $2, status = $3, final_url = $4, redirects = $5, attempts = $6, \
-                     response_ms = $7, content_type = $8, content_length = $9, error = $10, checked_at = $11 \
-                     WHERE id = $1 AND (checked_at IS NULL OR checked_at < $11)",
-                )
-                .bind(r.url_id)
-                .bind(o.kind.as_str())
-                .bind(status)
-                .bind(o.final_url.as_deref())
-                .bind(redirects.as_deref())
-                .bind(attempts)
-                .bind(response_ms)
-                .bind(o.content_type.as_deref())
-                .bind(length)
-                .bind(o.error.as_deref())
-                .bind(o.checked_at_ms)
-                .execute(&mut *tx)
-                .await?;
-                // History; a replayed report hits the primary key and changes nothing.
-                sqlx::query(
-                    "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, \
-                     attempts, response_ms, content_type, content_length, error) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                     ON CONFLICT (url_id, checked_at) DO NOTHING",
-                )
-                .bind(r.url_id)
-                .bind(o.checked_at_ms)
-                .bind(r.lease_id)
-                .bind(o.kind.as_str())
-                .bind(status)
-                .bind(o.final_url.as_deref())
-                .bind(redirects.as_deref())
-                .bind(attempts)
-                .bind(response_ms)
-                .bind(o.content_type.as_deref())
-                .bind(length)
-                .bind(o.error.as_deref())
-                .execute(&mut *tx)
-                .await?;
-                // Progress: only an open URL can finish, so a replay or a late report from an
-                // expired lease can neither double-count nor un-finish anything.
-                let class = o.kind.class();
-                let from_leased: Vec<(i64,)> = sqlx::query_as(
-                    "UPDATE job_urls SET state = 'done', kind = $2, lease_id = NULL \
-                     WHERE url_id = $1 AND state = 'leased' RETURNING job_id",
-                )
-                .bind(r.url_id)
-                .bind(o.kind.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-                for (job,) in from_leased {
+            for (job, url_id, state, host) in open {
+                d.add(job, delta::CHECKED, 1);
+                d.add_class(job, class_of.get(&url_id).copied().unwrap_or(OutcomeClass::Error));
+                if state == "leased" {
                     d.add(job, delta::LEASED, -1);
-                    d.add(job, delta::CHECKED, 1);
-                    d.add_class(job, class);
-                }
-                let from_pending: Vec<(i64, String)> = sqlx::query_as(
-                    "UPDATE job_urls SET state = 'done', kind = $2 \
-                     WHERE url_id = $1 AND state = 'pending' RETURNING job_id, host",
-                )
-                .bind(r.url_id)
-                .bind(o.kind.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-                for (job, host) in from_pending {
-                    d.add(job, delta::CHECKED, 1);
-                    d.add_class(job, class);
+                } else {
                     *per_host.entry(host).or_default() -= 1;
                 }
-                let pause = leases.entry(r.lease_id).or_insert(0);
-                *pause = (*pause).max(o.host_paused_until_ms.unwrap_or(0));
             }
             let per_host: BTreeMap<&str, i64> = per_host.iter().map(|(h, n)| (h.as_str(), *n)).collect();
             add_host_pending(&mut tx, &per_host).await?;
+            let mut leases: BTreeMap<i64, i64> = BTreeMap::new();
+            for r in results {
+                let pause = leases.entry(r.lease_id).or_insert(0);
+                *pause = (*pause).max(r.outcome.host_paused_until_ms.unwrap_or(0));
+            }
             for (lease, pause) in &leases {
                 if *pause > now {
+                    // A host that asked to be left alone stays paused for every worker.
                     sqlx::query(
-                        "UPDATE hosts SET next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 \
-                         ELSE next_allowed_at END WHERE host = (SELECT host FROM leases WHERE id = $1)",
+                        "UPDATE hosts SET next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END \
+                         WHERE host = (SELECT host FROM leases WHERE id = $1)",
                     )
                     .bind(lease)
                     .bind(pause)
@@ -301,6 +254,7 @@ macro_rules! sql_store {
                 }
                 release_lease_if_done(&mut tx, *lease, now).await?;
             }
+            // Job rows are the most contended: touch them last, in id order, to hold their locks briefly.
             apply_delta(&mut tx, &d).await?;
             let jobs = d.jobs();
             complete_if_done(&mut tx, &jobs, now).await?;
