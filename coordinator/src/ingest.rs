@@ -153,7 +153,12 @@ async fn writer(
                 () = shutdown.cancelled() => return,
             }
         };
-        let results: Vec<ReportedResult> = chunk.iter().flat_map(|p| p.results.iter().cloned()).collect();
+        let mut results: Vec<ReportedResult> = Vec::with_capacity(chunk.iter().map(|p| p.results.len()).sum());
+        let mut waiting = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            results.extend(p.results);
+            waiting.push(p.done);
+        }
         let rows = results.len();
         let mut delay = Duration::from_millis(50);
         let outcome = loop {
@@ -171,8 +176,8 @@ async fn writer(
             }
         };
         backlog.fetch_sub(rows, Ordering::Relaxed);
-        for p in chunk {
-            let _ = p.done.send(outcome.clone());
+        for done in waiting {
+            let _ = done.send(outcome.clone());
         }
     }
 }

@@ -10,7 +10,8 @@
 //! [`PENALTY_MAX`]) and halves with every answer that is not throttled, so it recovers gradually.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -39,14 +40,16 @@ struct HostState {
     /// Serializes the scheduling of request starts; holds the next allowed start.
     next_start: tokio::sync::Mutex<Instant>,
     paused_until: Mutex<Option<Instant>>,
-    /// Extra spacing after throttled answers; decays on healthy answers.
-    penalty: Mutex<Duration>,
+    /// Extra spacing after throttled answers, in microseconds; decays on healthy answers. An atomic,
+    /// because every answer touches it.
+    penalty_us: AtomicU64,
 }
 
 /// The gate every request passes.
 #[derive(Debug)]
 pub struct Politeness {
-    hosts: Mutex<HashMap<String, Arc<HostState>>>,
+    /// Read on every request, written when a host is first seen: a read-write lock.
+    hosts: RwLock<HashMap<String, Arc<HostState>>>,
     global: Arc<Semaphore>,
 }
 
@@ -60,26 +63,32 @@ pub struct Permit {
 impl Politeness {
     /// A gate with `global` in-flight requests at most.
     pub fn new(global: usize) -> Self {
-        Self { hosts: Mutex::new(HashMap::new()), global: Arc::new(Semaphore::new(global.max(1))) }
+        Self { hosts: RwLock::new(HashMap::new()), global: Arc::new(Semaphore::new(global.max(1))) }
+    }
+
+    fn get(&self, host: &str) -> Option<Arc<HostState>> {
+        self.hosts.read().unwrap_or_else(|e| e.into_inner()).get(host).cloned()
     }
 
     fn host(&self, host: &str, policy: HostPolicy) -> Arc<HostState> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         let concurrency = policy.concurrency.max(1);
+        if let Some(s) = self.get(host).filter(|s| s.concurrency == concurrency) {
+            return s;
+        }
+        let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         match hosts.get(host) {
             Some(s) if s.concurrency == concurrency => s.clone(),
             existing => {
                 // A changed limit takes effect for new requests; the next start time carries over.
                 let next = existing.and_then(|s| s.next_start.try_lock().ok().map(|n| *n)).unwrap_or_else(Instant::now);
                 let paused = existing.and_then(|s| *s.paused_until.lock().unwrap_or_else(|e| e.into_inner()));
-                let penalty =
-                    existing.map(|s| *s.penalty.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+                let penalty = existing.map(|s| s.penalty_us.load(Ordering::Relaxed)).unwrap_or_default();
                 let s = Arc::new(HostState {
                     slots: Arc::new(Semaphore::new(concurrency as usize)),
                     concurrency,
                     next_start: tokio::sync::Mutex::new(next),
                     paused_until: Mutex::new(paused),
-                    penalty: Mutex::new(penalty),
+                    penalty_us: AtomicU64::new(penalty),
                 });
                 hosts.insert(host.to_string(), s.clone());
                 s
@@ -101,7 +110,7 @@ impl Politeness {
             tokio::time::sleep_until(wake).await;
         }
         let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
-        let penalty = *state.penalty.lock().unwrap_or_else(|e| e.into_inner());
+        let penalty = Duration::from_micros(state.penalty_us.load(Ordering::Relaxed));
         let spacing = policy.interval + penalty;
         *next = Instant::now() + spacing + margin(spacing);
         Permit { _host: host_slot, _global: global }
@@ -109,8 +118,7 @@ impl Politeness {
 
     /// Pauses a host for everyone on this worker (Retry-After, back-off after 429/503).
     pub fn pause(&self, host: &str, for_: Duration) {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = hosts.get(host) {
+        if let Some(s) = self.get(host) {
             let until = Instant::now() + for_;
             let mut p = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
             if p.is_none_or(|p| p < until) {
@@ -122,12 +130,10 @@ impl Politeness {
     /// A throttled answer (429/503) without `Retry-After`: doubles the host's penalty and pauses it
     /// for that long. Returns the pause.
     pub fn throttled(&self, host: &str) -> Duration {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = hosts.get(host) else { return Duration::ZERO };
-        let mut p = s.penalty.lock().unwrap_or_else(|e| e.into_inner());
-        *p = (*p * 2).clamp(PENALTY_START, PENALTY_MAX);
-        let pause = *p;
-        drop(p);
+        let Some(s) = self.get(host) else { return Duration::ZERO };
+        let old = Duration::from_micros(s.penalty_us.load(Ordering::Relaxed));
+        let pause = (old * 2).clamp(PENALTY_START, PENALTY_MAX);
+        s.penalty_us.store(pause.as_micros() as u64, Ordering::Relaxed);
         let until = Instant::now() + pause;
         let mut paused = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         if paused.is_none_or(|q| q < until) {
@@ -138,15 +144,11 @@ impl Politeness {
 
     /// An answer that was not throttled: the host's penalty halves (and vanishes below 10 ms).
     pub fn healthy(&self, host: &str) {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = hosts.get(host) {
-            let mut p = s.penalty.lock().unwrap_or_else(|e| e.into_inner());
-            if !p.is_zero() {
-                *p /= 2;
-                if *p < Duration::from_millis(10) {
-                    *p = Duration::ZERO;
-                }
-            }
+        let Some(s) = self.get(host) else { return };
+        let p = s.penalty_us.load(Ordering::Relaxed);
+        if p != 0 {
+            let half = p / 2;
+            s.penalty_us.store(if half < 10_000 { 0 } else { half }, Ordering::Relaxed);
         }
     }
 
