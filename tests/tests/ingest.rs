@@ -1,0 +1,165 @@
+//! Result ingestion through the coordinator's pipeline: chunking, exactly-once effect, and surviving
+//! a database that drops every connection mid-job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
+use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::proto::v1 as pb;
+use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
+use urlfleet_tests::cluster::{all_results, submit, wait_done};
+use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
+
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    match db.backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}
+
+async fn many_rows_cross_many_chunks(backend: Backend) {
+    const N: usize = 100_000;
+    let db = TestDb::fresh(backend).await;
+    let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let urls: Vec<PlannedUrl> = (0..N)
+        .map(|i| PlannedUrl {
+            url: format!("http://h{}.example/{i}", i % 50),
+            host: format!("h{}.example", i % 50),
+            max_leases: 1,
+        })
+        .collect();
+    let (job, _) = store
+        .create_job(NewJob {
+            name: "many".into(),
+            priority: 3,
+            options: Vec::new(),
+            unique_key: "many".into(),
+            idempotency_key: None,
+            not_before_ms: 0,
+            received: N as u64,
+            duplicates: 0,
+            total: N as u64,
+            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+        })
+        .await
+        .unwrap();
+    for chunk in urls.chunks(10_000) {
+        let recheck =
+            RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
+        store.add_urls(job.id, chunk, recheck).await.unwrap();
+    }
+    store.seal_job(job.id).await.unwrap();
+    let mut leased = Vec::new();
+    let req = LeaseRequest { worker_id: "w".into(), max_urls: 2_000, ttl: Duration::from_secs(600) };
+    while let Some(l) = store.acquire_lease(&req).await.unwrap() {
+        leased.extend(l.urls.iter().map(|(id, _)| (l.id, *id)));
+    }
+    assert_eq!(leased.len(), N);
+    let now = urlfleet_shared::time::now_ms();
+    let results: Vec<ReportedResult> = leased
+        .iter()
+        .map(|(lease, id)| {
+            let mut o = CheckOutcome::error(OutcomeKind::from_status(200, 0), "", 1);
+            o.error = None;
+            o.status = Some(200);
+            o.checked_at_ms = now;
+            ReportedResult { lease_id: *lease, epoch: 1, url_id: *id, outcome: o }
+        })
+        .collect();
+    let shutdown = CancellationToken::new();
+    let config = IngestConfig { chunk_rows: 1_000, ..IngestConfig::default() };
+    let ingestor = Ingestor::start(store.clone(), config, shutdown.clone());
+    // Every batch twice, all in flight: chunks interleave, the replay changes nothing.
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    for round in 0..2 {
+        for batch in results.chunks(500) {
+            let (ingestor, batch) = (ingestor.clone(), batch.to_vec());
+            inflight.push(async move { (round, ingestor.submit(batch).await) });
+        }
+    }
+    while let Some((_, r)) = inflight.next().await {
+        r.expect("committed");
+    }
+    assert_eq!(ingestor.backlog(), 0);
+    shutdown.cancel();
+    let done = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!((done.counts.checked, done.counts.ok, done.counts.leased), (N as u64, N as u64, 0));
+    assert_eq!(done.state, urlfleet_coordinator::store::JobState::Completed);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM checks").await, N as i64, "every row exactly once");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM urls WHERE checked_at IS NOT NULL").await, N as i64);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM job_urls WHERE state = 'done'").await, N as i64);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM leases WHERE active").await, 0, "every lease ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_row_ingest_crosses_many_chunks_with_every_row_once_on_sqlite() {
+    many_rows_cross_many_chunks(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100k_row_ingest_crosses_many_chunks_with_every_row_once_on_postgres() {
+    many_rows_cross_many_chunks(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_every_database_connection_mid_job_loses_nothing() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let sites = [Fixture::local().await, Fixture::start([127, 0, 0, 5].into()).await];
+    let coordinator = Coordinator::spawn(&db.url, |c| c.lease_size = 50).await;
+    let worker = Worker::spawn(&coordinator.addr, |_| {});
+    let urls: Vec<String> = (0..3_000).map(|i| sites[i % 2].url(&format!("/delay/2?n={i}"))).collect();
+    let mut client = coordinator.client().await;
+    let options = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: Some(16), interval_ms: Some(0) }),
+        ..Default::default()
+    };
+    let id = submit(&mut client, &urls, options).await.unwrap().job.unwrap().id;
+
+    // Kill every backend of the test database, several times, while results stream in.
+    let admin = urlfleet_tests::db::postgres_url();
+    let name = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
+    let mut kills = 0;
+    for _ in 0..4 {
+        eventually(Duration::from_secs(30), "progress between kills", || {
+            let mut client = client.clone();
+            let want = 300 * (kills + 1);
+            async move {
+                let j = client.get_job(pb::GetJobRequest { id }).await.ok()?.into_inner();
+                (j.counts?.checked >= want as u64 || j.state == pb::JobState::Completed as i32).then_some(())
+            }
+        })
+        .await;
+        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty(), "the coordinator had connections to kill");
+        kills += 1;
+    }
+
+    let job = wait_done(&mut client, id, Duration::from_secs(120)).await;
+    let c = job.counts.unwrap();
+    assert_eq!(job.state, pb::JobState::Completed as i32);
+    assert_eq!((c.total, c.checked, c.ok, c.failed, c.leased), (3_000, 3_000, 3_000, 0, 0));
+    let results = all_results(&mut client, id).await;
+    assert_eq!(results.len(), 3_000);
+    assert!(results.iter().all(|r| r.status == 200));
+    assert_eq!(count(&db, "SELECT COUNT(DISTINCT url_id) FROM checks").await, 3_000);
+    worker.stop().await;
+    coordinator.stop().await;
+}
