@@ -129,8 +129,7 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
     // Kill every backend of the test database, several times, while results stream in.
     let admin = urlfleet_tests::db::postgres_url();
     let name = db.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_string();
-    let mut kills = 0;
-    for _ in 0..4 {
+    for kills in 0..4 {
         eventually(Duration::from_secs(30), "progress between kills", || {
             let mut client = client.clone();
             let want = 300 * (kills + 1);
@@ -149,7 +148,6 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
         .await
         .unwrap();
         assert!(!killed.is_empty(), "the coordinator had connections to kill");
-        kills += 1;
     }
 
     let job = wait_done(&mut client, id, Duration::from_secs(120)).await;
