@@ -79,7 +79,7 @@ impl JobService for JobApi {
             None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
         };
         validate_options(&options)?;
-        let mut planner = Planner::default();
+        let mut planner = Planner::new(&options);
         while let Some(msg) = stream.message().await? {
             match msg.item {
                 Some(pb::submit_job_request::Item::Urls(chunk)) => chunk.urls.iter().for_each(|u| planner.push(u)),
@@ -116,7 +116,12 @@ impl JobService for JobApi {
             options: options.encode_to_vec(),
             unique_key: plan.unique_key.clone(),
             idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
-            not_before_ms: options.not_before_ms,
+            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
+                urlfleet_shared::time::now_ms()
+                    + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total()))
+            } else {
+                options.not_before_ms
+            },
             received: plan.received,
             duplicates: plan.duplicates,
             total: plan.total(),

@@ -13,6 +13,7 @@ use crate::store::{InvalidEntry, PlannedUrl, Priority};
 /// Accumulates the entries of one submission.
 #[derive(Debug, Default)]
 pub struct Planner {
+    strip_tracking: bool,
     received: u64,
     duplicates: u64,
     urls: HashMap<Box<str>, Box<str>>,
@@ -44,6 +45,18 @@ impl Plan {
     }
 }
 
+/// The optional delay of a job by its size: < 500 URLs 1 min, < 2,000 5 min, < 5,000 15 min, else
+/// 30 min.
+pub fn delay_for_size(n: u64) -> std::time::Duration {
+    let min = match n {
+        0..500 => 1,
+        500..2_000 => 5,
+        2_000..5_000 => 15,
+        _ => 30,
+    };
+    std::time::Duration::from_secs(60 * min)
+}
+
 /// Priority derived from a job's size: < 500 URLs high, < 5,000 medium, otherwise low.
 pub fn priority_for_size(n: u64) -> Priority {
     match n {
@@ -54,6 +67,11 @@ pub fn priority_for_size(n: u64) -> Priority {
 }
 
 impl Planner {
+    /// A planner that applies the options' normalization settings.
+    pub fn new(options: &pb::JobOptions) -> Self {
+        Self { strip_tracking: options.strip_tracking_params, ..Self::default() }
+    }
+
     /// Adds one entry; blank entries are ignored.
     pub fn push(&mut self, entry: &str) {
         let entry = entry.trim();
@@ -61,7 +79,7 @@ impl Planner {
             return;
         }
         self.received += 1;
-        match NormalizedUrl::parse(entry) {
+        match NormalizedUrl::parse_with(entry, self.strip_tracking) {
             Ok(u) => {
                 if self.urls.contains_key(u.as_str()) {
                     self.duplicates += 1;
@@ -157,6 +175,25 @@ mod tests {
         assert_eq!(a, b);
         let forced = pb::JobOptions { force: true, ..Default::default() };
         assert_ne!(a, plan_of(&["http://a.example/", "http://b.example/"], &forced));
+    }
+
+    #[test]
+    fn tracking_parameters_collapse_when_asked() {
+        let o = pb::JobOptions { strip_tracking_params: true, ..Default::default() };
+        let mut p = Planner::new(&o);
+        p.push("https://a.example/x?utm_source=mail");
+        p.push("https://a.example/x?utm_source=feed&fbclid=1");
+        p.push("https://a.example/x");
+        let plan = p.finish(&o);
+        assert_eq!((plan.urls.len(), plan.duplicates), (1, 2));
+    }
+
+    #[test]
+    fn delay_follows_size() {
+        assert_eq!(delay_for_size(10).as_secs(), 60);
+        assert_eq!(delay_for_size(1_999).as_secs(), 300);
+        assert_eq!(delay_for_size(4_999).as_secs(), 900);
+        assert_eq!(delay_for_size(5_000).as_secs(), 1_800);
     }
 
     #[test]

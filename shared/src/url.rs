@@ -39,6 +39,12 @@ pub struct NormalizedUrl {
 impl NormalizedUrl {
     /// Parses and normalizes one URL. Surrounding whitespace is ignored.
     pub fn parse(input: &str) -> Result<Self, UrlError> {
+        Self::parse_with(input, false)
+    }
+
+    /// Like [`NormalizedUrl::parse`]; with `strip_tracking`, query parameters that only track
+    /// campaigns and clicks ([`is_tracking_param`]) are dropped (the order of the others is kept).
+    pub fn parse_with(input: &str, strip_tracking: bool) -> Result<Self, UrlError> {
         let input = input.trim();
         let mut url = url::Url::parse(input).map_err(|e| UrlError::Parse(e.to_string()))?;
         match url.scheme() {
@@ -49,6 +55,18 @@ impl NormalizedUrl {
         let path = normalize_escapes(url.path());
         if path != url.path() {
             url.set_path(&path);
+        }
+        if strip_tracking && url.query().is_some() {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| !is_tracking_param(k))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
         }
         if let Some(q) = url.query() {
             let q2 = normalize_escapes(q);
@@ -84,6 +102,27 @@ impl fmt::Display for NormalizedUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.url.as_str())
     }
+}
+
+/// Query parameters that identify a campaign or a click, not a resource.
+pub fn is_tracking_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("utm_")
+        || matches!(
+            n.as_str(),
+            "gclid"
+                | "dclid"
+                | "gbraid"
+                | "wbraid"
+                | "fbclid"
+                | "msclkid"
+                | "yclid"
+                | "igshid"
+                | "mc_cid"
+                | "mc_eid"
+                | "_ga"
+                | "_gl"
+        )
 }
 
 /// The host key of any parsed URL (see [`NormalizedUrl::host`]); `None` when it has no host.
@@ -162,6 +201,17 @@ mod tests {
     #[test]
     fn percent_escapes_are_normalized() {
         assert_eq!(n("http://a.example/%7euser/%2f?q=%7e%2a"), "http://a.example/~user/%2F?q=~%2A");
+    }
+
+    #[test]
+    fn tracking_parameters_are_stripped_on_request_only() {
+        let u = "https://a.example/p?utm_source=x&id=7&gclid=abc&UTM_Medium=y&b=2";
+        assert_eq!(NormalizedUrl::parse_with(u, true).unwrap().as_str(), "https://a.example/p?id=7&b=2");
+        assert_eq!(
+            NormalizedUrl::parse_with("https://a.example/?utm_source=x", true).unwrap().as_str(),
+            "https://a.example/"
+        );
+        assert_eq!(NormalizedUrl::parse(u).unwrap().as_str(), u);
     }
 
     #[test]

@@ -34,6 +34,8 @@ on_both_stores!(
     cancelling_keeps_finished_results_and_releases_leases,
     invalid_entries_are_listed_with_their_reasons,
     a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
+    a_url_leased_for_another_job_is_checked_once_for_both,
+    higher_priority_work_is_leased_first,
 );
 
 async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
@@ -360,4 +362,46 @@ async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(
     store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
     let next = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a finished lease frees a slot");
     assert!(next.urls.iter().all(|(id, _)| !seen.contains(id)));
+}
+
+async fn a_url_leased_for_another_job_is_checked_once_for_both(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (a, _) = store.create_job(new_job("a", 1)).await.unwrap();
+    store.add_urls(a.id, &urls("s.example", 1), recheck()).await.unwrap();
+    store.seal_job(a.id).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+
+    let (b, _) = store.create_job(new_job("b", 2)).await.unwrap();
+    store.add_urls(b.id, &urls("s.example", 2), recheck()).await.unwrap();
+    let b_now = store.seal_job(b.id).await.unwrap();
+    assert_eq!((b_now.counts.leased, b_now.counts.pending()), (1, 1), "the shared URL joined the running lease");
+
+    let now = now_ms();
+    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now)]).await.unwrap();
+    for job in [a.id, b.id] {
+        let j = store.get_job(job).await.unwrap().unwrap();
+        assert_eq!((j.counts.checked, j.counts.leased), (1, 0), "job {job}");
+    }
+    let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(next.urls.len(), 1, "only the URL nobody checked is left");
+    assert_ne!(next.urls[0].0, lease.urls[0].0);
+}
+
+async fn higher_priority_work_is_leased_first(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut low = new_job("low", 300);
+    low.priority = 3;
+    let (low, _) = store.create_job(low).await.unwrap();
+    for h in 0..30 {
+        store.add_urls(low.id, &urls(&format!("low{h}.example"), 10), recheck()).await.unwrap();
+    }
+    store.seal_job(low.id).await.unwrap();
+    let first = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert!(first.host.starts_with("low"));
+
+    let (high, _) = store.create_job(new_job("high", 2)).await.unwrap();
+    store.add_urls(high.id, &urls("urgent.example", 2), recheck()).await.unwrap();
+    store.seal_job(high.id).await.unwrap();
+    let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(next.host, "urgent.example", "the high-priority job jumps the queue");
 }

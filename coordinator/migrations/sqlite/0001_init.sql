@@ -95,10 +95,12 @@ CREATE TABLE hosts (
     pending         BIGINT NOT NULL DEFAULT 0,
     active_leases   INTEGER NOT NULL DEFAULT 0,
     max_leases      INTEGER NOT NULL DEFAULT 1,
+    priority        SMALLINT NOT NULL DEFAULT 9,
     epoch           BIGINT NOT NULL DEFAULT 0,
     next_allowed_at BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX hosts_ready ON hosts (next_allowed_at) WHERE pending > 0;
+-- `priority`: the best job priority among the host's pending work, so urgent jobs are leased first.
+CREATE INDEX hosts_ready ON hosts (priority, next_allowed_at) WHERE pending > 0;
 
 CREATE TABLE leases (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

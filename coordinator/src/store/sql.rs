@@ -157,17 +157,19 @@ macro_rules! sql_store {
 
         /// Adds new pending work to hosts, with how many leases each may have at once. A host keeps
         /// the lower limit while it still has pending work, so a polite job is never overridden.
-        async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, (i64, i32)>) -> StoreResult<()> {
+        async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, (i64, i32)>, priority: i16) -> StoreResult<()> {
             let rows: Vec<(&str, (i64, i32))> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
             for chunk in rows.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending, max_leases) ");
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending, max_leases, priority) ");
                 qb.push_values(chunk, |mut b, (h, (n, m))| {
-                    b.push_bind(*h).push_bind(*n).push_bind(*m);
+                    b.push_bind(*h).push_bind(*n).push_bind(*m).push_bind(priority);
                 });
                 qb.push(
                     " ON CONFLICT (host) DO UPDATE SET pending = hosts.pending + excluded.pending, \
                      max_leases = CASE WHEN hosts.pending > 0 AND hosts.max_leases < excluded.max_leases \
-                     THEN hosts.max_leases ELSE excluded.max_leases END",
+                     THEN hosts.max_leases ELSE excluded.max_leases END, \
+                     priority = CASE WHEN hosts.pending > 0 AND hosts.priority < excluded.priority \
+                     THEN hosts.priority ELSE excluded.priority END",
                 );
                 qb.build().execute(&mut **tx).await?;
             }
@@ -389,8 +391,36 @@ macro_rules! sql_store {
                     });
                     qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
+                    // A URL another job has leased right now joins that lease: checked once, its
+                    // result counts for both jobs.
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "UPDATE job_urls SET state = 'leased', lease_id = (SELECT o.lease_id FROM job_urls o \
+                         WHERE o.url_id = job_urls.url_id AND o.state = 'leased' LIMIT 1) \
+                         WHERE job_id = ",
+                    );
+                    qb.push_bind(job_id);
+                    qb.push(
+                        " AND state = 'pending' AND EXISTS (SELECT 1 FROM job_urls o \
+                         WHERE o.url_id = job_urls.url_id AND o.state = 'leased') AND url_id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for (id, _, state, _, _) in &planned {
+                        if *state == "pending" {
+                            sep.push_bind(*id);
+                        }
+                    }
+                    qb.push(") RETURNING host");
+                    if planned.iter().any(|p| p.2 == "pending") {
+                        let joined: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                        for (host,) in joined {
+                            if let Some(e) = per_host.get_mut(host.as_str()) {
+                                e.0 -= 1;
+                            }
+                            d.add(job_id, delta::LEASED, 1);
+                        }
+                    }
                 }
-                add_frontier(&mut tx, &per_host).await?;
+                add_frontier(&mut tx, &per_host, priority).await?;
                 apply_delta(&mut tx, &d).await?;
                 tx.commit().await?;
                 Ok(())
@@ -514,7 +544,7 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 let candidates: Vec<(String, i64)> = sqlx::query_as(concat!(
                     "SELECT host, epoch FROM hosts WHERE pending > 0 AND active_leases < max_leases \
-                     AND next_allowed_at <= $1 ORDER BY next_allowed_at, host LIMIT 4",
+                     AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT 4",
                     $skip
                 ))
                 .bind(now)
@@ -578,8 +608,9 @@ macro_rules! sql_store {
                     }
                     let deadline = now + ms(req.ttl);
                     sqlx::query(
-                        "UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3 \
-                         WHERE host = $1",
+                        "UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, \
+                         priority = COALESCE((SELECT url_order / 10 FROM job_urls WHERE host = $1 \
+                         AND state = 'pending' ORDER BY url_order LIMIT 1), 9) WHERE host = $1",
                     )
                     .bind(&host)
                     .bind(epoch)

@@ -1,0 +1,102 @@
+//! Scheduling across jobs and coordinators.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_shared::policy;
+use urlfleet_shared::proto::v1 as pb;
+use urlfleet_tests::cluster::{submit, wait_done};
+use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let a = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let b = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let (job, _) = a
+        .create_job(NewJob {
+            name: "race".into(),
+            priority: 2,
+            options: Vec::new(),
+            unique_key: "race".into(),
+            idempotency_key: None,
+            not_before_ms: 0,
+            received: 4_000,
+            duplicates: 0,
+            total: 4_000,
+            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+        })
+        .await
+        .unwrap();
+    let urls: Vec<PlannedUrl> = (0..4_000)
+        .map(|i| PlannedUrl {
+            url: format!("http://h{}.example/{i}", i % 40),
+            host: format!("h{}.example", i % 40),
+            max_leases: 4,
+        })
+        .collect();
+    let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
+    a.add_urls(job.id, &urls, recheck).await.unwrap();
+    a.seal_job(job.id).await.unwrap();
+
+    let lease_all = |store: std::sync::Arc<dyn Store>, who: &'static str| async move {
+        let mut got = Vec::new();
+        for i in 0.. {
+            let req = LeaseRequest { worker_id: format!("{who}-{i}"), max_urls: 25, ttl: Duration::from_secs(600) };
+            match store.acquire_lease(&req).await.unwrap() {
+                Some(l) => got.extend(l.urls.into_iter().map(|(id, _)| id)),
+                None => break,
+            }
+        }
+        got
+    };
+    let (ga, gb) = tokio::join!(tokio::spawn(lease_all(a.clone(), "a")), tokio::spawn(lease_all(b.clone(), "b")));
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    assert!(!ga.is_empty() && !gb.is_empty(), "both coordinators leased ({} / {})", ga.len(), gb.len());
+    let mut seen = HashSet::new();
+    for id in ga.iter().chain(gb.iter()) {
+        assert!(seen.insert(*id), "URL {id} leased twice");
+    }
+    // 40 hosts × 4 leases × 25 URLs can be out at once; the rest waits for those leases to end.
+    assert_eq!(seen.len(), 4_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_urgent_job_finishes_while_a_big_one_runs() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let mut big_hosts = Vec::new();
+    for i in 0..10u8 {
+        big_hosts.push(Fixture::start(IpAddr::from([127, 0, 4, 1 + i])).await);
+    }
+    let urgent_host = Fixture::start(IpAddr::from([127, 0, 4, 100])).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let worker = Worker::spawn(&coordinator.addr, |w| w.credits = 300);
+    let mut client = coordinator.client().await;
+    // Polite big job: 10 hosts × 100 URLs at 10 per second per host, about 10 s of work.
+    let big: Vec<String> = (0..1_000).map(|i| big_hosts[i % 10].url(&format!("/status/200?n={i}"))).collect();
+    let big_id = submit(&mut client, &big, pb::JobOptions { priority: pb::Priority::Low as i32, ..Default::default() })
+        .await
+        .unwrap()
+        .job
+        .unwrap()
+        .id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let urgent: Vec<String> = (0..10).map(|i| urgent_host.url(&format!("/status/200?u={i}"))).collect();
+    let started = Instant::now();
+    let options = pb::JobOptions {
+        priority: pb::Priority::High as i32,
+        politeness: Some(pb::HostPolicy { concurrency: Some(4), interval_ms: Some(0) }),
+        ..Default::default()
+    };
+    let urgent_id = submit(&mut client, &urgent, options).await.unwrap().job.unwrap().id;
+    let done = wait_done(&mut client, urgent_id, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(done.counts.unwrap().ok, 10);
+    let big_now = client.get_job(pb::GetJobRequest { id: big_id }).await.unwrap().into_inner();
+    assert_eq!(big_now.state, pb::JobState::Running as i32, "the big job is still running");
+    assert!(took < Duration::from_secs(3), "the urgent job waited {took:?} behind the big one");
+    worker.stop().await;
+    coordinator.stop().await;
+}
