@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,8 @@ use crate::store::{JobRecord, JobState, NewJob, RecheckPolicy, ResultRow, Store,
 
 /// URLs persisted per store call while a submission is written.
 const ADD_BATCH: usize = 10_000;
+/// Store calls in flight while a submission is written.
+const ADD_CONCURRENCY: usize = 3;
 /// Results read per store call by `ListResults`.
 const RESULTS_PAGE: u32 = 1_000;
 /// Longest wait between two progress checks of a watched job.
@@ -138,9 +140,20 @@ impl JobService for JobApi {
             recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
             recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
         };
+        // A few batches in flight: PostgreSQL works on them with several connections and cores.
+        let mut writes: futures::stream::FuturesUnordered<_> = futures::stream::FuturesUnordered::new();
+        let settle =
+            |written: Result<(), StoreError>| written.map_err(store_status).map(|()| self.events.work_available());
         for batch in plan.urls.chunks(ADD_BATCH) {
-            self.store.add_urls(job.id, batch, recheck).await.map_err(store_status)?;
-            self.events.work_available();
+            if writes.len() >= ADD_CONCURRENCY
+                && let Some(written) = writes.next().await
+            {
+                settle(written)?;
+            }
+            writes.push(self.store.add_urls(job.id, batch, recheck));
+        }
+        while let Some(written) = writes.next().await {
+            settle(written)?;
         }
         if !plan.invalid.is_empty() {
             self.store.add_invalid(job.id, 1, &plan.invalid).await.map_err(store_status)?;

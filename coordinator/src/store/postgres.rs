@@ -57,6 +57,46 @@ fn migrator() -> Migrator {
 super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED");
 
 impl PgStore {
+    /// Inserts the URLs not stored yet and returns every URL's stored state; the rows travel as
+    /// arrays, so a chunk is two statements whatever its size.
+    async fn upsert_urls(tx: &mut Tx<'_>, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
+        let urls: Vec<&str> = chunk.iter().map(|u| u.url.as_str()).collect();
+        let hosts: Vec<&str> = chunk.iter().map(|u| u.host.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO urls (url, host) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (url) DO NOTHING",
+        )
+        .bind(&urls)
+        .bind(&hosts)
+        .execute(&mut **tx)
+        .await?;
+        Ok(sqlx::query_as("SELECT url, id, kind, status, checked_at FROM urls WHERE url = ANY($1::text[])")
+            .bind(&urls)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
+    async fn insert_job_urls(tx: &mut Tx<'_>, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
+        let ids: Vec<i64> = planned.iter().map(|p| p.0).collect();
+        let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
+        let states: Vec<&str> = planned.iter().map(|p| p.2).collect();
+        let orders: Vec<i16> = planned.iter().map(|p| p.3).collect();
+        let kinds: Vec<Option<&str>> = planned.iter().map(|p| p.4.as_deref()).collect();
+        sqlx::query(
+            "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) \
+             SELECT $1::bigint, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(&ids)
+        .bind(&hosts)
+        .bind(&states)
+        .bind(&orders)
+        .bind(&kinds)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Set-based ingest: one statement per table for the whole batch, with the rows passed as arrays
     /// (`UNNEST`), so a batch costs a handful of round trips whatever its size.
     async fn ingest_impl(&self, results: &[ReportedResult]) -> StoreResult<Touched> {

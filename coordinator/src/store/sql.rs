@@ -63,6 +63,14 @@ macro_rules! sql_store {
 
         type Tx<'a> = sqlx::Transaction<'a, $db>;
 
+        /// A URL row as stored: (url, id, kind, status, checked_at).
+        #[allow(dead_code)]
+        type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>);
+
+        /// A job_urls row to insert: (url id, host, state, url_order, kind).
+        #[allow(dead_code)]
+        type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>);
+
         fn job_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<JobRecord> {
             let u = |i: usize| -> StoreResult<u64> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
             Ok(JobRecord {
@@ -336,26 +344,11 @@ macro_rules! sql_store {
                 let mut d = CounterDelta::default();
                 let mut per_host: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
                 for chunk in urls.chunks(CHUNK_ROWS) {
-                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO urls (url, host) ");
-                    qb.push_values(chunk, |mut b, u| {
-                        b.push_bind(u.url.as_str()).push_bind(u.host.as_str());
-                    });
-                    qb.push(" ON CONFLICT (url) DO NOTHING");
-                    qb.build().execute(&mut *tx).await?;
-
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT id, url, kind, status, checked_at FROM urls WHERE url IN (",
-                    );
-                    let mut sep = qb.separated(", ");
-                    for u in chunk {
-                        sep.push_bind(u.url.as_str());
-                    }
-                    qb.push(")");
-                    let rows = qb.build().fetch_all(&mut *tx).await?;
+                    let rows = $store::upsert_urls(&mut tx, chunk).await?;
                     let mut stored: HashMap<String, (i64, Option<String>, Option<i32>, Option<i64>)> =
                         HashMap::with_capacity(rows.len());
-                    for r in rows {
-                        stored.insert(r.try_get(1)?, (r.try_get(0)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
+                    for (url, id, kind, status, checked_at) in rows {
+                        stored.insert(url, (id, kind, status, checked_at));
                     }
                     let mut planned = Vec::with_capacity(chunk.len());
                     for u in chunk {
@@ -378,19 +371,7 @@ macro_rules! sql_store {
                         }
                         planned.push((*id, u.host.as_str(), state, order, kept_kind));
                     }
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) ",
-                    );
-                    qb.push_values(&planned, |mut b, (id, host, state, order, kind)| {
-                        b.push_bind(job_id)
-                            .push_bind(*id)
-                            .push_bind(*host)
-                            .push_bind(*state)
-                            .push_bind(*order)
-                            .push_bind(kind.as_deref());
-                    });
-                    qb.push(" ON CONFLICT DO NOTHING");
-                    qb.build().execute(&mut *tx).await?;
+                    $store::insert_job_urls(&mut tx, job_id, &planned).await?;
                     // A URL another job has leased right now joins that lease: checked once, its
                     // result counts for both jobs.
                     let mut qb = QueryBuilder::<$db>::new(

@@ -54,6 +54,40 @@ super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "");
 const INGEST_ROWS: usize = 1_000;
 
 impl SqliteStore {
+    /// Inserts the URLs not stored yet and returns every URL's stored state.
+    async fn upsert_urls(tx: &mut Tx<'_>, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO urls (url, host) ");
+        qb.push_values(chunk, |mut b, u| {
+            b.push_bind(u.url.as_str()).push_bind(u.host.as_str());
+        });
+        qb.push(" ON CONFLICT (url) DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+        let mut qb =
+            QueryBuilder::<sqlx::Sqlite>::new("SELECT url, id, kind, status, checked_at FROM urls WHERE url IN (");
+        let mut sep = qb.separated(", ");
+        for u in chunk {
+            sep.push_bind(u.url.as_str());
+        }
+        qb.push(")");
+        Ok(qb.build_query_as().fetch_all(&mut **tx).await?)
+    }
+
+    async fn insert_job_urls(tx: &mut Tx<'_>, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
+        let mut qb =
+            QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) ");
+        qb.push_values(planned, |mut b, (id, host, state, order, kind)| {
+            b.push_bind(job_id)
+                .push_bind(*id)
+                .push_bind(*host)
+                .push_bind(*state)
+                .push_bind(*order)
+                .push_bind(kind.as_deref());
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Set-based ingest: each table is written with one statement per 1,000 results, the rows passed
     /// as a `VALUES` list. Every statement costs a trip to SQLite's connection thread, so a handful per
     /// chunk instead of five per result is what keeps that thread from being the bottleneck.
