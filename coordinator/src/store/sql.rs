@@ -373,30 +373,33 @@ macro_rules! sql_store {
                     }
                     $store::insert_job_urls(&mut tx, job_id, &planned).await?;
                     // A URL another job has leased right now joins that lease: checked once, its
-                    // result counts for both jobs.
+                    // result counts for both jobs. Usually there is none, and a cheap lookup by URL
+                    // id says so.
+                    let pending_ids: Vec<i64> = planned.iter().filter(|p| p.2 == "pending").map(|p| p.0).collect();
+                    if pending_ids.is_empty() {
+                        continue;
+                    }
                     let mut qb = QueryBuilder::<$db>::new(
-                        "UPDATE job_urls SET state = 'leased', lease_id = (SELECT o.lease_id FROM job_urls o \
-                         WHERE o.url_id = job_urls.url_id AND o.state = 'leased' LIMIT 1) \
-                         WHERE job_id = ",
-                    );
-                    qb.push_bind(job_id);
-                    qb.push(
-                        " AND state = 'pending' AND EXISTS (SELECT 1 FROM job_urls o \
-                         WHERE o.url_id = job_urls.url_id AND o.state = 'leased') AND url_id IN (",
+                        "SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id IN (",
                     );
                     let mut sep = qb.separated(", ");
-                    for (id, _, state, _, _) in &planned {
-                        if *state == "pending" {
-                            sep.push_bind(*id);
-                        }
+                    for id in &pending_ids {
+                        sep.push_bind(*id);
                     }
-                    qb.push(") RETURNING host");
-                    if planned.iter().any(|p| p.2 == "pending") {
-                        let joined: Vec<(String,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                        for (host,) in joined {
-                            if let Some(e) = per_host.get_mut(host.as_str()) {
-                                e.0 -= 1;
-                            }
+                    qb.push(") GROUP BY url_id");
+                    let running: Vec<(i64, Option<i64>)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                    for (url_id, lease_id) in running {
+                        let host: Option<String> = sqlx::query_scalar(
+                            "UPDATE job_urls SET state = 'leased', lease_id = $3 \
+                             WHERE job_id = $1 AND url_id = $2 AND state = 'pending' RETURNING host",
+                        )
+                        .bind(job_id)
+                        .bind(url_id)
+                        .bind(lease_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(e) = host.and_then(|h| per_host.get_mut(h.as_str())) {
+                            e.0 -= 1;
                             d.add(job_id, delta::LEASED, 1);
                         }
                     }
