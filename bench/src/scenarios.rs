@@ -555,6 +555,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             duplicates: 0,
             total: n as u64,
             unique_window: Duration::from_secs(600),
+            trace_parent: None,
         })
         .await?;
     for chunk in urls.chunks(10_000) {

@@ -86,7 +86,8 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     }
     let outcome = async {
         let mut c = client::connect(&addr).await?;
-        let resp = client::submit(&mut c, &args.file, options).await?;
+        let span = tracing::info_span!("submit", otel.kind = "client", file = %args.file.display());
+        let resp = tracing::Instrument::instrument(client::submit(&mut c, &args.file, options), span).await?;
         let job = resp.job.unwrap_or_default();
         let done = tokio::select! {
             r = crate::follow(&mut c, job.id) => r?,

@@ -67,7 +67,10 @@ pub async fn submit(client: &mut Client, input: &Path, options: pb::JobOptions) 
         }
         Ok::<(), std::io::Error>(())
     });
-    let response = client.submit_job(ReceiverStream::new(rx)).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // The coordinator's spans for this job join the caller's trace.
+    urlfleet_shared::telemetry::inject_metadata(request.metadata_mut());
+    let response = client.submit_job(request).await;
     read.await.context("reading input")?.with_context(|| format!("reading {}", input.display()))?;
     let response = response.map_err(status_error)?;
     Ok(response.into_inner())

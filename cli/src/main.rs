@@ -13,9 +13,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 use urlfleet_coordinator::CoordinatorConfig;
 use urlfleet_shared::proto::v1 as pb;
-use urlfleet_shared::telemetry::{self, LogFormat};
+use urlfleet_shared::telemetry::{self, LogFormat, TelemetryConfig};
 use urlfleet_worker::WorkerConfig;
 
 use crate::output::Format;
@@ -220,11 +221,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let default_filter = match cli.command {
-        Command::Coordinator(_) | Command::Worker(_) => "info",
-        _ => "warn",
+    let (default_filter, service) = match cli.command {
+        Command::Coordinator(_) => ("info", "urlfleet-coordinator"),
+        Command::Worker(_) => ("info", "urlfleet-worker"),
+        _ => ("warn", "urlfleet"),
     };
-    telemetry::init(default_filter, cli.log_format);
+    let format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -232,7 +234,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(async move {
+        let telemetry = telemetry::init_with(TelemetryConfig::new(service, default_filter, format));
+        let outcome = run(cli.command).await;
+        telemetry.shutdown().await;
+        outcome
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("urlfleet: {e:#}");
@@ -255,7 +263,8 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Submit { file, watch, job, remote } => {
             let mut c = client::connect(&remote.coordinator).await?;
-            let resp = client::submit(&mut c, &file, job.options()).await?;
+            let span = tracing::info_span!("submit", otel.kind = "client", file = %file.display());
+            let resp = client::submit(&mut c, &file, job.options()).instrument(span).await?;
             let submitted = resp.job.unwrap_or_default();
             if resp.deduplicated {
                 eprintln!("an identical job is already scheduled or running: job {}", submitted.id);

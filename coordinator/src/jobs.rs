@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, info, instrument, warn};
+use tracing::{Instrument, info, warn};
 use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
+use urlfleet_shared::telemetry;
 use urlfleet_shared::{OutcomeClass, policy};
 
 use crate::config::CoordinatorConfig;
@@ -69,106 +70,25 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl JobService for JobApi {
-    #[instrument(skip_all, name = "submit_job", fields(job.id = tracing::field::Empty, urls = tracing::field::Empty))]
     async fn submit_job(
         &self,
         request: Request<Streaming<pb::SubmitJobRequest>>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let mut stream = request.into_inner();
-        let options = match stream.message().await? {
-            Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => o,
-            Some(_) => return Err(Status::invalid_argument("the first SubmitJob message must carry options")),
-            None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
-        };
-        validate_options(&options)?;
-        let mut planner = Planner::new(&options);
-        while let Some(msg) = stream.message().await? {
-            match msg.item {
-                Some(pb::submit_job_request::Item::Urls(chunk)) => chunk.urls.iter().for_each(|u| planner.push(u)),
-                Some(pb::submit_job_request::Item::Options(_)) => {
-                    return Err(Status::invalid_argument("options may only be sent once, first"));
-                }
-                None => {}
-            }
-        }
-        let mut plan = planner.finish(&options);
-        // A host whose limits are lifted (no interval) may be leased to several workers at once.
-        let mut shared: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        for u in &mut plan.urls {
-            if let Some(m) = shared.get(&u.host) {
-                u.max_leases = *m;
-                continue;
-            }
-            let m = if self.config.host_policy(&u.host, &options).interval.is_zero() {
-                self.config.max_leases_per_host.max(1)
-            } else {
-                1
-            };
-            shared.insert(u.host.clone(), m);
-            u.max_leases = m;
-        }
-        if plan.total() == 0 {
-            return Err(Status::invalid_argument("the job has no URLs"));
-        }
-        let span = tracing::Span::current();
-        span.record("urls", plan.total());
-        let new = NewJob {
-            name: options.name.clone(),
-            priority: plan.priority,
-            options: options.encode_to_vec(),
-            unique_key: plan.unique_key.clone(),
-            idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
-            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
-                urlfleet_shared::time::now_ms()
-                    + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total()))
-            } else {
-                options.not_before_ms
-            },
-            received: plan.received,
-            duplicates: plan.duplicates,
-            total: plan.total(),
-            unique_window: self.config.unique_window,
-        };
-        let (job, deduplicated) = self.store.create_job(new).await.map_err(store_status)?;
-        span.record("job.id", job.id);
-        if deduplicated {
-            info!(job.id = job.id, "duplicate submission returns the existing job");
-            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
-        }
-        let recheck = RecheckPolicy {
-            force: options.force,
-            recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
-            recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
-        };
-        // A few batches in flight: PostgreSQL works on them with several connections and cores.
-        let mut writes: futures::stream::FuturesUnordered<_> = futures::stream::FuturesUnordered::new();
-        let settle =
-            |written: Result<(), StoreError>| written.map_err(store_status).map(|()| self.events.work_available());
-        for batch in plan.urls.chunks(ADD_BATCH) {
-            if writes.len() >= ADD_CONCURRENCY
-                && let Some(written) = writes.next().await
-            {
-                settle(written)?;
-            }
-            writes.push(self.store.add_urls(job.id, batch, recheck));
-        }
-        while let Some(written) = writes.next().await {
-            settle(written)?;
-        }
-        if !plan.invalid.is_empty() {
-            self.store.add_invalid(job.id, 1, &plan.invalid).await.map_err(store_status)?;
-        }
-        let job = self.store.seal_job(job.id).await.map_err(store_status)?;
-        self.events.work_available();
-        self.events.job_changed(job.id);
-        info!(
-            job.id = job.id,
-            urls = plan.urls.len(),
-            invalid = plan.invalid.len(),
-            duplicates = plan.duplicates,
-            "job accepted"
+        let span = tracing::info_span!(
+            "submit_job",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = "SubmitJob",
+            job.id = tracing::field::Empty,
+            urls = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
-        Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: false }))
+        // The client's context, from the request metadata, is the parent (set before entering).
+        telemetry::set_parent(&span, telemetry::extract_metadata(request.metadata()));
+        if let Some(t) = span.in_scope(telemetry::current_trace_id) {
+            span.record("trace_id", t);
+        }
+        self.submit(request.into_inner()).instrument(span).await
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -327,6 +247,115 @@ impl JobService for JobApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl JobApi {
+    /// The submission itself, inside the `submit_job` span.
+    async fn submit(
+        &self,
+        mut stream: Streaming<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let options = match stream.message().await? {
+            Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => o,
+            Some(_) => return Err(Status::invalid_argument("the first SubmitJob message must carry options")),
+            None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
+        };
+        validate_options(&options)?;
+        let mut planner = Planner::new(&options);
+        while let Some(msg) = stream.message().await? {
+            match msg.item {
+                Some(pb::submit_job_request::Item::Urls(chunk)) => chunk.urls.iter().for_each(|u| planner.push(u)),
+                Some(pb::submit_job_request::Item::Options(_)) => {
+                    return Err(Status::invalid_argument("options may only be sent once, first"));
+                }
+                None => {}
+            }
+        }
+        // The job's leases hang off the submission span, not the planning one.
+        let trace_parent = telemetry::current_context_map().remove("traceparent");
+        let plan_span = tracing::info_span!("plan", urls = planner.received());
+        let _planning = plan_span.enter();
+        let mut plan = planner.finish(&options);
+        // A host whose limits are lifted (no interval) may be leased to several workers at once.
+        let mut shared: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        for u in &mut plan.urls {
+            if let Some(m) = shared.get(&u.host) {
+                u.max_leases = *m;
+                continue;
+            }
+            let m = if self.config.host_policy(&u.host, &options).interval.is_zero() {
+                self.config.max_leases_per_host.max(1)
+            } else {
+                1
+            };
+            shared.insert(u.host.clone(), m);
+            u.max_leases = m;
+        }
+        if plan.total() == 0 {
+            return Err(Status::invalid_argument("the job has no URLs"));
+        }
+        let span = tracing::Span::current();
+        span.record("urls", plan.total());
+        let new = NewJob {
+            name: options.name.clone(),
+            priority: plan.priority,
+            options: options.encode_to_vec(),
+            unique_key: plan.unique_key.clone(),
+            idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
+            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
+                urlfleet_shared::time::now_ms()
+                    + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total()))
+            } else {
+                options.not_before_ms
+            },
+            received: plan.received,
+            duplicates: plan.duplicates,
+            total: plan.total(),
+            unique_window: self.config.unique_window,
+            trace_parent: trace_parent.clone(),
+        };
+        drop(_planning);
+        let (job, deduplicated) = self.store.create_job(new).await.map_err(store_status)?;
+        span.record("job.id", job.id);
+        if deduplicated {
+            info!(job.id = job.id, "duplicate submission returns the existing job");
+            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
+        }
+        let recheck = RecheckPolicy {
+            force: options.force,
+            recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
+            recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
+        };
+        // A few batches in flight: PostgreSQL works on them with several connections and cores.
+        let mut writes: futures::stream::FuturesUnordered<_> = futures::stream::FuturesUnordered::new();
+        let settle =
+            |written: Result<(), StoreError>| written.map_err(store_status).map(|()| self.events.work_available());
+        for batch in plan.urls.chunks(ADD_BATCH) {
+            if writes.len() >= ADD_CONCURRENCY
+                && let Some(written) = writes.next().await
+            {
+                settle(written)?;
+            }
+            writes.push(self.store.add_urls(job.id, batch, recheck));
+        }
+        while let Some(written) = writes.next().await {
+            settle(written)?;
+        }
+        if !plan.invalid.is_empty() {
+            self.store.add_invalid(job.id, 1, &plan.invalid).await.map_err(store_status)?;
+        }
+        let job = self.store.seal_job(job.id).await.map_err(store_status)?;
+        self.events.work_available();
+        self.events.job_changed(job.id);
+        info!(
+            job.id = job.id,
+            urls = plan.urls.len(),
+            invalid = plan.invalid.len(),
+            duplicates = plan.duplicates,
+            "job accepted"
+        );
+        Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: false }))
     }
 }
 

@@ -17,10 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
-use urlfleet_shared::HostPolicy;
 use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
+use urlfleet_shared::{HostPolicy, telemetry};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
@@ -208,7 +208,22 @@ impl Session {
         for job in &grant.jobs {
             self.api.events.job_changed(*job);
         }
-        let lease = lease_to_pb(&self.api.config, grant);
+        // The lease joins the job's trace: its span is a child of the submission, and its context
+        // travels inside the lease to the worker.
+        let span = tracing::info_span!(
+            "lease",
+            otel.kind = "producer",
+            lease.id = grant.id,
+            server.address = %grant.host,
+            urls = grant.urls.len(),
+            job.id = grant.jobs.first().copied().unwrap_or_default(),
+        );
+        if let Some(tp) = &grant.trace_parent {
+            let carrier = [("traceparent".to_string(), tp.clone())];
+            telemetry::set_parent(&span, telemetry::context_from_map(carrier.iter().map(|(k, v)| (k, v))));
+        }
+        let trace_context = span.in_scope(telemetry::current_context_map);
+        let lease = lease_to_pb(&self.api.config, grant, trace_context);
         if self.tx.send(Ok(out(Out::Lease(lease)))).await.is_err() {
             return Ok(false);
         }
@@ -263,7 +278,11 @@ fn lease_policy(config: &CoordinatorConfig, grant: &LeaseGrant) -> HostPolicy {
     policy.unwrap_or_else(|| config.host_policy(&grant.host, &pb::JobOptions::default()))
 }
 
-fn lease_to_pb(config: &CoordinatorConfig, grant: LeaseGrant) -> pb::Lease {
+fn lease_to_pb(
+    config: &CoordinatorConfig,
+    grant: LeaseGrant,
+    trace_context: std::collections::BTreeMap<String, String>,
+) -> pb::Lease {
     let policy = lease_policy(config, &grant);
     pb::Lease {
         id: grant.id,
@@ -272,6 +291,6 @@ fn lease_to_pb(config: &CoordinatorConfig, grant: LeaseGrant) -> pb::Lease {
         urls: grant.urls.into_iter().map(|(url_id, url)| pb::LeasedUrl { url_id, url }).collect(),
         policy: Some(policy.into()),
         deadline_ms: grant.deadline_ms,
-        trace_context: Default::default(),
+        trace_context,
     }
 }

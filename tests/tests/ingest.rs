@@ -51,6 +51,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             duplicates: 0,
             total: N as u64,
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            trace_parent: None,
         })
         .await
         .unwrap();

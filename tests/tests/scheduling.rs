@@ -27,6 +27,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
             duplicates: 0,
             total: 4_000,
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            trace_parent: None,
         })
         .await
         .unwrap();

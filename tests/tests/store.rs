@@ -56,6 +56,7 @@ fn new_job(key: &str, total: u64) -> NewJob {
         duplicates: 0,
         total,
         unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+        trace_parent: None,
     }
 }
 

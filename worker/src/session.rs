@@ -273,7 +273,22 @@ impl Worker {
         let policy = overlay_policy(HostPolicy::default(), lease.policy.as_ref());
         self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(lease.id, token.clone());
         self.outstanding.fetch_add(lease.urls.len(), Ordering::Relaxed);
-        let span = info_span!("lease", lease.id = lease.id, server.address = %lease.host, urls = lease.urls.len());
+        let span = info_span!(
+            "lease",
+            otel.kind = "consumer",
+            lease.id = lease.id,
+            server.address = %lease.host,
+            urls = lease.urls.len(),
+            trace_id = tracing::field::Empty,
+        );
+        // Checks join the job's trace through the context the lease carries.
+        urlfleet_shared::telemetry::set_parent(
+            &span,
+            urlfleet_shared::telemetry::context_from_map(&lease.trace_context),
+        );
+        if let Some(t) = span.in_scope(urlfleet_shared::telemetry::current_trace_id) {
+            span.record("trace_id", t);
+        }
         let engine = self.engine.clone();
         let leases = self.leases.clone();
         let outstanding = self.outstanding.clone();

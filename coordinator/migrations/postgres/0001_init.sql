@@ -10,6 +10,7 @@ CREATE TABLE jobs (
     unique_active   BOOLEAN NOT NULL,
     idempotency_key TEXT,
     not_before      BIGINT NOT NULL,
+    trace_parent    TEXT,
     received        BIGINT NOT NULL DEFAULT 0,
     total           BIGINT NOT NULL DEFAULT 0,
     duplicates      BIGINT NOT NULL DEFAULT 0,

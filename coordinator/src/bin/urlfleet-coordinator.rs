@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use urlfleet_coordinator::CoordinatorConfig;
-use urlfleet_shared::telemetry::{self, LogFormat};
+use urlfleet_shared::telemetry::{self, LogFormat, TelemetryConfig};
 
 #[derive(Parser)]
 #[command(name = "urlfleet-coordinator", version, about = "urlfleet coordinator")]
@@ -17,8 +17,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    telemetry::init("info", args.log_format);
-    match urlfleet_coordinator::serve(args.config, urlfleet_shared::shutdown::signal()).await {
+    let telemetry = telemetry::init_with(TelemetryConfig::new("urlfleet-coordinator", "info", args.log_format));
+    let outcome = urlfleet_coordinator::serve(args.config, urlfleet_shared::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("urlfleet-coordinator: {e:#}");

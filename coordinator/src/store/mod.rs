@@ -111,6 +111,8 @@ pub struct NewJob {
     pub total: u64,
     /// An active job with the same key older than this is not a duplicate any more.
     pub unique_window: Duration,
+    /// W3C `traceparent` of the submission, so that the job's leases join its trace.
+    pub trace_parent: Option<String>,
 }
 
 /// A job as stored.
@@ -240,6 +242,8 @@ pub struct LeaseGrant {
     pub jobs: Vec<i64>,
     /// Encoded options of those jobs (for politeness), deduplicated.
     pub job_options: Vec<Vec<u8>>,
+    /// W3C `traceparent` of the first of those jobs that has one.
+    pub trace_parent: Option<String>,
 }
 
 /// What happened to the jobs touched by a write.

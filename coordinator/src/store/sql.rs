@@ -296,8 +296,8 @@ macro_rules! sql_store {
                 .await?;
                 let id: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
-                     idempotency_key, not_before, received, total, duplicates, created_at) \
-                     VALUES ($1, 'scheduled', $2, $3, $4, TRUE, $5, $6, $7, $8, $9, $10) \
+                     idempotency_key, not_before, received, total, duplicates, created_at, trace_parent) \
+                     VALUES ($1, 'scheduled', $2, $3, $4, TRUE, $5, $6, $7, $8, $9, $10, $11) \
                      ON CONFLICT DO NOTHING RETURNING id",
                 )
                 .bind(&job.name)
@@ -310,6 +310,7 @@ macro_rules! sql_store {
                 .bind(job.total as i64)
                 .bind(job.duplicates as i64)
                 .bind(now)
+                .bind(&job.trace_parent)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let (id, existing) = match id {
@@ -604,15 +605,20 @@ macro_rules! sql_store {
                     apply_delta(&mut tx, &d).await?;
                     let jobs = d.jobs();
                     let mut options = Vec::new();
+                    let mut trace_parent = None;
                     for j in &jobs {
                         sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'")
                             .bind(j)
                             .execute(&mut *tx)
                             .await?;
-                        let o: Vec<u8> = sqlx::query_scalar("SELECT options FROM jobs WHERE id = $1")
-                            .bind(j)
-                            .fetch_one(&mut *tx)
-                            .await?;
+                        let (o, tp): (Vec<u8>, Option<String>) =
+                            sqlx::query_as("SELECT options, trace_parent FROM jobs WHERE id = $1")
+                                .bind(j)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        if trace_parent.is_none() {
+                            trace_parent = tp;
+                        }
                         if !options.contains(&o) {
                             options.push(o);
                         }
@@ -637,6 +643,7 @@ macro_rules! sql_store {
                         deadline_ms: deadline,
                         jobs,
                         job_options: options,
+                        trace_parent,
                     }));
                 }
                 tx.commit().await?;

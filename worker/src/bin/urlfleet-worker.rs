@@ -1,7 +1,7 @@
 //! `urlfleet-worker`: checks the URLs a coordinator leases to it.
 
 use clap::Parser;
-use urlfleet_shared::telemetry::{self, LogFormat};
+use urlfleet_shared::telemetry::{self, LogFormat, TelemetryConfig};
 use urlfleet_worker::WorkerConfig;
 
 #[derive(Parser)]
@@ -17,8 +17,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    telemetry::init("info", args.log_format);
-    match urlfleet_worker::run(args.config, urlfleet_shared::shutdown::signal()).await {
+    let telemetry = telemetry::init_with(TelemetryConfig::new("urlfleet-worker", "info", args.log_format));
+    let outcome = urlfleet_worker::run(args.config, urlfleet_shared::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("urlfleet-worker: {e:#}");

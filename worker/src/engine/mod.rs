@@ -133,11 +133,32 @@ impl Engine {
     /// Checks one URL. `policy` applies to the URL's own host; redirect targets on other hosts get the
     /// default politeness. Cancelling `cancel` ends the check early with whatever it has.
     pub async fn check(&self, url: &str, policy: HostPolicy, cancel: &CancellationToken) -> CheckOutcome {
-        let span =
-            info_span!("check", url.full = %url, attempts = tracing::field::Empty, outcome = tracing::field::Empty);
+        let span = info_span!(
+            "check",
+            url.full = %url,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
         let outcome = self.check_inner(url, policy, cancel).instrument(span.clone()).await;
         span.record("attempts", outcome.attempts);
         span.record("outcome", outcome.kind.as_str());
+        if let Some(s) = outcome.status {
+            span.record("http.response.status_code", s);
+        }
+        if outcome.kind.class().is_failure() && !urlfleet_shared::telemetry::is_sampled(&span) {
+            // Most checks are sampled out of the trace; a failed one is always kept, as a span
+            // whose `error.type` makes the sampler keep it.
+            let kept = info_span!(
+                "check",
+                url.full = %url,
+                error.type = outcome.kind.as_str(),
+                attempts = outcome.attempts,
+                http.response.status_code = outcome.status.unwrap_or(0),
+                error.message = outcome.error.as_deref().unwrap_or(""),
+            );
+            drop(kept.entered());
+        }
         outcome
     }
 
