@@ -43,6 +43,9 @@ pub struct CoordinatorConfig {
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long, env = "URLFLEET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Results per ingest transaction (a chunk is also written 50 ms after its first result).
     #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 2_000)]
     pub ingest_chunk_rows: usize,
@@ -90,6 +93,7 @@ impl CoordinatorConfig {
             host_concurrency: policy::DEFAULT_HOST_CONCURRENCY,
             host_interval: policy::DEFAULT_HOST_INTERVAL,
             host_policies: Vec::new(),
+            metrics_listen: None,
             ingest_chunk_rows: 2_000,
             ingest_writers: 2,
             ingest_max_backlog: 200_000,

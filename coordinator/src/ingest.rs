@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 use urlfleet_shared::convert::ReportedResult;
 
+use crate::metrics::CoordinatorMetrics;
 use crate::store::{Store, Touched};
 
 /// Tuning of the ingest pipeline.
@@ -59,6 +60,16 @@ impl Ingestor {
     /// Starts the buffer task and the writers; they stop when `shutdown` is cancelled, failing what is
     /// not committed (the workers keep those results and resend them).
     pub fn start(store: Arc<dyn Store>, config: IngestConfig, shutdown: CancellationToken) -> Self {
+        Self::start_with_metrics(store, config, shutdown, Arc::default())
+    }
+
+    /// Like [`Ingestor::start`], counting into `metrics`.
+    pub fn start_with_metrics(
+        store: Arc<dyn Store>,
+        config: IngestConfig,
+        shutdown: CancellationToken,
+        metrics: Arc<CoordinatorMetrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Pending>(1_024);
         let backlog = Arc::new(AtomicUsize::new(0));
         // As many chunks in hand as writers: the buffer waits for a free writer beyond that.
@@ -66,7 +77,14 @@ impl Ingestor {
         tokio::spawn(buffer(rx, chunks_tx, config, shutdown.clone()));
         let chunks_rx = Arc::new(tokio::sync::Mutex::new(chunks_rx));
         for n in 0..config.writers.max(1) {
-            tokio::spawn(writer(n, store.clone(), chunks_rx.clone(), backlog.clone(), shutdown.clone()));
+            tokio::spawn(writer(
+                n,
+                store.clone(),
+                chunks_rx.clone(),
+                backlog.clone(),
+                shutdown.clone(),
+                metrics.clone(),
+            ));
         }
         Self { tx, backlog, config }
     }
@@ -144,6 +162,7 @@ async fn writer(
     chunks: Arc<tokio::sync::Mutex<ChunkRx>>,
     backlog: Arc<AtomicUsize>,
     shutdown: CancellationToken,
+    metrics: Arc<CoordinatorMetrics>,
 ) {
     loop {
         let chunk = {
@@ -163,8 +182,13 @@ async fn writer(
         let mut delay = Duration::from_millis(50);
         let outcome = loop {
             let span = info_span!("ingest_chunk", writer = n, rows);
+            let started = std::time::Instant::now();
             match store.ingest(&results).instrument(span).await {
-                Ok(t) => break Ok(t),
+                Ok(t) => {
+                    metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics.ingest_rows.inc_by(rows as u64);
+                    break Ok(t);
+                }
                 Err(e) => {
                     warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "ingest failed; retrying");
                     tokio::select! {
@@ -175,7 +199,8 @@ async fn writer(
                 }
             }
         };
-        backlog.fetch_sub(rows, Ordering::Relaxed);
+        let left = backlog.fetch_sub(rows, Ordering::Relaxed) - rows;
+        metrics.ingest_backlog.set(left as i64);
         for done in waiting {
             let _ = done.send(outcome.clone());
         }

@@ -8,6 +8,7 @@
 //! - [`jobs`]: the `JobService` gRPC handlers.
 //! - [`work`]: the `WorkerService` gRPC handler: worker sessions, credits, leases, ingest, acks.
 //! - [`events`]: in-process notifications (new work, job progress, revoked leases).
+//! - [`metrics`]: leases, frontier depth, ingest rows, latency and backlog.
 //! - [`ingest`]: the shared ingest pipeline: chunks, concurrent writers, ack after commit, backlog.
 //! - [`server`]: wiring: [`server::run`] serves both services (plus health and reflection) on a
 //!   listener until a shutdown future completes.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod ingest;
 pub mod jobs;
+pub mod metrics;
 pub mod planner;
 pub mod server;
 pub mod store;

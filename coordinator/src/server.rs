@@ -33,7 +33,12 @@ pub async fn run(
     let events = Arc::new(Events::default());
     let coordinator_id: Arc<str> = format!("{}-{}", hostname(), std::process::id()).into();
 
-    let reaper = tokio::spawn(reap(store.clone(), events.clone(), config.clone(), token.clone()));
+    let metrics = Arc::new(crate::metrics::CoordinatorMetrics::default());
+    if let Some(addr) = config.metrics_listen {
+        let stop = token.clone();
+        urlfleet_shared::metrics::spawn(addr, metrics.registry(), async move { stop.cancelled().await }).await;
+    }
+    let reaper = tokio::spawn(reap(store.clone(), events.clone(), config.clone(), token.clone(), metrics.clone()));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
@@ -43,10 +48,18 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let ingestor = crate::ingest::Ingestor::start(store.clone(), config.ingest(), token.clone());
+    let ingestor =
+        crate::ingest::Ingestor::start_with_metrics(store.clone(), config.ingest(), token.clone(), metrics.clone());
     let jobs = JobApi::new(store.clone(), events.clone(), config.clone(), token.clone());
-    let work =
-        WorkApi::new(store.clone(), events.clone(), config.clone(), token.clone(), coordinator_id.clone(), ingestor);
+    let work = WorkApi::new(
+        store.clone(),
+        events.clone(),
+        config.clone(),
+        token.clone(),
+        coordinator_id.clone(),
+        ingestor,
+        metrics,
+    );
     let addr = listener.local_addr()?;
     info!(address = %addr, coordinator.id = %coordinator_id, "coordinator serving");
 
@@ -71,7 +84,13 @@ pub async fn run(
 }
 
 /// Returns the URLs of expired leases to the frontier, periodically.
-async fn reap(store: Arc<dyn Store>, events: Arc<Events>, config: CoordinatorConfig, token: CancellationToken) {
+async fn reap(
+    store: Arc<dyn Store>,
+    events: Arc<Events>,
+    config: CoordinatorConfig,
+    token: CancellationToken,
+    metrics: Arc<crate::metrics::CoordinatorMetrics>,
+) {
     let mut tick = tokio::time::interval(config.reap_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -79,8 +98,13 @@ async fn reap(store: Arc<dyn Store>, events: Arc<Events>, config: CoordinatorCon
             () = token.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if let Ok(stats) = store.frontier_stats().await {
+            metrics.leases_active.set(stats.active_leases);
+            metrics.frontier_pending.set(stats.pending);
+        }
         match store.reap_expired(config.max_lease_attempts).await {
-            Ok(t) if !t.jobs.is_empty() => {
+            Ok(t) if !t.jobs.is_empty() || t.expired_leases > 0 => {
+                metrics.leases_expired.inc_by(t.expired_leases);
                 for j in t.jobs {
                     events.job_changed(j);
                 }

@@ -44,6 +44,7 @@ pub struct WorkApi {
     coordinator_id: Arc<str>,
     sessions: Arc<AtomicU64>,
     ingestor: Ingestor,
+    metrics: Arc<crate::metrics::CoordinatorMetrics>,
 }
 
 impl WorkApi {
@@ -55,8 +56,10 @@ impl WorkApi {
         shutdown: CancellationToken,
         coordinator_id: Arc<str>,
         ingestor: Ingestor,
+        metrics: Arc<crate::metrics::CoordinatorMetrics>,
     ) -> Self {
-        Self { store, events, config, shutdown, coordinator_id, sessions: Arc::new(AtomicU64::new(0)), ingestor }
+        let sessions = Arc::new(AtomicU64::new(0));
+        Self { store, events, config, shutdown, coordinator_id, sessions, ingestor, metrics }
     }
 }
 
@@ -204,6 +207,7 @@ impl Session {
         };
         let Some(grant) = self.api.store.acquire_lease(&req).await? else { return Ok(false) };
         self.credits -= grant.urls.len() as u64;
+        self.api.metrics.leases_granted.inc();
         debug!(lease.id = grant.id, server.address = %grant.host, urls = grant.urls.len(), "lease granted");
         for job in &grant.jobs {
             self.api.events.job_changed(*job);

@@ -7,11 +7,13 @@
 //! - [`outcome`]: the outcome of a check as data, and its classes.
 //! - [`policy`]: politeness settings and the defaults every role shares.
 //! - [`convert`]: proto ↔ domain conversions, so wire types stay at the edge.
-//! - [`telemetry`]: the tracing subscriber.
+//! - [`telemetry`]: logs, OpenTelemetry traces and W3C context propagation.
+//! - [`metrics`]: Prometheus text rendering and the `/metrics` endpoint.
 //! - [`shutdown`]: one future for SIGINT / SIGTERM.
 //! - [`time`]: wall-clock milliseconds, the unit of every stored timestamp.
 
 pub mod convert;
+pub mod metrics;
 pub mod outcome;
 pub mod policy;
 pub mod proto;

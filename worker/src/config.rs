@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     /// Longest a finished result waits before its batch is sent.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_delay: Duration,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long, env = "URLFLEET_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// On shutdown, how long leased checks may run before they are abandoned.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -73,6 +76,7 @@ impl WorkerConfig {
             batch_size: 500,
             batch_delay: Duration::from_millis(50),
             shutdown_grace: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 

@@ -3,11 +3,13 @@
 //!
 //! # Layout
 //! - [`engine`]: the HTTP check engine (politeness gate, retries, redirects, SSRF guard).
+//! - [`metrics`]: checks by outcome, latency, in-flight checks, host pauses.
 //! - [`session`]: the coordinator session (credits, leases, result batches, acks, reconnects).
 //! - [`config`]: the worker's typed configuration.
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod session;
 
 pub use config::WorkerConfig;

@@ -36,7 +36,15 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// checks finish within the grace period, waits for their results to be acknowledged and exits.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(config.engine())?);
-    Worker::new(config, engine).run(shutdown).await
+    let stop_metrics = CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let token = stop_metrics.clone();
+        urlfleet_shared::metrics::spawn(addr, engine.metrics().registry(), async move { token.cancelled().await })
+            .await;
+    }
+    let outcome = Worker::new(config, engine).run(shutdown).await;
+    stop_metrics.cancel();
+    outcome
 }
 
 /// A finished URL: its result, or nothing when the check was abandoned (lease revoked).

@@ -251,6 +251,17 @@ pub struct LeaseGrant {
 pub struct Touched {
     /// Jobs whose counters changed.
     pub jobs: Vec<i64>,
+    /// Leases that expired (reaping only).
+    pub expired_leases: u64,
+}
+
+/// The frontier at a glance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrontierStats {
+    /// Leases active.
+    pub active_leases: i64,
+    /// URLs waiting for a lease.
+    pub pending: i64,
 }
 
 /// A stored result of one URL of a job.
@@ -315,6 +326,8 @@ pub trait Store: Send + Sync + 'static {
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
     /// Persists reported results: latest state (monotonic), history (idempotent), job progress.
     async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched>;
+    /// Active leases and frontier depth, for metrics.
+    async fn frontier_stats(&self) -> StoreResult<FrontierStats>;
     /// A page of a job's results after `after`, filtered by class (all when empty).
     async fn list_results(
         &self,

@@ -269,7 +269,7 @@ macro_rules! sql_store {
             let jobs = d.jobs();
             complete_if_done(&mut tx, &jobs, now).await?;
             tx.commit().await?;
-            Ok(Touched { jobs })
+            Ok(Touched { jobs, expired_leases: 0 })
         }
 
         #[async_trait::async_trait]
@@ -717,11 +717,19 @@ macro_rules! sql_store {
                 let jobs = d.jobs();
                 complete_if_done(&mut tx, &jobs, now).await?;
                 tx.commit().await?;
-                Ok(Touched { jobs })
+                Ok(Touched { jobs, expired_leases: expired.len() as u64 })
             }
 
             async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
                 self.ingest_impl(results).await
+            }
+
+            async fn frontier_stats(&self) -> StoreResult<crate::store::FrontierStats> {
+                let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE active").fetch_one(&self.pool).await?;
+                let pending: Option<i64> = sqlx::query_scalar("SELECT CAST(SUM(pending) AS BIGINT) FROM hosts WHERE pending > 0")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(crate::store::FrontierStats { active_leases: active, pending: pending.unwrap_or(0) })
             }
 
             async fn list_results(

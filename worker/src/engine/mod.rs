@@ -92,6 +92,7 @@ pub struct Engine {
     config: EngineConfig,
     addresses: Arc<AddressPolicy>,
     gate: Politeness,
+    metrics: crate::metrics::EngineMetrics,
 }
 
 /// A failure to build the engine.
@@ -117,12 +118,17 @@ impl Engine {
             .dns_resolver(GuardedResolver { policy: addresses.clone() })
             .build()?;
         let gate = Politeness::new(config.concurrency);
-        Ok(Self { client, config, addresses, gate })
+        Ok(Self { client, config, addresses, gate, metrics: Default::default() })
     }
 
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &crate::metrics::EngineMetrics {
+        &self.metrics
     }
 
     /// Requests in flight right now.
@@ -140,7 +146,10 @@ impl Engine {
             outcome = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
+        self.metrics.started();
+        let started = Instant::now();
         let outcome = self.check_inner(url, policy, cancel).instrument(span.clone()).await;
+        self.metrics.finished(&outcome, started.elapsed().as_secs_f64());
         span.record("attempts", outcome.attempts);
         span.record("outcome", outcome.kind.as_str());
         if let Some(s) = outcome.status {
@@ -182,8 +191,14 @@ impl Engine {
             };
             if let Some(host) = result.last_host.clone() {
                 match (result.throttled(), result.pause_host) {
-                    (true, Some(pause)) => self.gate.pause(&host, pause),
-                    (true, None) => result.pause_host = Some(self.gate.throttled(&host)),
+                    (true, Some(pause)) => {
+                        self.metrics.host_paused();
+                        self.gate.pause(&host, pause);
+                    }
+                    (true, None) => {
+                        self.metrics.host_paused();
+                        result.pause_host = Some(self.gate.throttled(&host));
+                    }
                     (false, _) => self.gate.healthy(&host),
                 }
             }
