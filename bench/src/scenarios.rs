@@ -316,26 +316,21 @@ fn expect_all_ok(m: &Measured, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Starts a coordinator process on a free loopback port; returns it and its `http://` address.
+async fn start_coordinator(ctx: &Ctx, db: &str, extra: &[&str]) -> Result<(Service, String)> {
+    let port = proc::free_port()?;
+    let mut args: Vec<String> =
+        vec!["coordinator".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--db".into(), db.into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let coordinator = Service::start("coordinator", &ctx.urlfleet, &args, &[])?;
+    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await?;
+    Ok((coordinator, format!("http://127.0.0.1:{port}")))
+}
+
 /// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).
 async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duration, u64, u64)> {
     let db = ctx.fresh_db("throughput").await?;
-    let port = proc::free_port()?;
-    let addr = format!("http://127.0.0.1:{port}");
-    let coordinator = Service::start(
-        "coordinator",
-        &ctx.urlfleet,
-        &[
-            "coordinator".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--db".into(),
-            db.clone(),
-            "--lease-size".into(),
-            "500".into(),
-        ],
-        &[],
-    )?;
-    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await?;
+    let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "500"]).await?;
     let worker = Service::start(
         "worker",
         &ctx.urlfleet,
@@ -454,23 +449,7 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let list = ctx.file(&format!("scaling-{workers}.txt"));
         write_list(&list, (0..n).map(|i| servers[i % servers.len()].url(&format!("/delay/50?w={workers}&n={i}"))))?;
         let db = ctx.fresh_db(&format!("scaling{workers}")).await?;
-        let port = proc::free_port()?;
-        let addr = format!("http://127.0.0.1:{port}");
-        let coordinator = Service::start(
-            "coordinator",
-            &ctx.urlfleet,
-            &[
-                "coordinator".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--db".into(),
-                db,
-                "--lease-size".into(),
-                "50".into(),
-            ],
-            &[],
-        )?;
-        proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await?;
+        let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "50"]).await?;
         let mut ws = Vec::new();
         for _ in 0..workers {
             ws.push(Service::start(
@@ -659,17 +638,8 @@ pub async fn bigjob(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &["measure", "value"],
     );
     let db = ctx.fresh_db("bigjob").await?;
-    let port = proc::free_port()?;
-    let coordinator = Service::start(
-        "coordinator",
-        &ctx.urlfleet,
-        &["coordinator".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--db".into(), db],
-        &[],
-    )?;
-    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await?;
-    let mut client = pb::job_service_client::JobServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await?
-        .max_encoding_message_size(16 << 20);
+    let (coordinator, addr) = start_coordinator(ctx, &db, &[]).await?;
+    let mut client = pb::job_service_client::JobServiceClient::connect(addr).await?.max_encoding_message_size(16 << 20);
     let distinct = n - n / 10;
     let stream = async_stream_of(n, distinct);
     let started = Instant::now();

@@ -71,6 +71,22 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// One value of a query run directly on the database (to inspect tables in assertions).
+    pub async fn scalar(&self, sql: &'static str) -> i64 {
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("query")
+            }
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.expect("connect");
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("query")
+            }
+        }
+    }
+}
+
 /// `base` with its database name replaced by `name`.
 pub fn with_database(base: &str, name: &str) -> String {
     let (head, query) = match base.split_once('?') {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
 use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
@@ -14,19 +13,6 @@ use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
 use urlfleet_tests::cluster::{all_results, submit, wait_done};
 use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
-
-async fn count(db: &TestDb, sql: &'static str) -> i64 {
-    match db.backend {
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-        }
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-        }
-    }
-}
 
 async fn many_rows_cross_many_chunks(backend: Backend) {
     const N: usize = 100_000;
@@ -97,10 +83,10 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
     let done = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((done.counts.checked, done.counts.ok, done.counts.leased), (N as u64, N as u64, 0));
     assert_eq!(done.state, urlfleet_coordinator::store::JobState::Completed);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM checks").await, N as i64, "every row exactly once");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM urls WHERE checked_at IS NOT NULL").await, N as i64);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM job_urls WHERE state = 'done'").await, N as i64);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM leases WHERE active").await, 0, "every lease ended");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, N as i64, "every row exactly once");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM urls WHERE checked_at IS NOT NULL").await, N as i64);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls WHERE state = 'done'").await, N as i64);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM leases WHERE active").await, 0, "every lease ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +126,7 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
             }
         })
         .await;
-        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
         let killed: Vec<(bool,)> = sqlx::query_as(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
         )
@@ -158,7 +144,7 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
     let results = all_results(&mut client, id).await;
     assert_eq!(results.len(), 3_000);
     assert!(results.iter().all(|r| r.status == 200));
-    assert_eq!(count(&db, "SELECT COUNT(DISTINCT url_id) FROM checks").await, 3_000);
+    assert_eq!(db.scalar("SELECT COUNT(DISTINCT url_id) FROM checks").await, 3_000);
     worker.stop().await;
     coordinator.stop().await;
 }

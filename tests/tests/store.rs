@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
 use urlfleet_coordinator::store::{InvalidEntry, JobState, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
 use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::time::now_ms;
@@ -82,19 +81,6 @@ fn result(lease: i64, url_id: i64, status: u16, checked_at: i64) -> ReportedResu
     o.status = Some(status);
     o.checked_at_ms = checked_at;
     ReportedResult { lease_id: lease, epoch: 1, url_id, outcome: o }
-}
-
-async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
-    match db.backend {
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-        }
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-        }
-    }
 }
 
 async fn duplicate_submissions_return_the_existing_job(backend: Backend) {
@@ -200,14 +186,14 @@ async fn replayed_results_change_nothing(backend: Backend) {
     assert_eq!(halfway.counts.checked, 2);
     store.ingest(&batch).await.unwrap();
     let once = store.get_job(job.id).await.unwrap().unwrap();
-    let checks_once = scalar(&db, "SELECT COUNT(*) FROM checks").await;
+    let checks_once = db.scalar("SELECT COUNT(*) FROM checks").await;
     store.ingest(&batch).await.unwrap();
     store.ingest(&batch).await.unwrap();
     let twice = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(once, twice, "a replay changes no counter and no state");
     assert_eq!(twice.counts.checked, 4);
     assert_eq!(twice.counts.ok, 4);
-    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM checks").await, checks_once);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, checks_once);
     assert_eq!(checks_once, 4);
 }
 
@@ -220,10 +206,10 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     let t = now_ms();
     store.ingest(&[result(lease.id, url_id, 404, t)]).await.unwrap();
     store.ingest(&[result(lease.id, url_id, 200, t - 60_000)]).await.unwrap();
-    assert_eq!(scalar(&db, "SELECT CAST(status AS BIGINT) FROM urls").await, 404, "the newer result stays");
-    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM checks").await, 2, "both are history");
+    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 404, "the newer result stays");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "both are history");
     store.ingest(&[result(lease.id, url_id, 200, t + 1)]).await.unwrap();
-    assert_eq!(scalar(&db, "SELECT CAST(status AS BIGINT) FROM urls").await, 200);
+    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 200);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
 }

@@ -338,6 +338,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ResultRow>>;
 }
 
+/// The migrations of one dialect, embedded in the binary (so a single file is the whole program).
+fn migrator(init: &'static str) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(vec![Migration::new(1, "init".into(), MigrationType::Simple, init.into_sql_str(), false)])
+}
+
 /// Opens the store a database URL names, creating an SQLite file when missing, and migrates it.
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -2,9 +2,8 @@
 //! frontier rows are claimed with `FOR UPDATE SKIP LOCKED`, so two coordinators never lease the
 //! same host (and so never the same URL) at once.
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::Connection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, SqlSafeStr};
 
 use super::mask_password;
 
@@ -34,7 +33,7 @@ impl PgStore {
 
     /// Wraps an existing pool and runs pending migrations.
     pub async fn from_pool(pool: PgPool) -> Result<Self, super::StoreError> {
-        migrator().run(&pool).await?;
+        super::migrator(include_str!("../../migrations/postgres/0001_init.sql")).run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -42,16 +41,6 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )])
 }
 
 super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED");

@@ -4,8 +4,6 @@
 
 use std::str::FromStr;
 
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::mask_password;
@@ -28,7 +26,7 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(30))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(err)?;
-        migrator().run(&pool).await?;
+        super::migrator(include_str!("../../migrations/sqlite/0001_init.sql")).run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -36,16 +34,6 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )])
 }
 
 super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "");
