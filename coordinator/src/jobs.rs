@@ -25,6 +25,8 @@ use crate::store::{JobRecord, JobState, NewJob, RecheckPolicy, ResultRow, Store,
 const ADD_BATCH: usize = 10_000;
 /// Store calls in flight while a submission is written.
 const ADD_CONCURRENCY: usize = 3;
+/// Attempts of one batch of URLs before the submission fails.
+const ADD_ATTEMPTS: u32 = 4;
 /// Results read per store call by `ListResults`.
 const RESULTS_PAGE: u32 = 1_000;
 /// Longest wait between two progress checks of a watched job.
@@ -337,7 +339,24 @@ impl JobApi {
             {
                 settle(written)?;
             }
-            writes.push(self.store.add_urls(job.id, batch, recheck));
+            let store = self.store.clone();
+            writes.push(async move {
+                // A batch is one transaction: when it fails (a deadlock with a concurrent
+                // submission, a dropped connection) nothing of it stays, and it is tried again.
+                let mut delay = Duration::from_millis(100);
+                let mut attempt = 1;
+                loop {
+                    match store.add_urls(job.id, batch, recheck).await {
+                        Err(e) if attempt < ADD_ATTEMPTS => {
+                            warn!(error = %e, attempt, "writing URLs failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                            attempt += 1;
+                        }
+                        other => return other,
+                    }
+                }
+            });
         }
         while let Some(written) = writes.next().await {
             settle(written)?;

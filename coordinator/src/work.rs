@@ -43,6 +43,8 @@ pub struct WorkApi {
     shutdown: CancellationToken,
     coordinator_id: Arc<str>,
     sessions: Arc<AtomicU64>,
+    /// The latest session of each connected worker.
+    latest: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     ingestor: Ingestor,
     metrics: Arc<crate::metrics::CoordinatorMetrics>,
 }
@@ -59,7 +61,7 @@ impl WorkApi {
         metrics: Arc<crate::metrics::CoordinatorMetrics>,
     ) -> Self {
         let sessions = Arc::new(AtomicU64::new(0));
-        Self { store, events, config, shutdown, coordinator_id, sessions, ingestor, metrics }
+        Self { store, events, config, shutdown, coordinator_id, sessions, latest: Arc::default(), ingestor, metrics }
     }
 }
 
@@ -81,19 +83,22 @@ impl WorkerService for WorkApi {
         if hello.worker_id.is_empty() {
             return Err(Status::invalid_argument("hello.worker_id is empty"));
         }
-        // Leases are held by the session, not the worker: a reconnecting worker must not be able to
-        // renew (or lose) leases of its previous session by accident.
+        // Leases are held by the worker: after a reconnect it keeps checking what it holds, and its
+        // heartbeats on the new session renew those leases. Only the worker's latest session may
+        // give them up when it ends.
         let n = self.sessions.fetch_add(1, Ordering::Relaxed);
-        let holder = format!("{}#{}/{}", hello.worker_id, self.coordinator_id, n);
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(hello.worker_id.clone(), n);
+        let holder = hello.worker_id.clone();
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::Welcome {
             coordinator_id: self.coordinator_id.to_string(),
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
         };
         tx.send(Ok(out(Out::Welcome(welcome)))).await.map_err(|_| Status::cancelled("worker went away"))?;
-        info!(worker.id = %hello.worker_id, session = %holder, capacity = hello.capacity, "worker connected");
+        info!(worker.id = %hello.worker_id, session = n, capacity = hello.capacity, "worker connected");
         let session = Session {
             api: self.clone(),
+            session: n,
             holder: holder.clone(),
             tx,
             credits: 0,
@@ -111,6 +116,9 @@ fn out(msg: Out) -> pb::CoordinatorMessage {
 
 struct Session {
     api: WorkApi,
+    /// This session's number (per coordinator).
+    session: u64,
+    /// The worker id: leases are held by it.
     holder: String,
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
     credits: u64,
@@ -170,12 +178,21 @@ impl Session {
         if let Err(e) = &result {
             warn!(error = %e, "worker session ended with an error");
         }
-        // Whatever the worker still held goes back to the frontier at the next reap.
-        if let Err(e) = self.api.store.expire_worker_leases(&self.holder).await {
+        // Whatever the worker still held goes back to the frontier at the next reap — unless the
+        // worker is already back on a newer session, which now holds (and renews) those leases.
+        let latest = {
+            let mut latest = self.api.latest.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = latest.get(&self.holder) == Some(&self.session);
+            if mine {
+                latest.remove(&self.holder);
+            }
+            mine
+        };
+        if latest && let Err(e) = self.api.store.expire_worker_leases(&self.holder).await {
             warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
         }
         self.api.events.work_available();
-        info!(session = %self.holder, "worker disconnected");
+        info!(worker.id = %self.holder, session = self.session, "worker disconnected");
     }
 
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {

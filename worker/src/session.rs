@@ -174,6 +174,13 @@ impl Worker {
         for batch in self.unacked.values() {
             send(&tx, Out::Results(batch.clone())).await;
         }
+        // Checks that finished while disconnected are already out of `outstanding`: take their results
+        // now, so that the fresh grant below does not count them a second time as owed credits.
+        while let Ok(f) = self.finished_rx.try_recv() {
+            if let Some(r) = f {
+                self.pending.push(r);
+            }
+        }
         self.owed = 0;
         if self.stopping.is_none() {
             let free = (self.config.credits as usize).saturating_sub(self.outstanding.load(Ordering::Relaxed));

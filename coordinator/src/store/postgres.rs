@@ -43,7 +43,7 @@ impl PgStore {
     }
 }
 
-super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED");
+super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED", for_update = " FOR UPDATE");
 
 impl PgStore {
     /// Inserts the URLs not stored yet and returns every URL's stored state; the rows travel as
@@ -183,13 +183,20 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         if !open.is_empty() {
+            // Exactly the rows locked and counted above: a row another transaction added since is
+            // left open for its own result.
+            let kind_of: HashMap<i64, &str> = newest.iter().map(|r| (r.url_id, r.outcome.kind.as_str())).collect();
+            let o_jobs: Vec<i64> = open.iter().map(|o| o.0).collect();
+            let o_urls: Vec<i64> = open.iter().map(|o| o.1).collect();
+            let o_kinds: Vec<&str> = open.iter().map(|o| kind_of[&o.1]).collect();
             sqlx::query(
                 "UPDATE job_urls ju SET state = 'done', kind = t.kind, lease_id = NULL \
-                 FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
-                 WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased')",
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS t(job_id, url_id, kind) \
+                 WHERE ju.job_id = t.job_id AND ju.url_id = t.url_id",
             )
-            .bind(&ids)
-            .bind(&kinds)
+            .bind(&o_jobs)
+            .bind(&o_urls)
+            .bind(&o_kinds)
             .execute(&mut *tx)
             .await?;
         }

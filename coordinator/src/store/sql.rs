@@ -45,7 +45,7 @@ pub(crate) fn plan_state(
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, skip_locked = $skip:literal) => {
+    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal) => {
         use std::collections::{BTreeMap, BTreeSet, HashMap};
         use std::time::Duration;
 
@@ -64,11 +64,9 @@ macro_rules! sql_store {
         type Tx<'a> = sqlx::Transaction<'a, $db>;
 
         /// A URL row as stored: (url, id, kind, status, checked_at).
-        #[allow(dead_code)]
         type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>);
 
         /// A job_urls row to insert: (url id, host, state, url_order, kind).
-        #[allow(dead_code)]
         type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>);
 
         fn job_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<JobRecord> {
@@ -187,6 +185,15 @@ macro_rules! sql_store {
         /// Ends a lease that has no leased URL left: the host gets the slot back and stays paused until
         /// `not_before`. Returns whether the lease ended.
         async fn release_lease_if_done(tx: &mut Tx<'_>, lease_id: i64, not_before: i64) -> StoreResult<bool> {
+            // Lock the lease first (PostgreSQL): a submission joining URLs to it holds the same lock,
+            // so the check for leased URLs below, a new statement, sees every committed join.
+            let active: Option<i64> = sqlx::query_scalar(concat!("SELECT id FROM leases WHERE id = $1 AND active", $lock))
+                .bind(lease_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if active.is_none() {
+                return Ok(false);
+            }
             let host: Option<String> = sqlx::query_scalar(
                 "UPDATE leases SET active = FALSE WHERE id = $1 AND active AND NOT EXISTS \
                  (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased') RETURNING host",
@@ -390,6 +397,16 @@ macro_rules! sql_store {
                     qb.push(") GROUP BY url_id");
                     let running: Vec<(i64, Option<i64>)> = qb.build_query_as().fetch_all(&mut *tx).await?;
                     for (url_id, lease_id) in running {
+                        // Only a lease that is still active, locked until this transaction ends so it
+                        // cannot end unseen meanwhile.
+                        let active: Option<i64> =
+                            sqlx::query_scalar(concat!("SELECT id FROM leases WHERE id = $1 AND active", $lock))
+                                .bind(lease_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if active.is_none() {
+                            continue;
+                        }
                         let host: Option<String> = sqlx::query_scalar(
                             "UPDATE job_urls SET state = 'leased', lease_id = $3 \
                              WHERE job_id = $1 AND url_id = $2 AND state = 'pending' RETURNING host",
@@ -487,7 +504,7 @@ macro_rules! sql_store {
                 .await?;
                 // RETURNING yields new values, so read the lease ids before clearing them.
                 let leased: Vec<(Option<i64>,)> =
-                    sqlx::query_as("SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'")
+                    sqlx::query_as(concat!("SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'", $lock))
                         .bind(id)
                         .fetch_all(&mut *tx)
                         .await?;

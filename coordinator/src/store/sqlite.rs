@@ -36,7 +36,8 @@ impl SqliteStore {
     }
 }
 
-super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "");
+// SQLite has a single writer connection: nothing to lock row by row.
+super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "");
 
 /// Rows per set-based statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
 const INGEST_ROWS: usize = 1_000;

@@ -199,7 +199,9 @@ impl Engine {
                         self.metrics.host_paused();
                         result.pause_host = Some(self.gate.throttled(&host));
                     }
-                    (false, _) => self.gate.healthy(&host),
+                    // Only a real answer that is not throttled lets the host's penalty decay.
+                    (false, _) if result.answered() => self.gate.healthy(&host),
+                    (false, _) => {}
                 }
             }
             if let Some(pause) = result.pause_host {
@@ -229,7 +231,8 @@ impl Engine {
             if let Some(blocked) = self.blocked_literal(&current) {
                 return Attempt::transport(Transport::Blocked(blocked), hops, Some(host));
             }
-            let host_policy = if host == home { policy } else { HostPolicy::default() };
+            // The lease's policy governs its own host; a redirect target keeps whatever limits it has.
+            let host_policy = (host == home).then_some(policy);
             let sent = self.request(&current, &host, host_policy).await;
             let (status, headers, elapsed) = match sent {
                 Ok(r) => r,
@@ -276,7 +279,7 @@ impl Engine {
         &self,
         url: &url::Url,
         host: &str,
-        policy: HostPolicy,
+        policy: Option<HostPolicy>,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
         match self.send(Method::HEAD, url, host, policy).await {
             Ok((StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED, ..)) => {
@@ -293,7 +296,7 @@ impl Engine {
         method: Method,
         url: &url::Url,
         host: &str,
-        policy: HostPolicy,
+        policy: Option<HostPolicy>,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
         let _permit = self.gate.acquire(host, policy).await;
         let span = info_span!(

@@ -36,13 +36,33 @@ pub fn margin(spacing: Duration) -> Duration {
 #[derive(Debug)]
 struct HostState {
     slots: Arc<Semaphore>,
-    concurrency: u32,
+    /// The slots' current capacity.
+    concurrency: Mutex<u32>,
+    /// Minimum spacing between request starts, in microseconds.
+    interval_us: AtomicU64,
     /// Serializes the scheduling of request starts; holds the next allowed start.
     next_start: tokio::sync::Mutex<Instant>,
     paused_until: Mutex<Option<Instant>>,
     /// Extra spacing after throttled answers, in microseconds; decays on healthy answers. An atomic,
     /// because every answer touches it.
     penalty_us: AtomicU64,
+}
+
+impl HostState {
+    /// Makes `policy` the host's limits: slots are added at once; removed ones are taken out as they
+    /// come free (the rest on a later call).
+    fn apply(&self, policy: HostPolicy) {
+        self.interval_us.store(policy.interval.as_micros() as u64, Ordering::Relaxed);
+        let want = policy.concurrency.max(1);
+        let mut have = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+        if want > *have {
+            self.slots.add_permits((want - *have) as usize);
+            *have = want;
+        } else if want < *have {
+            let forgotten = self.slots.forget_permits((*have - want) as usize) as u32;
+            *have -= forgotten;
+        }
+    }
 }
 
 /// The gate every request passes.
@@ -70,34 +90,39 @@ impl Politeness {
         self.hosts.read().unwrap_or_else(|e| e.into_inner()).get(host).cloned()
     }
 
-    fn host(&self, host: &str, policy: HostPolicy) -> Arc<HostState> {
-        let concurrency = policy.concurrency.max(1);
-        if let Some(s) = self.get(host).filter(|s| s.concurrency == concurrency) {
-            return s;
-        }
-        let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
-        match hosts.get(host) {
-            Some(s) if s.concurrency == concurrency => s.clone(),
-            existing => {
-                // A changed limit takes effect for new requests; the next start time carries over.
-                let next = existing.and_then(|s| s.next_start.try_lock().ok().map(|n| *n)).unwrap_or_else(Instant::now);
-                let paused = existing.and_then(|s| *s.paused_until.lock().unwrap_or_else(|e| e.into_inner()));
-                let penalty = existing.map(|s| s.penalty_us.load(Ordering::Relaxed)).unwrap_or_default();
-                let s = Arc::new(HostState {
-                    slots: Arc::new(Semaphore::new(concurrency as usize)),
-                    concurrency,
-                    next_start: tokio::sync::Mutex::new(next),
-                    paused_until: Mutex::new(paused),
-                    penalty_us: AtomicU64::new(penalty),
-                });
-                hosts.insert(host.to_string(), s.clone());
-                s
+    /// The host's state, created on first sight; a given policy becomes the host's limits. One state
+    /// per host for the worker's lifetime: swapping it would let requests on the old and the new
+    /// state run side by side, over both limits.
+    fn host(&self, host: &str, policy: Option<HostPolicy>) -> Arc<HostState> {
+        let state = match self.get(host) {
+            Some(s) => s,
+            None => {
+                let initial = policy.unwrap_or_default();
+                let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
+                hosts
+                    .entry(host.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(HostState {
+                            slots: Arc::new(Semaphore::new(initial.concurrency.max(1) as usize)),
+                            concurrency: Mutex::new(initial.concurrency.max(1)),
+                            interval_us: AtomicU64::new(initial.interval.as_micros() as u64),
+                            next_start: tokio::sync::Mutex::new(Instant::now()),
+                            paused_until: Mutex::new(None),
+                            penalty_us: AtomicU64::new(0),
+                        })
+                    })
+                    .clone()
             }
+        };
+        if let Some(p) = policy {
+            state.apply(p);
         }
+        state
     }
 
-    /// Waits until a request to `host` may start under `policy`.
-    pub async fn acquire(&self, host: &str, policy: HostPolicy) -> Permit {
+    /// Waits until a request to `host` may start: under `policy` when given (the lease's host), else
+    /// under the limits the host already has (a redirect target), or the defaults.
+    pub async fn acquire(&self, host: &str, policy: Option<HostPolicy>) -> Permit {
         let state = self.host(host, policy);
         let host_slot = state.slots.clone().acquire_owned().await.expect("host semaphore never closes");
         let mut next = state.next_start.lock().await;
@@ -111,7 +136,7 @@ impl Politeness {
         }
         let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
         let penalty = Duration::from_micros(state.penalty_us.load(Ordering::Relaxed));
-        let spacing = policy.interval + penalty;
+        let spacing = Duration::from_micros(state.interval_us.load(Ordering::Relaxed)) + penalty;
         *next = Instant::now() + spacing + margin(spacing);
         Permit { _host: host_slot, _global: global }
     }
@@ -169,7 +194,7 @@ mod tests {
         let t0 = Instant::now();
         let mut starts = Vec::new();
         for _ in 0..5 {
-            let p = gate.acquire("a.example", policy).await;
+            let p = gate.acquire("a.example", Some(policy)).await;
             starts.push(t0.elapsed());
             drop(p);
         }
@@ -179,26 +204,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_changed_limit_keeps_one_state_and_spacing() {
+        let gate = Politeness::new(8);
+        let strict = HostPolicy { concurrency: 1, interval: Duration::from_millis(100) };
+        let t0 = Instant::now();
+        drop(gate.acquire("h.example", Some(strict)).await);
+        // A redirect hop to the same host without a policy keeps the host's limits.
+        drop(gate.acquire("h.example", None).await);
+        assert!(t0.elapsed() >= Duration::from_millis(100), "the interval held across the hop");
+        let held = gate.acquire("h.example", None).await;
+        let g = Arc::new(gate);
+        let g2 = g.clone();
+        let second = tokio::spawn(async move { g2.acquire("h.example", None).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "one slot: the second request waits for the first");
+        drop(held);
+        let _ = second.await;
+        // Lifting the limit adds slots to the same state.
+        let free = HostPolicy { concurrency: 3, interval: Duration::ZERO };
+        let a = g.acquire("h.example", Some(free)).await;
+        let b = g.acquire("h.example", Some(free)).await;
+        let c = g.acquire("h.example", Some(free)).await;
+        drop((a, b, c));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn throttling_backs_a_host_off_exponentially_and_it_recovers_gradually() {
         let gate = Politeness::new(8);
         let policy = HostPolicy { concurrency: 1, interval: Duration::ZERO };
-        drop(gate.acquire("t.example", policy).await);
+        drop(gate.acquire("t.example", Some(policy)).await);
         assert_eq!(gate.throttled("t.example"), PENALTY_START);
         assert_eq!(gate.throttled("t.example"), PENALTY_START * 2);
         let t0 = Instant::now();
-        drop(gate.acquire("t.example", policy).await);
+        drop(gate.acquire("t.example", Some(policy)).await);
         assert!(t0.elapsed() >= PENALTY_START * 2, "paused for the penalty");
         // Spacing now includes the penalty; each healthy answer halves it.
         gate.healthy("t.example");
         let t1 = Instant::now();
-        drop(gate.acquire("t.example", policy).await);
+        drop(gate.acquire("t.example", Some(policy)).await);
         assert!(t1.elapsed() >= PENALTY_START * 2, "the previous start was spaced by the old penalty");
         for _ in 0..10 {
             gate.healthy("t.example");
         }
-        drop(gate.acquire("t.example", policy).await);
+        drop(gate.acquire("t.example", Some(policy)).await);
         let t2 = Instant::now();
-        drop(gate.acquire("t.example", policy).await);
+        drop(gate.acquire("t.example", Some(policy)).await);
         assert!(t2.elapsed() < Duration::from_millis(5), "recovered: {:?}", t2.elapsed());
     }
 
@@ -206,13 +256,13 @@ mod tests {
     async fn a_paused_host_does_not_hold_back_other_hosts() {
         let gate = Arc::new(Politeness::new(1));
         let policy = HostPolicy { concurrency: 1, interval: Duration::ZERO };
-        drop(gate.acquire("slow.example", policy).await);
+        drop(gate.acquire("slow.example", Some(policy)).await);
         gate.pause("slow.example", Duration::from_secs(60));
         let g = gate.clone();
-        let slow = tokio::spawn(async move { g.acquire("slow.example", policy).await });
+        let slow = tokio::spawn(async move { g.acquire("slow.example", Some(policy)).await });
         tokio::task::yield_now().await;
         let t0 = Instant::now();
-        let other = gate.acquire("fast.example", policy).await;
+        let other = gate.acquire("fast.example", Some(policy)).await;
         assert!(t0.elapsed() < Duration::from_secs(1), "the paused host held the only global slot");
         drop(other);
         let _ = slow.await;

@@ -158,6 +158,11 @@ impl Attempt {
         }
     }
 
+    /// Whether the attempt got an HTTP answer.
+    pub(crate) fn answered(&self) -> bool {
+        self.result.is_ok()
+    }
+
     /// Whether the host throttled this attempt (429 or 503).
     pub(crate) fn throttled(&self) -> bool {
         self.result
@@ -168,7 +173,9 @@ impl Attempt {
     fn retryable(&self) -> bool {
         match &self.result {
             Ok(h) => {
-                h.status.is_server_error()
+                // 501 and 505 say the server will not do it: asking again changes nothing.
+                (h.status.is_server_error()
+                    && !matches!(h.status, StatusCode::NOT_IMPLEMENTED | StatusCode::HTTP_VERSION_NOT_SUPPORTED))
                     || h.status == StatusCode::REQUEST_TIMEOUT
                     || h.status == StatusCode::TOO_MANY_REQUESTS
             }
