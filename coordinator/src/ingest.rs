@@ -175,34 +175,90 @@ async fn writer(
         let mut results: Vec<ReportedResult> = Vec::with_capacity(chunk.iter().map(|p| p.results.len()).sum());
         let mut waiting = Vec::with_capacity(chunk.len());
         for p in chunk {
+            let start = results.len();
             results.extend(p.results);
-            waiting.push(p.done);
+            waiting.push((start..results.len(), p.done));
         }
         let rows = results.len();
-        let mut delay = Duration::from_millis(50);
-        let outcome = loop {
-            let span = info_span!("ingest_chunk", writer = n, rows);
-            let started = std::time::Instant::now();
-            match store.ingest(&results).instrument(span).await {
-                Ok(t) => {
-                    metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
-                    metrics.ingest_rows.inc_by(rows as u64);
-                    break Ok(t);
-                }
-                Err(e) => {
-                    warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "ingest failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => break Err(NotCommitted(e.to_string())),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let outcome = commit(n, &store, &results, &shutdown, &metrics).await;
+        if let Err(Failure::Permanent(e)) = &outcome
+            && waiting.len() > 1
+        {
+            // One bad batch must not hold back the others: commit them one by one; the bad one is
+            // not acknowledged, and its worker keeps it.
+            warn!(error = %e, batches = waiting.len(), "a chunk cannot be stored; committing its batches one by one");
+            for (range, done) in waiting.drain(..) {
+                let one = commit(n, &store, &results[range], &shutdown, &metrics).await;
+                let _ = done.send(one.map_err(Failure::into_not_committed));
             }
-        };
+        }
         let left = backlog.fetch_sub(rows, Ordering::Relaxed) - rows;
         metrics.ingest_backlog.set(left as i64);
-        for done in waiting {
+        let outcome = outcome.map_err(Failure::into_not_committed);
+        for (_, done) in waiting {
             let _ = done.send(outcome.clone());
         }
+    }
+}
+
+/// Why a write did not commit.
+enum Failure {
+    /// The data cannot be stored (a constraint says so): retrying changes nothing.
+    Permanent(String),
+    /// The coordinator is stopping.
+    Stopped(String),
+}
+
+impl Failure {
+    fn into_not_committed(self) -> NotCommitted {
+        match self {
+            Self::Permanent(e) | Self::Stopped(e) => NotCommitted(e),
+        }
+    }
+}
+
+/// Commits results in one transaction, retrying transient failures with back-off for as long as it
+/// takes (the database may be restarting).
+async fn commit(
+    n: usize,
+    store: &Arc<dyn Store>,
+    results: &[ReportedResult],
+    shutdown: &CancellationToken,
+    metrics: &CoordinatorMetrics,
+) -> Result<Touched, Failure> {
+    let rows = results.len();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let span = info_span!("ingest_chunk", writer = n, rows);
+        let started = std::time::Instant::now();
+        match store.ingest(results).instrument(span).await {
+            Ok(t) => {
+                metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.ingest_rows.inc_by(rows as u64);
+                return Ok(t);
+            }
+            Err(e) if is_permanent(&e) => return Err(Failure::Permanent(e.to_string())),
+            Err(e) => {
+                warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "ingest failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Err(Failure::Stopped(e.to_string())),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A constraint violation (for example a result for a URL id that does not exist) fails the same way
+/// every time; everything else (connections, deadlocks, timeouts) may pass on a retry.
+fn is_permanent(e: &crate::store::StoreError) -> bool {
+    use sqlx::error::ErrorKind;
+    match e {
+        crate::store::StoreError::Query(sqlx::Error::Database(db)) => matches!(
+            db.kind(),
+            ErrorKind::ForeignKeyViolation | ErrorKind::NotNullViolation | ErrorKind::CheckViolation
+        ),
+        _ => false,
     }
 }

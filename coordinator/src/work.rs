@@ -268,8 +268,15 @@ impl Session {
     }
 
     async fn committed(&mut self, batch_id: u64, committed: Result<Touched, NotCommitted>) -> Result<(), String> {
-        // Not acknowledged: the worker keeps the batch and resends it after reconnecting.
-        let touched = committed.map_err(|e| e.to_string())?;
+        // Not acknowledged: the worker keeps the batch and resends it after reconnecting. The session
+        // goes on: a batch that can never be stored must not cut off the worker's other results.
+        let touched = match committed {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, batch = batch_id, "result batch not committed; not acknowledged");
+                return Ok(());
+            }
+        };
         let ack = pb::Ack { batch_id };
         if self.tx.send(Ok(out(Out::Ack(ack)))).await.is_err() {
             return Ok(());

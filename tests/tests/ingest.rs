@@ -148,3 +148,63 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
     worker.stop().await;
     coordinator.stop().await;
 }
+
+async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend: Backend) {
+    let db = TestDb::fresh(backend).await;
+    let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let urls: Vec<PlannedUrl> = (0..4)
+        .map(|i| PlannedUrl { url: format!("http://a.example/{i}"), host: "a.example".into(), max_leases: 1 })
+        .collect();
+    let (job, _) = store
+        .create_job(NewJob {
+            name: "bad".into(),
+            priority: 1,
+            options: Vec::new(),
+            unique_key: "bad".into(),
+            idempotency_key: None,
+            not_before_ms: 0,
+            received: 4,
+            duplicates: 0,
+            total: 4,
+            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            trace_parent: None,
+        })
+        .await
+        .unwrap();
+    let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
+    store.add_urls(job.id, &urls, recheck).await.unwrap();
+    let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, ttl: Duration::from_secs(600) };
+    let lease = store.acquire_lease(&req).await.unwrap().unwrap();
+    let now = urlfleet_shared::time::now_ms();
+    let result = |url_id: i64| {
+        let mut o = CheckOutcome::error(OutcomeKind::from_status(200, 0), "", 1);
+        o.error = None;
+        o.status = Some(200);
+        o.checked_at_ms = now;
+        ReportedResult { lease_id: lease.id, epoch: 1, url_id, outcome: o }
+    };
+    let shutdown = CancellationToken::new();
+    // A long flush delay puts every batch into one chunk.
+    let config = IngestConfig { flush_after: Duration::from_millis(300), ..IngestConfig::default() };
+    let ingestor = Ingestor::start(store.clone(), config, shutdown.clone());
+    let good: Vec<ReportedResult> = lease.urls.iter().map(|(id, _)| result(*id)).collect();
+    let (a, bad, b) = tokio::join!(
+        ingestor.submit(good[..2].to_vec()),
+        ingestor.submit(vec![result(987_654)]),
+        ingestor.submit(good[2..].to_vec()),
+    );
+    assert!(a.is_ok() && b.is_ok(), "the good batches commit: {a:?} {b:?}");
+    assert!(bad.is_err(), "a result for a URL that does not exist is never acknowledged");
+    assert_eq!(store.get_job(job.id).await.unwrap().unwrap().counts.checked, 4);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others_on_sqlite() {
+    a_batch_that_can_never_be_stored_does_not_hold_back_the_others(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others_on_postgres() {
+    a_batch_that_can_never_be_stored_does_not_hold_back_the_others(Backend::Postgres).await;
+}
