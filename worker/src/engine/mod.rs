@@ -204,7 +204,11 @@ impl Engine {
                     (false, _) => {}
                 }
             }
-            if let Some(pause) = result.pause_host {
+            // Reported for the cluster only when the lease's own host asked: the coordinator pauses the
+            // lease's host, and a redirect target's pause is this worker's business.
+            if let Some(pause) = result.pause_host
+                && result.last_host.as_deref() == Some(home.as_str())
+            {
                 paused_until = paused_until.max(Some(wall_ms_after(pause)));
             }
             let retry = result.retry_delay(attempt, &self.config);
