@@ -327,24 +327,19 @@ async fn start_coordinator(ctx: &Ctx, db: &str, extra: &[&str]) -> Result<(Servi
     Ok((coordinator, format!("http://127.0.0.1:{port}")))
 }
 
+/// Starts a worker process for the coordinator at `addr`, loopback allowed.
+fn start_worker(ctx: &Ctx, addr: &str, extra: &[&str]) -> Result<Service> {
+    let mut args: Vec<String> =
+        vec!["worker".into(), "--coordinator".into(), addr.into(), "--allow".into(), "127.0.0.0/8".into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Service::start("worker", &ctx.urlfleet, &args, &[])
+}
+
 /// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).
 async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duration, u64, u64)> {
     let db = ctx.fresh_db("throughput").await?;
     let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "500"]).await?;
-    let worker = Service::start(
-        "worker",
-        &ctx.urlfleet,
-        &[
-            "worker".into(),
-            "--coordinator".into(),
-            addr.clone(),
-            "--allow".into(),
-            "127.0.0.0/8".into(),
-            "--retries".into(),
-            "0".into(),
-        ],
-        &[],
-    )?;
+    let worker = start_worker(ctx, &addr, &["--retries", "0"])?;
     let submit = proc::measure(
         &ctx.urlfleet,
         &[
@@ -452,22 +447,8 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "50"]).await?;
         let mut ws = Vec::new();
         for _ in 0..workers {
-            ws.push(Service::start(
-                "worker",
-                &ctx.urlfleet,
-                &[
-                    "worker".into(),
-                    "--coordinator".into(),
-                    addr.clone(),
-                    "--allow".into(),
-                    "127.0.0.0/8".into(),
-                    "--concurrency".into(),
-                    per_worker.to_string(),
-                    "--credits".into(),
-                    (per_worker * 4).to_string(),
-                ],
-                &[],
-            )?);
+            let (c, k) = (per_worker.to_string(), (per_worker * 4).to_string());
+            ws.push(start_worker(ctx, &addr, &["--concurrency", &c, "--credits", &k])?);
         }
         let m = proc::measure(
             &ctx.urlfleet,
