@@ -410,6 +410,39 @@ impl CounterDelta {
     }
 }
 
+/// An outcome as the `urls` and `checks` columns hold it: the one place that maps the domain value to
+/// column types (unsigned values clamped into `BIGINT`, hops encoded).
+pub(crate) struct OutcomeRow<'a> {
+    pub kind: &'static str,
+    pub status: Option<i32>,
+    pub final_url: Option<&'a str>,
+    pub redirects: Option<String>,
+    pub attempts: i32,
+    pub response_ms: i64,
+    pub content_type: Option<&'a str>,
+    pub content_length: Option<i64>,
+    pub error: Option<&'a str>,
+    pub checked_at: i64,
+}
+
+impl<'a> OutcomeRow<'a> {
+    pub(crate) fn of(o: &'a urlfleet_shared::CheckOutcome) -> Self {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        Self {
+            kind: o.kind.as_str(),
+            status: o.status.map(i32::from),
+            final_url: o.final_url.as_deref(),
+            redirects: encode_redirects(&o.redirects),
+            attempts: i32::try_from(o.attempts).unwrap_or(i32::MAX),
+            response_ms: clamp(o.response_time_ms),
+            content_type: o.content_type.as_deref(),
+            content_length: o.content_length.map(clamp),
+            error: o.error.as_deref(),
+            checked_at: o.checked_at_ms,
+        }
+    }
+}
+
 /// Redirect hops as stored: one `status url` pair per line.
 pub(crate) fn encode_redirects(hops: &[RedirectHop]) -> Option<String> {
     if hops.is_empty() {

@@ -5,7 +5,7 @@
 use sqlx::Connection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::mask_password;
+use super::{OutcomeRow, mask_password};
 
 /// Store on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -94,22 +94,8 @@ impl PgStore {
         }
         let now = now_ms();
         let newest = newest_per_url(results);
-        let col = |f: &dyn Fn(&ReportedResult) -> Option<String>| -> Vec<Option<String>> {
-            newest.iter().map(|r| f(r)).collect()
-        };
         let ids: Vec<i64> = newest.iter().map(|r| r.url_id).collect();
-        let kinds: Vec<String> = newest.iter().map(|r| r.outcome.kind.as_str().to_string()).collect();
-        let statuses: Vec<Option<i32>> = newest.iter().map(|r| r.outcome.status.map(i32::from)).collect();
-        let final_urls = col(&|r| r.outcome.final_url.clone());
-        let redirects = col(&|r| encode_redirects(&r.outcome.redirects));
-        let attempts: Vec<i32> = newest.iter().map(|r| r.outcome.attempts as i32).collect();
-        let response: Vec<i64> =
-            newest.iter().map(|r| r.outcome.response_time_ms.min(i64::MAX as u64) as i64).collect();
-        let ctypes = col(&|r| r.outcome.content_type.clone());
-        let lengths: Vec<Option<i64>> =
-            newest.iter().map(|r| r.outcome.content_length.map(|l| l.min(i64::MAX as u64) as i64)).collect();
-        let errors = col(&|r| r.outcome.error.clone());
-        let checked: Vec<i64> = newest.iter().map(|r| r.outcome.checked_at_ms).collect();
+        let latest = OutcomeColumns::of(newest.iter().map(|r| &r.outcome));
 
         let mut tx = self.pool.begin().await?;
         // Latest state, monotonic: an older result never overwrites a newer one.
@@ -123,34 +109,23 @@ impl PgStore {
              WHERE u.id = t.id AND (u.checked_at IS NULL OR u.checked_at < t.checked_at)",
         )
         .bind(&ids)
-        .bind(&kinds)
-        .bind(&statuses)
-        .bind(&final_urls)
-        .bind(&redirects)
-        .bind(&attempts)
-        .bind(&response)
-        .bind(&ctypes)
-        .bind(&lengths)
-        .bind(&errors)
-        .bind(&checked)
+        .bind(&latest.kinds)
+        .bind(&latest.statuses)
+        .bind(&latest.final_urls)
+        .bind(&latest.redirects)
+        .bind(&latest.attempts)
+        .bind(&latest.response_ms)
+        .bind(&latest.content_types)
+        .bind(&latest.content_lengths)
+        .bind(&latest.errors)
+        .bind(&latest.checked_at)
         .execute(&mut *tx)
         .await?;
 
         // History: every result, a replay hits the primary key and changes nothing.
-        let all = results;
-        let h_ids: Vec<i64> = all.iter().map(|r| r.url_id).collect();
-        let h_checked: Vec<i64> = all.iter().map(|r| r.outcome.checked_at_ms).collect();
-        let h_lease: Vec<i64> = all.iter().map(|r| r.lease_id).collect();
-        let h_kind: Vec<String> = all.iter().map(|r| r.outcome.kind.as_str().to_string()).collect();
-        let h_status: Vec<Option<i32>> = all.iter().map(|r| r.outcome.status.map(i32::from)).collect();
-        let h_final: Vec<Option<String>> = all.iter().map(|r| r.outcome.final_url.clone()).collect();
-        let h_redirects: Vec<Option<String>> = all.iter().map(|r| encode_redirects(&r.outcome.redirects)).collect();
-        let h_attempts: Vec<i32> = all.iter().map(|r| r.outcome.attempts as i32).collect();
-        let h_response: Vec<i64> = all.iter().map(|r| r.outcome.response_time_ms.min(i64::MAX as u64) as i64).collect();
-        let h_ctype: Vec<Option<String>> = all.iter().map(|r| r.outcome.content_type.clone()).collect();
-        let h_length: Vec<Option<i64>> =
-            all.iter().map(|r| r.outcome.content_length.map(|l| l.min(i64::MAX as u64) as i64)).collect();
-        let h_error: Vec<Option<String>> = all.iter().map(|r| r.outcome.error.clone()).collect();
+        let h_ids: Vec<i64> = results.iter().map(|r| r.url_id).collect();
+        let h_lease: Vec<i64> = results.iter().map(|r| r.lease_id).collect();
+        let history = OutcomeColumns::of(results.iter().map(|r| &r.outcome));
         sqlx::query(
             "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
              response_ms, content_type, content_length, error) \
@@ -159,17 +134,17 @@ impl PgStore {
              ON CONFLICT (url_id, checked_at) DO NOTHING",
         )
         .bind(&h_ids)
-        .bind(&h_checked)
+        .bind(&history.checked_at)
         .bind(&h_lease)
-        .bind(&h_kind)
-        .bind(&h_status)
-        .bind(&h_final)
-        .bind(&h_redirects)
-        .bind(&h_attempts)
-        .bind(&h_response)
-        .bind(&h_ctype)
-        .bind(&h_length)
-        .bind(&h_error)
+        .bind(&history.kinds)
+        .bind(&history.statuses)
+        .bind(&history.final_urls)
+        .bind(&history.redirects)
+        .bind(&history.attempts)
+        .bind(&history.response_ms)
+        .bind(&history.content_types)
+        .bind(&history.content_lengths)
+        .bind(&history.errors)
         .execute(&mut *tx)
         .await?;
 
@@ -201,5 +176,50 @@ impl PgStore {
             .await?;
         }
         settle_ingest(tx, open, &newest, results, now).await
+    }
+}
+
+/// Outcome rows as column arrays, for `UNNEST`.
+struct OutcomeColumns<'a> {
+    kinds: Vec<&'static str>,
+    statuses: Vec<Option<i32>>,
+    final_urls: Vec<Option<&'a str>>,
+    redirects: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    response_ms: Vec<i64>,
+    content_types: Vec<Option<&'a str>>,
+    content_lengths: Vec<Option<i64>>,
+    errors: Vec<Option<&'a str>>,
+    checked_at: Vec<i64>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    fn of(outcomes: impl Iterator<Item = &'a urlfleet_shared::CheckOutcome>) -> Self {
+        let mut c = Self {
+            kinds: Vec::new(),
+            statuses: Vec::new(),
+            final_urls: Vec::new(),
+            redirects: Vec::new(),
+            attempts: Vec::new(),
+            response_ms: Vec::new(),
+            content_types: Vec::new(),
+            content_lengths: Vec::new(),
+            errors: Vec::new(),
+            checked_at: Vec::new(),
+        };
+        for o in outcomes {
+            let r = OutcomeRow::of(o);
+            c.kinds.push(r.kind);
+            c.statuses.push(r.status);
+            c.final_urls.push(r.final_url);
+            c.redirects.push(r.redirects);
+            c.attempts.push(r.attempts);
+            c.response_ms.push(r.response_ms);
+            c.content_types.push(r.content_type);
+            c.content_lengths.push(r.content_length);
+            c.errors.push(r.error);
+            c.checked_at.push(r.checked_at);
+        }
+        c
     }
 }

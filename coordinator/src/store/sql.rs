@@ -56,7 +56,7 @@ macro_rules! sql_store {
 
         use crate::store::sql::{kinds_of, plan_state, CHUNK_ROWS, JOB_COLS};
         use crate::store::{
-            decode_redirects, delta, encode_redirects, CounterDelta, InvalidEntry, JobCounts,
+            decode_redirects, delta, CounterDelta, InvalidEntry, JobCounts,
             JobRecord, JobState, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy,
             ResultRow, Store, StoreError, StoreResult, Touched,
         };

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::mask_password;
+use super::{OutcomeRow, mask_password};
 
 /// Store on SQLite.
 #[derive(Debug, Clone)]
@@ -93,18 +93,18 @@ impl SqliteStore {
                  content_length, error, checked_at) AS (",
             );
             qb.push_values(chunk, |mut b, r| {
-                let o = &r.outcome;
+                let o = OutcomeRow::of(&r.outcome);
                 b.push_bind(r.url_id)
-                    .push_bind(o.kind.as_str())
-                    .push_bind(o.status.map(i32::from))
-                    .push_bind(o.final_url.as_deref())
-                    .push_bind(encode_redirects(&o.redirects))
-                    .push_bind(o.attempts as i32)
-                    .push_bind(o.response_time_ms.min(i64::MAX as u64) as i64)
-                    .push_bind(o.content_type.as_deref())
-                    .push_bind(o.content_length.map(|l| l.min(i64::MAX as u64) as i64))
-                    .push_bind(o.error.as_deref())
-                    .push_bind(o.checked_at_ms);
+                    .push_bind(o.kind)
+                    .push_bind(o.status)
+                    .push_bind(o.final_url)
+                    .push_bind(o.redirects)
+                    .push_bind(o.attempts)
+                    .push_bind(o.response_ms)
+                    .push_bind(o.content_type)
+                    .push_bind(o.content_length)
+                    .push_bind(o.error)
+                    .push_bind(o.checked_at);
             });
             // Monotonic: an older result never overwrites a newer one.
             qb.push(
@@ -121,19 +121,19 @@ impl SqliteStore {
                  response_ms, content_type, content_length, error) ",
             );
             qb.push_values(chunk, |mut b, r| {
-                let o = &r.outcome;
+                let o = OutcomeRow::of(&r.outcome);
                 b.push_bind(r.url_id)
-                    .push_bind(o.checked_at_ms)
+                    .push_bind(o.checked_at)
                     .push_bind(r.lease_id)
-                    .push_bind(o.kind.as_str())
-                    .push_bind(o.status.map(i32::from))
-                    .push_bind(o.final_url.as_deref())
-                    .push_bind(encode_redirects(&o.redirects))
-                    .push_bind(o.attempts as i32)
-                    .push_bind(o.response_time_ms.min(i64::MAX as u64) as i64)
-                    .push_bind(o.content_type.as_deref())
-                    .push_bind(o.content_length.map(|l| l.min(i64::MAX as u64) as i64))
-                    .push_bind(o.error.as_deref());
+                    .push_bind(o.kind)
+                    .push_bind(o.status)
+                    .push_bind(o.final_url)
+                    .push_bind(o.redirects)
+                    .push_bind(o.attempts)
+                    .push_bind(o.response_ms)
+                    .push_bind(o.content_type)
+                    .push_bind(o.content_length)
+                    .push_bind(o.error);
             });
             // History: a replayed report hits the primary key and changes nothing.
             qb.push(" ON CONFLICT (url_id, checked_at) DO NOTHING");
