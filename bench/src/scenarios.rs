@@ -491,7 +491,7 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
 /// Scenario 4: result rows into PostgreSQL through the store's ingest path, against a raw COPY of the
 /// same rows.
 pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
-    use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy};
+    use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal};
     let n = ctx.size(100_000, 1_000);
     report.section(&format!("4. Ingest: {n} results into PostgreSQL"), &["path", "wall", "rows/s", "vs COPY"]);
     let db = ctx.fresh_db("ingest").await?;
@@ -508,13 +508,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             name: "ingest".into(),
             priority: 3,
             options: Vec::new(),
-            unique_key: "ingest".into(),
             idempotency_key: None,
-            not_before_ms: 0,
-            received: n as u64,
-            duplicates: 0,
-            total: n as u64,
-            unique_window: Duration::from_secs(600),
             trace_parent: None,
         })
         .await?;
@@ -527,7 +521,20 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             )
             .await?;
     }
-    store.seal_job(job.id).await?;
+    store
+        .seal_job(
+            job.id,
+            Seal {
+                unique_key: "ingest".into(),
+                unique_window: Duration::from_secs(600),
+                received: n as u64,
+                duplicates: 0,
+                total: n as u64,
+                priority: 3,
+                not_before_ms: 0,
+            },
+        )
+        .await?;
     let mut leased = Vec::new();
     while let Some(l) = store
         .acquire_lease(&LeaseRequest { worker_id: "bench".into(), max_urls: 1_000, ttl: Duration::from_secs(600) })

@@ -178,6 +178,7 @@ enum Command {
 /// Job state filter.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum StateArg {
+    Receiving,
     Scheduled,
     Running,
     Completed,
@@ -282,6 +283,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             let states = state
                 .map(|s| {
                     vec![match s {
+                        StateArg::Receiving => pb::JobState::Receiving,
                         StateArg::Scheduled => pb::JobState::Scheduled,
                         StateArg::Running => pb::JobState::Running,
                         StateArg::Completed => pb::JobState::Completed,

@@ -31,6 +31,7 @@ pub fn class_name(c: i32) -> &'static str {
 /// Display name of a job state.
 pub fn state_name(s: i32) -> &'static str {
     match pb::JobState::try_from(s).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Receiving => "receiving",
         pb::JobState::Scheduled => "scheduled",
         pb::JobState::Running => "running",
         pb::JobState::Completed => "completed",

@@ -255,6 +255,7 @@ async fn commit(
 fn is_permanent(e: &crate::store::StoreError) -> bool {
     use sqlx::error::ErrorKind;
     match e {
+        crate::store::StoreError::UnknownUrls(_) => true,
         crate::store::StoreError::Query(sqlx::Error::Database(db)) => matches!(
             db.kind(),
             ErrorKind::ForeignKeyViolation | ErrorKind::NotNullViolation | ErrorKind::CheckViolation

@@ -1,11 +1,12 @@
 //! `JobService`: the client API. Handlers convert wire messages into domain values at the edge and
 //! map every error to the gRPC code that says what went wrong.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,13 +19,17 @@ use urlfleet_shared::{OutcomeClass, policy};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
-use crate::planner::Planner;
-use crate::store::{JobRecord, JobState, NewJob, RecheckPolicy, ResultRow, Store, StoreError};
+use crate::planner::{Planner, explicit_priority};
+use crate::store::{
+    JobRecord, JobState, NewJob, PlannedUrl, Priority, RecheckPolicy, ResultRow, Seal, Store, StoreError,
+};
 
 /// URLs persisted per store call while a submission is written.
 const ADD_BATCH: usize = 10_000;
-/// Store calls in flight while a submission is written.
-const ADD_CONCURRENCY: usize = 3;
+/// Store calls in flight while a submission is written: one per lane of hosts.
+const ADD_LANES: usize = 3;
+/// The priority of a job whose size is not known yet.
+const LOWEST_PRIORITY: Priority = 3;
 /// Attempts of one batch of URLs before the submission fails.
 const ADD_ATTEMPTS: u32 = 4;
 /// Results read per store call by `ListResults`.
@@ -112,6 +117,7 @@ impl JobService for JobApi {
         let mut states = Vec::new();
         for s in &req.states {
             states.push(match pb::JobState::try_from(*s) {
+                Ok(pb::JobState::Receiving) => JobState::Receiving,
                 Ok(pb::JobState::Scheduled) => JobState::Scheduled,
                 Ok(pb::JobState::Running) => JobState::Running,
                 Ok(pb::JobState::Completed) => JobState::Completed,
@@ -253,7 +259,11 @@ impl JobService for JobApi {
 }
 
 impl JobApi {
-    /// The submission itself, inside the `submit_job` span.
+    /// The submission itself, inside the `submit_job` span. The job is created at the first message
+    /// and its URLs are stored while the stream goes on, a few batches at a time: the next message is
+    /// read only when a write slot is free, so the client sends at the pace the store accepts and the
+    /// coordinator holds one message and the batches in flight, not the whole set. The seal then
+    /// decides whether it duplicates an active job; a failed submission leaves nothing behind.
     async fn submit(
         &self,
         mut stream: Streaming<pb::SubmitJobRequest>,
@@ -264,117 +274,176 @@ impl JobApi {
             None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
         };
         validate_options(&options)?;
-        let mut planner = Planner::new(&options);
-        while let Some(msg) = stream.message().await? {
-            match msg.item {
-                Some(pb::submit_job_request::Item::Urls(chunk)) => chunk.urls.iter().for_each(|u| planner.push(u)),
-                Some(pb::submit_job_request::Item::Options(_)) => {
-                    return Err(Status::invalid_argument("options may only be sent once, first"));
-                }
-                None => {}
-            }
-        }
-        // The job's leases hang off the submission span, not the planning one.
+        // The job's leases hang off the submission span.
         let trace_parent = telemetry::current_context_map().remove("traceparent");
-        let plan_span = tracing::info_span!("plan", urls = planner.received());
-        let _planning = plan_span.enter();
-        let mut plan = planner.finish(&options);
-        // A host whose limits are lifted (no interval) may be leased to several workers at once.
-        let mut shared: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        for u in &mut plan.urls {
-            if let Some(m) = shared.get(&u.host) {
-                u.max_leases = *m;
-                continue;
-            }
-            let m = if self.config.host_policy(&u.host, &options).interval.is_zero() {
-                self.config.max_leases_per_host.max(1)
-            } else {
-                1
-            };
-            shared.insert(u.host.clone(), m);
-            u.max_leases = m;
-        }
-        if plan.total() == 0 {
-            return Err(Status::invalid_argument("the job has no URLs"));
-        }
-        let span = tracing::Span::current();
-        span.record("urls", plan.total());
         let new = NewJob {
             name: options.name.clone(),
-            priority: plan.priority,
+            // Until its size is known, a job without an explicit priority waits behind everything.
+            priority: explicit_priority(&options).unwrap_or(LOWEST_PRIORITY),
             options: options.encode_to_vec(),
-            unique_key: plan.unique_key.clone(),
             idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
-            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
-                urlfleet_shared::time::now_ms()
-                    + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total()))
-            } else {
-                options.not_before_ms
-            },
-            received: plan.received,
-            duplicates: plan.duplicates,
-            total: plan.total(),
-            unique_window: self.config.unique_window,
-            trace_parent: trace_parent.clone(),
+            trace_parent,
         };
-        drop(_planning);
-        let (job, deduplicated) = self.store.create_job(new).await.map_err(store_status)?;
-        span.record("job.id", job.id);
-        if deduplicated {
-            info!(job.id = job.id, "duplicate submission returns the existing job");
+        let (job, existing) = self.store.create_job(new).await.map_err(store_status)?;
+        tracing::Span::current().record("job.id", job.id);
+        if existing {
+            info!(job.id = job.id, "a retried submission returns the job of its idempotency key");
             return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
         }
+        // Its own task: a client that goes away drops this call, and the submission must still be
+        // cleaned up, which the task does when the stream breaks.
+        let planning = tracing::info_span!("plan", job.id = job.id, urls = tracing::field::Empty);
+        let api = self.clone();
+        let job_id = job.id;
+        let receiving = tokio::spawn(
+            async move {
+                match api.receive(job_id, &options, stream).instrument(planning).await {
+                    Ok(done) => Ok(done),
+                    Err(status) => {
+                        if let Err(e) = api.store.discard_job(job_id).await {
+                            warn!(error = %e, job.id = job_id, "discarding a failed submission failed; the reaper will");
+                        }
+                        Err(status)
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        let done = receiving.await.map_err(|e| Status::internal(format!("submission task: {e}")))??;
+        let total = done.get_ref().job.as_ref().and_then(|j| j.counts).map(|c| c.total).unwrap_or(0);
+        tracing::Span::current().record("urls", total);
+        Ok(done)
+    }
+
+    async fn receive(
+        &self,
+        job_id: i64,
+        options: &pb::JobOptions,
+        mut stream: Streaming<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let recheck = RecheckPolicy {
             force: options.force,
             recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
             recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
         };
-        // A few batches in flight: PostgreSQL works on them with several connections and cores.
-        let mut writes: futures::stream::FuturesUnordered<_> = futures::stream::FuturesUnordered::new();
-        let settle =
-            |written: Result<(), StoreError>| written.map_err(store_status).map(|()| self.events.work_available());
-        for batch in plan.urls.chunks(ADD_BATCH) {
-            if writes.len() >= ADD_CONCURRENCY
-                && let Some(written) = writes.next().await
-            {
-                settle(written)?;
-            }
-            let store = self.store.clone();
-            writes.push(async move {
-                // A batch is one transaction: when it fails (a deadlock with a concurrent
-                // submission, a dropped connection) nothing of it stays, and it is tried again.
-                let mut delay = Duration::from_millis(100);
-                let mut attempt = 1;
-                loop {
-                    match store.add_urls(job.id, batch, recheck).await {
-                        Err(e) if attempt < ADD_ATTEMPTS => {
-                            warn!(error = %e, attempt, "writing URLs failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
-                            attempt += 1;
-                        }
-                        other => return other,
-                    }
+        let mut planner = Planner::new(options, ADD_LANES);
+        // A host whose limits are lifted (no interval) may be leased to several workers at once.
+        let mut max_leases: HashMap<String, u32> = HashMap::new();
+        let mut writes = tokio::task::JoinSet::new();
+        let mut busy = [false; ADD_LANES];
+        let mut ended = false;
+        loop {
+            // Each idle lane with a batch ready (at the end: with anything) starts writing it.
+            for (lane, busy) in busy.iter_mut().enumerate() {
+                let ready = planner.ready(lane);
+                if *busy || ready == 0 || (ready < ADD_BATCH && !ended) {
+                    continue;
                 }
-            });
+                let mut batch = planner.take(lane, ADD_BATCH);
+                for u in &mut batch {
+                    u.max_leases = *max_leases.entry(u.host.clone()).or_insert_with(|| {
+                        if self.config.host_policy(&u.host, options).interval.is_zero() {
+                            self.config.max_leases_per_host.max(1)
+                        } else {
+                            1
+                        }
+                    });
+                }
+                let write = write_batch(self.store.clone(), job_id, batch, recheck);
+                writes.spawn(async move { (lane, write.await) }.in_current_span());
+                *busy = true;
+            }
+            if ended && writes.is_empty() {
+                break;
+            }
+            // Read on only while the URLs waiting for a writer stay under a batch per lane.
+            if ended || planner.ready_total() >= ADD_LANES * ADD_BATCH {
+                busy[settle_write(writes.join_next().await)?] = false;
+                continue;
+            }
+            match stream.message().await? {
+                Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(chunk)) }) => {
+                    chunk.urls.iter().for_each(|u| planner.push(u));
+                }
+                Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(_)) }) => {
+                    return Err(Status::invalid_argument("options may only be sent once, first"));
+                }
+                Some(_) => {}
+                None => ended = true,
+            }
         }
-        while let Some(written) = writes.next().await {
-            settle(written)?;
+        let plan = planner.finish(options);
+        let span = tracing::Span::current();
+        span.record("urls", plan.total);
+        if plan.total == 0 {
+            return Err(Status::invalid_argument("the job has no URLs"));
         }
         if !plan.invalid.is_empty() {
-            self.store.add_invalid(job.id, 1, &plan.invalid).await.map_err(store_status)?;
+            self.store.add_invalid(job_id, 1, &plan.invalid).await.map_err(store_status)?;
         }
-        let job = self.store.seal_job(job.id).await.map_err(store_status)?;
+        let seal = Seal {
+            unique_key: plan.unique_key.clone(),
+            unique_window: self.config.unique_window,
+            received: plan.received,
+            duplicates: plan.duplicates,
+            total: plan.total,
+            priority: plan.priority,
+            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
+                urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total))
+            } else {
+                options.not_before_ms
+            },
+        };
+        let (job, deduplicated) = self.store.seal_job(job_id, seal).await.map_err(store_status)?;
+        if deduplicated {
+            info!(job.id = job.id, discarded = job_id, "duplicate submission returns the existing job");
+            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
+        }
         self.events.work_available();
         self.events.job_changed(job.id);
         info!(
             job.id = job.id,
-            urls = plan.urls.len(),
+            urls = plan.total - plan.invalid.len() as u64,
             invalid = plan.invalid.len(),
             duplicates = plan.duplicates,
             "job accepted"
         );
         Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: false }))
+    }
+}
+
+/// Writes one batch of a submission's URLs. A batch is one transaction: when it fails (a deadlock
+/// with a concurrent submission, a dropped connection) nothing of it stays, and it is tried again.
+async fn write_batch(
+    store: Arc<dyn Store>,
+    job_id: i64,
+    batch: Vec<PlannedUrl>,
+    recheck: RecheckPolicy,
+) -> Result<(), StoreError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match store.add_urls(job_id, &batch, recheck).await {
+            Err(e) if attempt < ADD_ATTEMPTS => {
+                warn!(error = %e, attempt, "writing URLs failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The lane whose write ended, or why the submission fails.
+type LaneWrite = Option<Result<(usize, Result<(), StoreError>), tokio::task::JoinError>>;
+
+fn settle_write(written: LaneWrite) -> Result<usize, Status> {
+    match written {
+        Some(Ok((lane, Ok(())))) => Ok(lane),
+        Some(Ok((_, Err(e)))) => Err(store_status(e)),
+        Some(Err(e)) => Err(Status::internal(format!("writing URLs: {e}"))),
+        None => Err(Status::internal("no URL write in flight")),
     }
 }
 
@@ -405,6 +474,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         id: j.id,
         name: j.name.clone(),
         state: match j.state {
+            JobState::Receiving => pb::JobState::Receiving,
             JobState::Scheduled => pb::JobState::Scheduled,
             JobState::Running => pb::JobState::Running,
             JobState::Completed => pb::JobState::Completed,

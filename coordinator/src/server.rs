@@ -83,7 +83,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Returns the URLs of expired leases to the frontier, periodically.
+/// A job still receiving its URLs this long after it was created lost its submission (the
+/// coordinator that took it died): it is discarded.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Returns the URLs of expired leases to the frontier, periodically, and discards abandoned
+/// submissions.
 async fn reap(
     store: Arc<dyn Store>,
     events: Arc<Events>,
@@ -101,6 +106,10 @@ async fn reap(
         if let Ok(stats) = store.frontier_stats().await {
             metrics.leases_active.set(stats.active_leases);
             metrics.frontier_pending.set(stats.pending);
+        }
+        let abandoned = urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(ABANDONED_AFTER);
+        if let Err(e) = store.discard_abandoned(abandoned).await {
+            warn!(error = %e, "discarding abandoned submissions failed");
         }
         match store.reap_expired(config.max_lease_attempts).await {
             Ok(t) if !t.jobs.is_empty() || t.expired_leases > 0 => {

@@ -11,7 +11,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_tests::cluster::{impolite, submit, wait_done};
-use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
+use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer_stock_clients() {
@@ -77,4 +77,73 @@ async fn a_worker_reconnects_when_its_coordinator_restarts_and_the_job_finishes(
     assert_eq!((c.checked, c.ok, c.failed), (400, 400, 0));
     worker.stop().await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing() {
+    use urlfleet_coordinator::store::LeaseRequest;
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let client = coordinator.client().await;
+    let store = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let options = |name: &str| pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions { name: name.into(), ..impolite() })),
+    };
+    let chunk = |from: usize| pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+            urls: (from..from + 10_000).map(|i| format!("http://h{}.example/{i}", i % 20)).collect(),
+        })),
+    };
+    let open_stream = || {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SubmitJobRequest>(1);
+        let mut c = client.clone();
+        let call = tokio::spawn(async move { c.submit_job(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        (tx, call)
+    };
+
+    let (tx, call) = open_stream();
+    tx.send(options("streamed")).await.unwrap();
+    // Enough for a full batch in every lane of hosts.
+    for from in (0..50_000).step_by(10_000) {
+        tx.send(chunk(from)).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "URLs stored while the stream is still open", || async {
+        (db.scalar("SELECT COUNT(*) FROM job_urls").await >= 10_000).then_some(())
+    })
+    .await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'receiving'").await, 1);
+    let req = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_secs(60) };
+    assert!(store.acquire_lease(&req).await.unwrap().is_none(), "nothing of a job still receiving is leased");
+    tx.send(chunk(45_000)).await.unwrap(); // half of it repeats the previous chunk
+    drop(tx);
+    let job = call.await.unwrap().unwrap().into_inner().job.unwrap();
+    let counts = job.counts.unwrap();
+    assert_eq!((counts.received, counts.total, counts.duplicates), (60_000, 55_000, 5_000));
+    assert_eq!(job.state, pb::JobState::Scheduled as i32);
+    assert_eq!(job.priority, pb::Priority::Low as i32, "55,000 URLs are a low-priority job");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls").await, 55_000);
+    assert!(store.acquire_lease(&req).await.unwrap().is_some(), "a sealed job is leased");
+
+    // A submission that breaks mid-stream (here: options sent twice) leaves nothing behind.
+    let (tx, call) = open_stream();
+    tx.send(options("abandoned")).await.unwrap();
+    for from in (100_000..150_000).step_by(10_000) {
+        tx.send(chunk(from)).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "the second submission being stored", || async {
+        (db.scalar("SELECT COUNT(*) FROM job_urls").await > 55_000).then_some(())
+    })
+    .await;
+    tx.send(options("again")).await.unwrap();
+    drop(tx);
+    let refused = call.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    eventually(Duration::from_secs(30), "the broken submission discarded", || async {
+        let jobs = db.scalar("SELECT COUNT(*) FROM jobs").await;
+        let rows = db.scalar("SELECT COUNT(*) FROM job_urls").await;
+        let pending = db.scalar("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM hosts").await;
+        (jobs == 1 && rows == 55_000 && pending <= 55_000).then_some(())
+    })
+    .await;
+    coordinator.stop().await;
 }

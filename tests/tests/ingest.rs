@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
-use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store};
 use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
@@ -30,13 +30,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             name: "many".into(),
             priority: 3,
             options: Vec::new(),
-            unique_key: "many".into(),
             idempotency_key: None,
-            not_before_ms: 0,
-            received: N as u64,
-            duplicates: 0,
-            total: N as u64,
-            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
             trace_parent: None,
         })
         .await
@@ -46,7 +40,21 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
         store.add_urls(job.id, chunk, recheck).await.unwrap();
     }
-    store.seal_job(job.id).await.unwrap();
+    store
+        .seal_job(
+            job.id,
+            Seal {
+                unique_key: "many".into(),
+                unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+                received: N as u64,
+                duplicates: 0,
+                total: N as u64,
+                priority: 3,
+                not_before_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
     let mut leased = Vec::new();
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 2_000, ttl: Duration::from_secs(600) };
     while let Some(l) = store.acquire_lease(&req).await.unwrap() {
@@ -160,19 +168,23 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
             name: "bad".into(),
             priority: 1,
             options: Vec::new(),
-            unique_key: "bad".into(),
             idempotency_key: None,
-            not_before_ms: 0,
-            received: 4,
-            duplicates: 0,
-            total: 4,
-            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
             trace_parent: None,
         })
         .await
         .unwrap();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     store.add_urls(job.id, &urls, recheck).await.unwrap();
+    let seal = Seal {
+        unique_key: "bad".into(),
+        unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+        received: 4,
+        duplicates: 0,
+        total: 4,
+        priority: 1,
+        not_before_ms: 0,
+    };
+    store.seal_job(job.id, seal).await.unwrap();
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, ttl: Duration::from_secs(600) };
     let lease = store.acquire_lease(&req).await.unwrap().unwrap();
     let now = urlfleet_shared::time::now_ms();

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store};
 use urlfleet_shared::policy;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_tests::cluster::{submit, wait_done};
@@ -20,13 +20,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
             name: "race".into(),
             priority: 2,
             options: Vec::new(),
-            unique_key: "race".into(),
             idempotency_key: None,
-            not_before_ms: 0,
-            received: 4_000,
-            duplicates: 0,
-            total: 4_000,
-            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
             trace_parent: None,
         })
         .await
@@ -40,7 +34,20 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     a.add_urls(job.id, &urls, recheck).await.unwrap();
-    a.seal_job(job.id).await.unwrap();
+    a.seal_job(
+        job.id,
+        Seal {
+            unique_key: "race".into(),
+            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            received: 4_000,
+            duplicates: 0,
+            total: 4_000,
+            priority: 2,
+            not_before_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
 
     let lease_all = |store: std::sync::Arc<dyn Store>, who: &'static str| async move {
         let mut got = Vec::new();

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use urlfleet_coordinator::store::{InvalidEntry, JobState, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Store};
+use urlfleet_coordinator::store::{
+    InvalidEntry, JobState, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store,
+};
 use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
@@ -43,20 +45,29 @@ async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
     (db, store)
 }
 
-fn new_job(key: &str, total: u64) -> NewJob {
-    NewJob {
-        name: format!("job {key}"),
-        priority: 1,
-        options: Vec::new(),
+fn new_job(key: &str, _total: u64) -> NewJob {
+    NewJob { name: format!("job {key}"), priority: 1, options: Vec::new(), idempotency_key: None, trace_parent: None }
+}
+
+/// The seal of a submission of `total` distinct entries under `key`, at the job's priority.
+fn seal(key: &str, total: u64, priority: i16) -> Seal {
+    Seal {
         unique_key: key.to_string(),
-        idempotency_key: None,
-        not_before_ms: 0,
+        unique_window: policy::DEFAULT_UNIQUE_WINDOW,
         received: total,
         duplicates: 0,
         total,
-        unique_window: policy::DEFAULT_UNIQUE_WINDOW,
-        trace_parent: None,
+        priority,
+        not_before_ms: 0,
     }
+}
+
+/// A whole submission of one URL on `host` under `key`: create, add, seal.
+async fn submit(store: &Arc<dyn Store>, key: &str, host: &str, window: Duration) -> (i64, i64, bool) {
+    let (job, _) = store.create_job(new_job(key, 1)).await.unwrap();
+    store.add_urls(job.id, &urls(host, 1), recheck()).await.unwrap();
+    let (sealed, dup) = store.seal_job(job.id, Seal { unique_window: window, ..seal(key, 1, 1) }).await.unwrap();
+    (job.id, sealed.id, dup)
 }
 
 fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
@@ -85,37 +96,40 @@ fn result(lease: i64, url_id: i64, status: u16, checked_at: i64) -> ReportedResu
 
 async fn duplicate_submissions_return_the_existing_job(backend: Backend) {
     let (_db, store) = open(backend).await;
-    let (first, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    let window = policy::DEFAULT_UNIQUE_WINDOW;
+    let (created, first, dup) = submit(&store, "k1", "a.example", window).await;
     assert!(!dup);
-    let (second, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    assert_eq!(created, first);
+    let (discarded, second, dup) = submit(&store, "k1", "a.example", window).await;
     assert!(dup);
-    assert_eq!(second.id, first.id);
+    assert_eq!(second, first);
+    assert!(store.get_job(discarded).await.unwrap().is_none(), "the duplicate leaves nothing behind");
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(lease.urls.len(), 1, "the URL is queued once, for the first job");
+    assert_eq!(lease.jobs, vec![first]);
 
     // Once the first job ends, the same set makes a new job.
-    store.add_urls(first.id, &urls("a.example", 1), recheck()).await.unwrap();
-    store.seal_job(first.id).await.unwrap();
-    store.cancel_job(first.id).await.unwrap();
-    let (third, dup) = store.create_job(new_job("k1", 1)).await.unwrap();
+    store.cancel_job(first).await.unwrap();
+    let (_, third, dup) = submit(&store, "k1", "a.example", window).await;
     assert!(!dup);
-    assert_ne!(third.id, first.id);
+    assert_ne!(third, first);
 
-    // An idempotency key finds its job whatever the URL set.
+    // An idempotency key finds its job at once, whatever follows.
     let mut keyed = new_job("k2", 1);
     keyed.idempotency_key = Some("retry-me".into());
-    let (k, _) = store.create_job(keyed.clone()).await.unwrap();
-    keyed.unique_key = "k3".into();
+    let (k, dup) = store.create_job(keyed.clone()).await.unwrap();
+    assert!(!dup);
+    assert_eq!(k.state, JobState::Receiving);
     let (again, dup) = store.create_job(keyed).await.unwrap();
     assert!(dup);
     assert_eq!(again.id, k.id);
 
     // Outside the window an active job no longer absorbs duplicates.
-    let mut short = new_job("k4", 1);
-    short.unique_window = Duration::ZERO;
-    let (a, _) = store.create_job(short.clone()).await.unwrap();
+    let (_, a, _) = submit(&store, "k4", "b.example", Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let (b, dup) = store.create_job(short).await.unwrap();
+    let (_, b, dup) = submit(&store, "k4", "b.example", Duration::ZERO).await;
     assert!(!dup);
-    assert_ne!(a.id, b.id);
+    assert_ne!(a, b);
 }
 
 async fn concurrent_duplicate_submissions_create_one_job(backend: Backend) {
@@ -123,18 +137,23 @@ async fn concurrent_duplicate_submissions_create_one_job(backend: Backend) {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.create_job(new_job("same", 3)).await.unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { submit(&store, "same", "c.example", policy::DEFAULT_UNIQUE_WINDOW).await },
+        ));
     }
     let mut created = 0;
     let mut ids = Vec::new();
     for t in tasks {
-        let (job, dup) = t.await.unwrap();
+        let (_, job, dup) = t.await.unwrap();
         created += usize::from(!dup);
-        ids.push(job.id);
+        ids.push(job);
     }
     ids.dedup();
     assert_eq!(created, 1);
     assert_eq!(ids.len(), 1, "every submission got the same job");
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!((lease.urls.len(), lease.jobs.len()), (1, 1), "the discarded twins left no work behind");
+    assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none());
 }
 
 async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(backend: Backend) {
@@ -143,7 +162,7 @@ async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(b
     let mut all = urls("a.example", 3);
     all.extend(urls("b.example", 2));
     store.add_urls(job.id, &all, recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("flow", 5, job.priority)).await.unwrap();
 
     let l1 = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a lease");
     let l2 = store.acquire_lease(&lease_req("w2")).await.unwrap().expect("another host");
@@ -176,7 +195,7 @@ async fn replayed_results_change_nothing(backend: Backend) {
     let (db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("replay", 4)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 4), recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("replay", 4, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let now = now_ms();
     let batch: Vec<ReportedResult> = lease.urls.iter().map(|(id, _)| result(lease.id, *id, 200, now)).collect();
@@ -201,6 +220,7 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     let (db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("mono", 1)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("mono", 1, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let url_id = lease.urls[0].0;
     let t = now_ms();
@@ -218,7 +238,7 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     let (_db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("expire", 2)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("expire", 2, job.priority)).await.unwrap();
     let short = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_millis(1) };
     for attempt in 1..=3 {
         let lease = store.acquire_lease(&short).await.unwrap().unwrap_or_else(|| panic!("lease {attempt}"));
@@ -252,7 +272,7 @@ async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
     let (_db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("first", 2)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("first", 2, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let now = now_ms();
     store
@@ -262,7 +282,7 @@ async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
 
     let (again, _) = store.create_job(new_job("second", 2)).await.unwrap();
     store.add_urls(again.id, &urls("a.example", 2), recheck()).await.unwrap();
-    let sealed = store.seal_job(again.id).await.unwrap();
+    let sealed = store.seal_job(again.id, seal("second", 2, again.priority)).await.unwrap().0;
     assert_eq!(sealed.state, JobState::Completed, "nothing to check");
     assert_eq!((sealed.counts.fresh, sealed.counts.ok, sealed.counts.broken), (2, 1, 1));
     let rows = store.list_results(again.id, &[], None, 10).await.unwrap();
@@ -272,12 +292,12 @@ async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
     let (third, _) = store.create_job(new_job("third", 2)).await.unwrap();
     let policy = RecheckPolicy { recheck_broken_after: Duration::ZERO, ..recheck() };
     store.add_urls(third.id, &urls("a.example", 2), policy).await.unwrap();
-    let j = store.seal_job(third.id).await.unwrap();
+    let j = store.seal_job(third.id, seal("third", 2, third.priority)).await.unwrap().0;
     assert_eq!((j.counts.fresh, j.counts.pending()), (1, 1));
 
     let (forced, _) = store.create_job(new_job("forced", 2)).await.unwrap();
     store.add_urls(forced.id, &urls("a.example", 2), RecheckPolicy { force: true, ..recheck() }).await.unwrap();
-    let j = store.seal_job(forced.id).await.unwrap();
+    let j = store.seal_job(forced.id, seal("forced", 2, forced.priority)).await.unwrap().0;
     assert_eq!((j.counts.fresh, j.counts.pending()), (0, 2));
 }
 
@@ -287,7 +307,7 @@ async fn cancelling_keeps_finished_results_and_releases_leases(backend: Backend)
     let mut all = urls("a.example", 3);
     all.extend(urls("b.example", 3));
     store.add_urls(job.id, &all, recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("cancel", 6, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     store.ingest(&[result(lease.id, lease.urls[0].0, 200, now_ms())]).await.unwrap();
     let (cancelled, revoked) = store.cancel_job(job.id).await.unwrap().unwrap();
@@ -312,7 +332,7 @@ async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
         InvalidEntry { input: "nope".into(), reason: "not a URL".into() },
     ];
     store.add_invalid(job.id, 1, &bad).await.unwrap();
-    let j = store.seal_job(job.id).await.unwrap();
+    let j = store.seal_job(job.id, seal("invalid", 3, job.priority)).await.unwrap().0;
     assert_eq!(j.counts.invalid, 2);
     // Paging crosses from URL rows into invalid entries.
     let page1 = store.list_results(job.id, &[], None, 2).await.unwrap();
@@ -331,7 +351,7 @@ async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(
     let own: Vec<PlannedUrl> =
         urls("own.example", 500).into_iter().map(|u| PlannedUrl { max_leases: 3, ..u }).collect();
     store.add_urls(job.id, &own, recheck()).await.unwrap();
-    store.seal_job(job.id).await.unwrap();
+    store.seal_job(job.id, seal("shared", 500, job.priority)).await.unwrap();
     let mut seen = std::collections::HashSet::new();
     let mut leases = Vec::new();
     for holder in ["w1", "w2", "w3"] {
@@ -355,12 +375,12 @@ async fn a_url_leased_for_another_job_is_checked_once_for_both(backend: Backend)
     let (_db, store) = open(backend).await;
     let (a, _) = store.create_job(new_job("a", 1)).await.unwrap();
     store.add_urls(a.id, &urls("s.example", 1), recheck()).await.unwrap();
-    store.seal_job(a.id).await.unwrap();
+    store.seal_job(a.id, seal("a", 1, a.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
 
     let (b, _) = store.create_job(new_job("b", 2)).await.unwrap();
     store.add_urls(b.id, &urls("s.example", 2), recheck()).await.unwrap();
-    let b_now = store.seal_job(b.id).await.unwrap();
+    let b_now = store.seal_job(b.id, seal("b", 2, b.priority)).await.unwrap().0;
     assert_eq!((b_now.counts.leased, b_now.counts.pending()), (1, 1), "the shared URL joined the running lease");
 
     let now = now_ms();
@@ -382,13 +402,13 @@ async fn higher_priority_work_is_leased_first(backend: Backend) {
     for h in 0..30 {
         store.add_urls(low.id, &urls(&format!("low{h}.example"), 10), recheck()).await.unwrap();
     }
-    store.seal_job(low.id).await.unwrap();
+    store.seal_job(low.id, seal("low", 300, low.priority)).await.unwrap();
     let first = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert!(first.host.starts_with("low"));
 
     let (high, _) = store.create_job(new_job("high", 2)).await.unwrap();
     store.add_urls(high.id, &urls("urgent.example", 2), recheck()).await.unwrap();
-    store.seal_job(high.id).await.unwrap();
+    store.seal_job(high.id, seal("high", 2, high.priority)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert_eq!(next.host, "urgent.example", "the high-priority job jumps the queue");
 }

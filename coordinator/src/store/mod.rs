@@ -40,6 +40,9 @@ pub enum StoreError {
     /// Stored data that cannot be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Results name URLs the store does not hold: storing them can never succeed.
+    #[error("results for {0} unknown URL id(s)")]
+    UnknownUrls(usize),
 }
 
 /// Result alias of the store.
@@ -48,6 +51,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Lifecycle state of a job, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
+    /// Its URLs are arriving; nothing is leased for it yet.
+    Receiving,
     /// Accepted, nothing leased yet.
     Scheduled,
     /// Some URL leased, not all resolved.
@@ -62,6 +67,7 @@ impl JobState {
     /// Stored name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Receiving => "receiving",
             Self::Scheduled => "scheduled",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -76,6 +82,7 @@ impl JobState {
 
     fn parse(s: &str) -> StoreResult<Self> {
         Ok(match s {
+            "receiving" => Self::Receiving,
             "scheduled" => Self::Scheduled,
             "running" => Self::Running,
             "completed" => Self::Completed,
@@ -88,31 +95,40 @@ impl JobState {
 /// Scheduling priority (1 high, 2 medium, 3 low).
 pub type Priority = i16;
 
-/// A job to create.
+/// A job to create. Its URLs follow in batches ([`Store::add_urls`]); [`Store::seal_job`] then settles
+/// what the submission turned out to be. Until then the job is `receiving`: none of its URLs is leased
+/// for it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     /// Display name.
     pub name: String,
-    /// Effective priority.
+    /// Priority while the URLs arrive (the final one may be higher, see [`Seal::priority`]).
     pub priority: Priority,
     /// Encoded options (protobuf `JobOptions`), kept as submitted.
     pub options: Vec<u8>,
-    /// Hash of the sorted URL set and the options: duplicate submissions share it.
-    pub unique_key: String,
     /// Client idempotency key.
     pub idempotency_key: Option<String>,
-    /// Earliest lease time.
-    pub not_before_ms: i64,
+    /// W3C `traceparent` of the submission, so that the job's leases join its trace.
+    pub trace_parent: Option<String>,
+}
+
+/// What a submission turned out to be, once its last entry is stored.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    /// Hash of the URL set and the options: duplicate submissions share it.
+    pub unique_key: String,
+    /// An active job with the same key older than this is not a duplicate any more.
+    pub unique_window: Duration,
     /// Entries received (including duplicates and invalid ones).
     pub received: u64,
     /// Entries that collapsed into an identical earlier one.
     pub duplicates: u64,
     /// Distinct entries (valid and invalid).
     pub total: u64,
-    /// An active job with the same key older than this is not a duplicate any more.
-    pub unique_window: Duration,
-    /// W3C `traceparent` of the submission, so that the job's leases join its trace.
-    pub trace_parent: Option<String>,
+    /// Final priority; never lower than the one the job was created with.
+    pub priority: Priority,
+    /// Earliest lease time.
+    pub not_before_ms: i64,
 }
 
 /// A job as stored.
@@ -299,16 +315,23 @@ pub struct ResultRow {
 /// implementations for the SQL.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates a job, or returns the active job with the same unique key (or idempotency key); the
-    /// flag is true in that case. Uniqueness is enforced by unique indexes, so two concurrent
-    /// submissions cannot both create a job.
+    /// Creates a `receiving` job, or returns the job with the same idempotency key; the flag is true
+    /// in that case.
     async fn create_job(&self, job: NewJob) -> StoreResult<(JobRecord, bool)>;
     /// Adds valid URLs to a job (applying the re-check policy), in one transaction per call.
     async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()>;
     /// Adds invalid entries to a job; `first_seq` numbers them.
     async fn add_invalid(&self, job_id: i64, first_seq: i64, entries: &[InvalidEntry]) -> StoreResult<()>;
-    /// Marks a job's submission complete; completes it at once when nothing is left to check.
-    async fn seal_job(&self, job_id: i64) -> StoreResult<JobRecord>;
+    /// Ends a job's submission. When an active job with the same unique key exists, this one is
+    /// discarded and the earlier one returned, with the flag true; uniqueness is enforced by a unique
+    /// index, so of two concurrent twins only one is accepted. An accepted job is `scheduled` (or
+    /// completed at once when nothing is left to check). A job cancelled while receiving stays so.
+    async fn seal_job(&self, job_id: i64, seal: Seal) -> StoreResult<(JobRecord, bool)>;
+    /// Removes a job still `receiving` and everything written for it (a submission that failed).
+    async fn discard_job(&self, job_id: i64) -> StoreResult<()>;
+    /// Discards the jobs still `receiving` that were created before `before_ms` (their submission
+    /// died with its coordinator); returns how many.
+    async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64>;
     /// One job.
     async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>>;
     /// Jobs newest first, with id below `before` when given, in the given states (all when empty).
@@ -339,10 +362,17 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The migrations of one dialect, embedded in the binary (so a single file is the whole program).
-fn migrator(init: &'static str) -> sqlx::migrate::Migrator {
+fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(vec![Migration::new(1, "init".into(), MigrationType::Simple, init.into_sql_str(), false)])
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(*version, (*name).into(), MigrationType::Simple, (*sql).into_sql_str(), false)
+            })
+            .collect(),
+    )
 }
 
 /// Opens the store a database URL names, creating an SQLite file when missing, and migrates it.

@@ -33,7 +33,12 @@ impl PgStore {
 
     /// Wraps an existing pool and runs pending migrations.
     pub async fn from_pool(pool: PgPool) -> Result<Self, super::StoreError> {
-        super::migrator(include_str!("../../migrations/postgres/0001_init.sql")).run(&pool).await?;
+        super::migrator(&[
+            (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+            (2, "hot paths", include_str!("../../migrations/postgres/0002_hot_paths.sql")),
+        ])
+        .run(&pool)
+        .await?;
         Ok(Self { pool })
     }
 
@@ -43,25 +48,40 @@ impl PgStore {
     }
 }
 
-super::sql::sql_store!(PgStore, sqlx::Postgres, skip_locked = " FOR UPDATE SKIP LOCKED", for_update = " FOR UPDATE");
+super::sql::sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    for_update = " FOR UPDATE",
+    for_share = " FOR SHARE"
+);
 
 impl PgStore {
     /// Inserts the URLs not stored yet and returns every URL's stored state; the rows travel as
-    /// arrays, so a chunk is two statements whatever its size.
+    /// arrays. A new URL's id comes back from the insert itself, so only the URLs stored before are
+    /// looked up again.
     async fn upsert_urls(tx: &mut Tx<'_>, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
         let urls: Vec<&str> = chunk.iter().map(|u| u.url.as_str()).collect();
         let hosts: Vec<&str> = chunk.iter().map(|u| u.host.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO urls (url, host) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (url) DO NOTHING",
+        let mut stored: Vec<StoredUrl> = sqlx::query_as(
+            "INSERT INTO urls (url, host) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (url) DO NOTHING \
+             RETURNING url, id, kind, status, checked_at, TRUE",
         )
         .bind(&urls)
         .bind(&hosts)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        Ok(sqlx::query_as("SELECT url, id, kind, status, checked_at FROM urls WHERE url = ANY($1::text[])")
-            .bind(&urls)
-            .fetch_all(&mut **tx)
-            .await?)
+        if stored.len() < urls.len() {
+            let new: std::collections::HashSet<&str> = stored.iter().map(|s| s.0.as_str()).collect();
+            let known: Vec<&str> = urls.iter().copied().filter(|u| !new.contains(u)).collect();
+            let rows: Vec<StoredUrl> =
+                sqlx::query_as("SELECT url, id, kind, status, checked_at, FALSE FROM urls WHERE url = ANY($1::text[])")
+                    .bind(&known)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            stored.extend(rows);
+        }
+        Ok(stored)
     }
 
     async fn insert_job_urls(tx: &mut Tx<'_>, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
@@ -98,6 +118,13 @@ impl PgStore {
         let latest = OutcomeColumns::of(newest.iter().map(|r| &r.outcome));
 
         let mut tx = self.pool.begin().await?;
+        // Without foreign keys on the hot tables, the URL ids are checked here, as a set: a result for
+        // a URL that does not exist can never be stored.
+        let known: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM urls WHERE id = ANY($1)").bind(&ids).fetch_one(&mut *tx).await?;
+        if known < ids.len() as i64 {
+            return Err(super::StoreError::UnknownUrls(ids.len() - known as usize));
+        }
         // Latest state, monotonic: an older result never overwrites a newer one.
         sqlx::query(
             "UPDATE urls u SET kind = t.kind, status = t.status, final_url = t.final_url, redirects = t.redirects, \
@@ -148,33 +175,21 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
 
-        // Progress: lock the open rows in a fixed order, read what they were, then finish them. Only an
-        // open URL can finish, so a replay or a late report can neither double-count nor un-finish.
+        // Progress: finish the open rows and learn what each was. Only an open URL can finish, so a
+        // replay or a late report can neither double-count nor un-finish anything; a finished row keeps
+        // its lease id, so a non-null one says the row was leased (a pending row never holds one). If
+        // another transaction moves a row meanwhile, the condition is checked again on its new version.
+        let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
         let open: Vec<(i64, i64, String, String)> = sqlx::query_as(
-            "SELECT job_id, url_id, state, host FROM job_urls WHERE url_id = ANY($1) \
-             AND state IN ('pending', 'leased') ORDER BY job_id, url_id FOR UPDATE",
+            "UPDATE job_urls ju SET state = 'done', kind = t.kind \
+             FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
+             WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased') \
+             RETURNING ju.job_id, ju.url_id, CASE WHEN ju.lease_id IS NULL THEN 'pending' ELSE 'leased' END, ju.host",
         )
         .bind(&ids)
+        .bind(&kinds)
         .fetch_all(&mut *tx)
         .await?;
-        if !open.is_empty() {
-            // Exactly the rows locked and counted above: a row another transaction added since is
-            // left open for its own result.
-            let kind_of: HashMap<i64, &str> = newest.iter().map(|r| (r.url_id, r.outcome.kind.as_str())).collect();
-            let o_jobs: Vec<i64> = open.iter().map(|o| o.0).collect();
-            let o_urls: Vec<i64> = open.iter().map(|o| o.1).collect();
-            let o_kinds: Vec<&str> = open.iter().map(|o| kind_of[&o.1]).collect();
-            sqlx::query(
-                "UPDATE job_urls ju SET state = 'done', kind = t.kind, lease_id = NULL \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS t(job_id, url_id, kind) \
-                 WHERE ju.job_id = t.job_id AND ju.url_id = t.url_id",
-            )
-            .bind(&o_jobs)
-            .bind(&o_urls)
-            .bind(&o_kinds)
-            .execute(&mut *tx)
-            .await?;
-        }
         settle_ingest(tx, open, &newest, results, now).await
     }
 }

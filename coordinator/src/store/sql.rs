@@ -45,7 +45,7 @@ pub(crate) fn plan_state(
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal) => {
+    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal) => {
         use std::collections::{BTreeMap, BTreeSet, HashMap};
         use std::time::Duration;
 
@@ -57,14 +57,15 @@ macro_rules! sql_store {
         use crate::store::sql::{kinds_of, plan_state, CHUNK_ROWS, JOB_COLS};
         use crate::store::{
             decode_redirects, delta, CounterDelta, InvalidEntry, JobCounts,
-            JobRecord, JobState, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy,
+            JobRecord, JobState, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal,
             ResultRow, Store, StoreError, StoreResult, Touched,
         };
 
         type Tx<'a> = sqlx::Transaction<'a, $db>;
+        type Pool = sqlx::Pool<$db>;
 
-        /// A URL row as stored: (url, id, kind, status, checked_at).
-        type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>);
+        /// A URL row as stored: (url, id, kind, status, checked_at, inserted by this transaction).
+        type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>, bool);
 
         /// A job_urls row to insert: (url id, host, state, url_order, kind).
         type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>);
@@ -228,6 +229,128 @@ macro_rules! sql_store {
             v
         }
 
+        /// One attempt at [`Store::seal_job`], in one transaction.
+        async fn seal_once(pool: &Pool, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
+            let now = now_ms();
+            let mut tx = pool.begin().await?;
+            let current: Option<(String, i16)> =
+                sqlx::query_as(concat!("SELECT state, priority FROM jobs WHERE id = $1", $lock))
+                    .bind(job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((state, provisional)) = current else {
+                return Err(StoreError::Corrupt(format!("job {job_id} vanished while receiving")));
+            };
+            if state != "receiving" {
+                // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
+                // after the cancellation.
+                let late: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host",
+                )
+                .bind(job_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
+                for (h,) in &late {
+                    *per_host.entry(h.as_str()).or_default() -= 1;
+                }
+                add_host_pending(&mut tx, &per_host).await?;
+                sqlx::query(
+                    "UPDATE jobs SET cancelled = cancelled + $2, received = $3, duplicates = $4, total = $5, \
+                     sealed_at = $6 WHERE id = $1",
+                )
+                .bind(job_id)
+                .bind(late.len() as i64)
+                .bind(seal.received as i64)
+                .bind(seal.duplicates as i64)
+                .bind(seal.total as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                return Ok((rec, false));
+            }
+            // An active job older than the uniqueness window no longer absorbs duplicates.
+            sqlx::query("UPDATE jobs SET unique_active = FALSE WHERE unique_key = $1 AND unique_active AND created_at < $2")
+                .bind(&seal.unique_key)
+                .bind(now - ms(seal.unique_window))
+                .execute(&mut *tx)
+                .await?;
+            let twin: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = $1 AND unique_active ORDER BY id LIMIT 1")
+                    .bind(&seal.unique_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(twin) = twin {
+                discard_receiving(&mut tx, job_id).await?;
+                let rec = fetch_job(&mut tx, twin).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                return Ok((rec, true));
+            }
+            let priority = seal.priority.min(provisional);
+            sqlx::query(
+                "UPDATE jobs SET state = 'scheduled', unique_key = $2, unique_active = TRUE, received = $3, \
+                 duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 WHERE id = $1",
+            )
+            .bind(job_id)
+            .bind(&seal.unique_key)
+            .bind(seal.received as i64)
+            .bind(seal.duplicates as i64)
+            .bind(seal.total as i64)
+            .bind(priority)
+            .bind(seal.not_before_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if priority < provisional {
+                // Known small only now: its waiting URLs move up (a small job, so few rows).
+                sqlx::query(
+                    "UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'",
+                )
+                .bind(job_id)
+                .bind((provisional - priority) * 10)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
+                     (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')",
+                )
+                .bind(job_id)
+                .bind(priority)
+                .execute(&mut *tx)
+                .await?;
+            }
+            complete_if_done(&mut tx, &[job_id], now).await?;
+            let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+            tx.commit().await?;
+            Ok((rec, false))
+        }
+
+        /// Removes a `receiving` job and everything written for it, taking its waiting URLs off the
+        /// frontier counters.
+        async fn discard_receiving(tx: &mut Tx<'_>, job_id: i64) -> StoreResult<()> {
+            let state: Option<String> = sqlx::query_scalar(concat!("SELECT state FROM jobs WHERE id = $1", $lock))
+                .bind(job_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if state.as_deref() != Some("receiving") {
+                return Ok(());
+            }
+            let waiting: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT host, COUNT(*) FROM job_urls WHERE job_id = $1 AND state = 'pending' GROUP BY host ORDER BY host",
+            )
+            .bind(job_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let per_host: BTreeMap<&str, i64> = waiting.iter().map(|(h, n)| (h.as_str(), -n)).collect();
+            add_host_pending(tx, &per_host).await?;
+            sqlx::query("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(&mut **tx).await?;
+            sqlx::query("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(&mut **tx).await?;
+            Ok(())
+        }
+
         /// The rest of an ingest once `urls`, `checks` and `job_urls` are written: `open` holds the
         /// `(job, url, previous state, host)` rows this batch finished. Counters, frontier, lease
         /// ends, host pauses and job completion, then commit.
@@ -284,38 +407,17 @@ macro_rules! sql_store {
             async fn create_job(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
-                if let Some(key) = &job.idempotency_key {
-                    let sql = sqlx::AssertSqlSafe(format!(
-                        "SELECT {JOB_COLS} FROM jobs WHERE idempotency_key = $1"
-                    ));
-                    if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *tx).await? {
-                        return Ok((job_from_row(&row)?, true));
-                    }
-                }
-                // An active job older than the uniqueness window no longer absorbs duplicates.
-                sqlx::query(
-                    "UPDATE jobs SET unique_active = FALSE \
-                     WHERE unique_key = $1 AND unique_active AND created_at < $2",
-                )
-                .bind(&job.unique_key)
-                .bind(now - ms(job.unique_window))
-                .execute(&mut *tx)
-                .await?;
+                // Unique key and counts come with the seal; until then the job absorbs no duplicates.
                 let id: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
-                     idempotency_key, not_before, received, total, duplicates, created_at, trace_parent) \
-                     VALUES ($1, 'scheduled', $2, $3, $4, TRUE, $5, $6, $7, $8, $9, $10, $11) \
+                     idempotency_key, not_before, created_at, trace_parent) \
+                     VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, 0, $5, $6) \
                      ON CONFLICT DO NOTHING RETURNING id",
                 )
                 .bind(&job.name)
                 .bind(job.priority)
                 .bind(&job.options)
-                .bind(&job.unique_key)
                 .bind(&job.idempotency_key)
-                .bind(job.not_before_ms)
-                .bind(job.received as i64)
-                .bind(job.total as i64)
-                .bind(job.duplicates as i64)
                 .bind(now)
                 .bind(&job.trace_parent)
                 .fetch_optional(&mut *tx)
@@ -323,14 +425,11 @@ macro_rules! sql_store {
                 let (id, existing) = match id {
                     Some(id) => (id, false),
                     None => {
-                        let id: Option<i64> = sqlx::query_scalar(
-                            "SELECT id FROM jobs WHERE (unique_key = $1 AND unique_active) \
-                             OR idempotency_key = $2 ORDER BY id LIMIT 1",
-                        )
-                        .bind(&job.unique_key)
-                        .bind(&job.idempotency_key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                        // Only the idempotency key's unique index can conflict here.
+                        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                            .bind(&job.idempotency_key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
                         let id = id.ok_or_else(|| {
                             StoreError::Corrupt("job insert conflicted with no visible job".into())
                         })?;
@@ -342,20 +441,65 @@ macro_rules! sql_store {
                 Ok((rec, existing))
             }
 
+            async fn seal_job(&self, job_id: i64, seal: Seal) -> StoreResult<(JobRecord, bool)> {
+                // A twin sealing at the same moment makes the activation below fail on the unique
+                // index once the twin commits; the next attempt then finds it.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match seal_once(&self.pool, job_id, &seal).await {
+                        Err(StoreError::Query(sqlx::Error::Database(e)))
+                            if attempt < 3 && e.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                        other => return other,
+                    }
+                }
+            }
+
+            async fn discard_job(&self, job_id: i64) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                discard_receiving(&mut tx, job_id).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64> {
+                let ids: Vec<i64> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'receiving' AND created_at < $1")
+                        .bind(before_ms)
+                        .fetch_all(&self.pool)
+                        .await?;
+                for id in &ids {
+                    tracing::warn!(job.id = id, "discarding a job whose submission never ended");
+                    self.discard_job(*id).await?;
+                }
+                Ok(ids.len() as u64)
+            }
+
             async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()> {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
-                let priority: i16 = sqlx::query_scalar("SELECT priority FROM jobs WHERE id = $1")
-                    .bind(job_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                // Shared with the other batches of the submission, exclusive of a discard: no row is
+                // written for a job that is going away.
+                let priority: Option<i16> =
+                    sqlx::query_scalar(concat!("SELECT priority FROM jobs WHERE id = $1 AND state <> 'completed'", $share))
+                        .bind(job_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(priority) = priority else {
+                    return Err(StoreError::Corrupt(format!("job {job_id} is gone or finished; its URLs cannot be added")));
+                };
                 let mut d = CounterDelta::default();
                 let mut per_host: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
                 for chunk in urls.chunks(CHUNK_ROWS) {
                     let rows = $store::upsert_urls(&mut tx, chunk).await?;
                     let mut stored: HashMap<String, (i64, Option<String>, Option<i32>, Option<i64>)> =
                         HashMap::with_capacity(rows.len());
-                    for (url, id, kind, status, checked_at) in rows {
+                    // A URL that did not exist before this transaction cannot be in anyone's lease.
+                    let mut new_ids: BTreeSet<i64> = BTreeSet::new();
+                    for (url, id, kind, status, checked_at, new) in rows {
+                        if new {
+                            new_ids.insert(id);
+                        }
                         stored.insert(url, (id, kind, status, checked_at));
                     }
                     let mut planned = Vec::with_capacity(chunk.len());
@@ -383,7 +527,8 @@ macro_rules! sql_store {
                     // A URL another job has leased right now joins that lease: checked once, its
                     // result counts for both jobs. Usually there is none, and a cheap lookup by URL
                     // id says so.
-                    let pending_ids: Vec<i64> = planned.iter().filter(|p| p.2 == "pending").map(|p| p.0).collect();
+                    let pending_ids: Vec<i64> =
+                        planned.iter().filter(|p| p.2 == "pending" && !new_ids.contains(&p.0)).map(|p| p.0).collect();
                     if pending_ids.is_empty() {
                         continue;
                     }
@@ -450,20 +595,6 @@ macro_rules! sql_store {
                     .await?;
                 tx.commit().await?;
                 Ok(())
-            }
-
-            async fn seal_job(&self, job_id: i64) -> StoreResult<JobRecord> {
-                let now = now_ms();
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("UPDATE jobs SET sealed_at = $2 WHERE id = $1 AND sealed_at IS NULL")
-                    .bind(job_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                complete_if_done(&mut tx, &[job_id], now).await?;
-                let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                tx.commit().await?;
-                Ok(rec)
             }
 
             async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>> {

@@ -26,7 +26,7 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(30))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(err)?;
-        super::migrator(include_str!("../../migrations/sqlite/0001_init.sql")).run(&pool).await?;
+        super::migrator(&[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))]).run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -37,28 +37,35 @@ impl SqliteStore {
 }
 
 // SQLite has a single writer connection: nothing to lock row by row.
-super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "");
+super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "", for_share = "");
 
 /// Rows per set-based statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
 const INGEST_ROWS: usize = 1_000;
 
 impl SqliteStore {
-    /// Inserts the URLs not stored yet and returns every URL's stored state.
+    /// Inserts the URLs not stored yet and returns every URL's stored state; a new URL's id comes
+    /// back from the insert itself, so only the URLs stored before are looked up again.
     async fn upsert_urls(tx: &mut Tx<'_>, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
         let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO urls (url, host) ");
         qb.push_values(chunk, |mut b, u| {
             b.push_bind(u.url.as_str()).push_bind(u.host.as_str());
         });
-        qb.push(" ON CONFLICT (url) DO NOTHING");
-        qb.build().execute(&mut **tx).await?;
-        let mut qb =
-            QueryBuilder::<sqlx::Sqlite>::new("SELECT url, id, kind, status, checked_at FROM urls WHERE url IN (");
-        let mut sep = qb.separated(", ");
-        for u in chunk {
-            sep.push_bind(u.url.as_str());
+        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, kind, status, checked_at, TRUE");
+        let mut stored: Vec<StoredUrl> = qb.build_query_as().fetch_all(&mut **tx).await?;
+        if stored.len() < chunk.len() {
+            let new: std::collections::HashSet<&str> = stored.iter().map(|s| s.0.as_str()).collect();
+            let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT url, id, kind, status, checked_at, FALSE FROM urls WHERE url IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for u in chunk.iter().filter(|u| !new.contains(u.url.as_str())) {
+                sep.push_bind(u.url.as_str());
+            }
+            qb.push(")");
+            let rows: Vec<StoredUrl> = qb.build_query_as().fetch_all(&mut **tx).await?;
+            stored.extend(rows);
         }
-        qb.push(")");
-        Ok(qb.build_query_as().fetch_all(&mut **tx).await?)
+        Ok(stored)
     }
 
     async fn insert_job_urls(tx: &mut Tx<'_>, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
@@ -139,31 +146,21 @@ impl SqliteStore {
             qb.push(" ON CONFLICT (url_id, checked_at) DO NOTHING");
             qb.build().execute(&mut *tx).await?;
         }
-        // Progress: read the open rows, then finish them; only an open URL can finish, so a replay
-        // or a late report can neither double-count nor un-finish anything.
+        // Progress: finish the open rows and learn what each was. Only an open URL can finish, so a
+        // replay or a late report can neither double-count nor un-finish anything; a finished row keeps
+        // its lease id, so a non-null one says the row was leased (a pending row never holds one).
         let mut open_rows = Vec::new();
         for chunk in newest.chunks(INGEST_ROWS) {
-            let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT job_id, url_id, state, host FROM job_urls WHERE state IN ('pending', 'leased') AND url_id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for r in chunk {
-                sep.push_bind(r.url_id);
-            }
-            qb.push(")");
-            let open: Vec<(i64, i64, String, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-            if open.is_empty() {
-                continue;
-            }
             let mut qb = QueryBuilder::<sqlx::Sqlite>::new("WITH v(url_id, kind) AS (");
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(r.url_id).push_bind(r.outcome.kind.as_str());
             });
             qb.push(
-                ") UPDATE job_urls SET state = 'done', kind = v.kind, lease_id = NULL FROM v \
-                 WHERE job_urls.url_id = v.url_id AND job_urls.state IN ('pending', 'leased')",
+                ") UPDATE job_urls SET state = 'done', kind = v.kind FROM v \
+                 WHERE job_urls.url_id = v.url_id AND job_urls.state IN ('pending', 'leased') \
+                 RETURNING job_id, url_id, CASE WHEN lease_id IS NULL THEN 'pending' ELSE 'leased' END, host",
             );
-            qb.build().execute(&mut *tx).await?;
+            let open: Vec<(i64, i64, String, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             open_rows.extend(open);
         }
         settle_ingest(tx, open_rows, &newest, results, now).await
