@@ -509,6 +509,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             priority: 3,
             options: Vec::new(),
             idempotency_key: None,
+            not_before_ms: 0,
             trace_parent: None,
         })
         .await?;

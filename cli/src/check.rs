@@ -60,7 +60,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let addr = format!("http://{}", listener.local_addr()?);
     let mut config = CoordinatorConfig::new(listener.local_addr()?, args.db.clone());
     // One worker on the same machine: leases may be large and their TTL short.
-    config.lease_size = 500;
+    config.lease_size = 2_000;
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(urlfleet_coordinator::run(listener, store, config, async {
         let _ = coordinator_stopped.await;
@@ -69,7 +69,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let mut worker_config = WorkerConfig::new(addr.clone());
     worker_config.worker_id = Some(format!("check-{}", std::process::id()));
     worker_config.concurrency = args.concurrency;
-    worker_config.credits = (args.concurrency as u32).saturating_mul(16).max(1024);
+    worker_config.credits = (args.concurrency as u32).saturating_mul(64).max(4096);
     worker_config.timeout = args.timeout;
     worker_config.retries = args.retries;
     worker_config.backoff_base = args.backoff_base;

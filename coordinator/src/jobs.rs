@@ -282,6 +282,13 @@ impl JobApi {
             priority: explicit_priority(&options).unwrap_or(LOWEST_PRIORITY),
             options: options.encode_to_vec(),
             idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
+            // Checks start while the URLs stream in, unless the job waits: for a given time, or for
+            // a delay that depends on its size, known only at the seal.
+            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
+                i64::MAX
+            } else {
+                options.not_before_ms
+            },
             trace_parent,
         };
         let (job, existing) = self.store.create_job(new).await.map_err(store_status)?;

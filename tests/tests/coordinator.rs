@@ -113,16 +113,17 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
     .await;
     assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'receiving'").await, 1);
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_secs(60) };
-    assert!(store.acquire_lease(&req).await.unwrap().is_none(), "nothing of a job still receiving is leased");
+    let early = store.acquire_lease(&req).await.unwrap().expect("URLs already stored are leased at once");
+    assert_eq!(early.urls.len(), 100);
     tx.send(chunk(45_000)).await.unwrap(); // half of it repeats the previous chunk
     drop(tx);
     let job = call.await.unwrap().unwrap().into_inner().job.unwrap();
     let counts = job.counts.unwrap();
     assert_eq!((counts.received, counts.total, counts.duplicates), (60_000, 55_000, 5_000));
-    assert_eq!(job.state, pb::JobState::Scheduled as i32);
+    assert_eq!(job.state, pb::JobState::Running as i32, "it was being checked before its stream ended");
     assert_eq!(job.priority, pb::Priority::Low as i32, "55,000 URLs are a low-priority job");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls").await, 55_000);
-    assert!(store.acquire_lease(&req).await.unwrap().is_some(), "a sealed job is leased");
+    assert!(store.acquire_lease(&req).await.unwrap().is_some(), "a sealed job is leased on");
 
     // A submission that breaks mid-stream (here: options sent twice) leaves nothing behind.
     let (tx, call) = open_stream();
@@ -145,5 +146,33 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
         (jobs == 1 && rows == 55_000 && pending <= 55_000).then_some(())
     })
     .await;
+    coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waits_for_its_not_before_or_for_the_delay_its_size_asks_for() {
+    use urlfleet_coordinator::store::LeaseRequest;
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let mut client = coordinator.client().await;
+    let store = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let req = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_secs(60) };
+    let urls = |host: &str| (0..10).map(|i| format!("http://{host}/{i}")).collect::<Vec<_>>();
+    let now = urlfleet_shared::time::now_ms();
+
+    let delayed =
+        submit(&mut client, &urls("delayed.example"), pb::JobOptions { delay_by_size: true, ..impolite() }).await;
+    let delayed = delayed.unwrap().job.unwrap();
+    let waited = delayed.not_before_ms - now;
+    assert!((59_000..=61_000).contains(&waited), "10 URLs wait about a minute, not {waited} ms");
+    let later = pb::JobOptions { not_before_ms: now + 3_600_000, ..impolite() };
+    let later = submit(&mut client, &urls("later.example"), later).await.unwrap().job.unwrap();
+    assert_eq!(later.not_before_ms, now + 3_600_000);
+    assert!(store.acquire_lease(&req).await.unwrap().is_none(), "neither job is due");
+
+    let due = pb::JobOptions { not_before_ms: now - 1, ..impolite() };
+    let due = submit(&mut client, &urls("due.example"), due).await.unwrap().job.unwrap();
+    let lease = store.acquire_lease(&req).await.unwrap().expect("a job whose time has come is leased");
+    assert_eq!((lease.host.as_str(), lease.jobs.as_slice()), ("due.example", [due.id].as_slice()));
     coordinator.stop().await;
 }

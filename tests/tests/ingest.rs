@@ -31,6 +31,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             priority: 3,
             options: Vec::new(),
             idempotency_key: None,
+            not_before_ms: 0,
             trace_parent: None,
         })
         .await
@@ -169,6 +170,7 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
             priority: 1,
             options: Vec::new(),
             idempotency_key: None,
+            not_before_ms: 0,
             trace_parent: None,
         })
         .await

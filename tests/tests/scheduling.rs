@@ -21,6 +21,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
             priority: 2,
             options: Vec::new(),
             idempotency_key: None,
+            not_before_ms: 0,
             trace_parent: None,
         })
         .await

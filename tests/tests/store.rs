@@ -46,7 +46,14 @@ async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
 }
 
 fn new_job(key: &str, _total: u64) -> NewJob {
-    NewJob { name: format!("job {key}"), priority: 1, options: Vec::new(), idempotency_key: None, trace_parent: None }
+    NewJob {
+        name: format!("job {key}"),
+        priority: 1,
+        options: Vec::new(),
+        idempotency_key: None,
+        not_before_ms: 0,
+        trace_parent: None,
+    }
 }
 
 /// The seal of a submission of `total` distinct entries under `key`, at the job's priority.

@@ -51,7 +51,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Lifecycle state of a job, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
-    /// Its URLs are arriving; nothing is leased for it yet.
+    /// Its URLs are arriving (and those that arrived are being leased).
     Receiving,
     /// Accepted, nothing leased yet.
     Scheduled,
@@ -95,9 +95,9 @@ impl JobState {
 /// Scheduling priority (1 high, 2 medium, 3 low).
 pub type Priority = i16;
 
-/// A job to create. Its URLs follow in batches ([`Store::add_urls`]); [`Store::seal_job`] then settles
-/// what the submission turned out to be. Until then the job is `receiving`: none of its URLs is leased
-/// for it.
+/// A job to create. Its URLs follow in batches ([`Store::add_urls`]) and are leased as they arrive;
+/// [`Store::seal_job`] then settles what the submission turned out to be (until then the job is
+/// `receiving`, and it cannot complete).
 #[derive(Debug, Clone)]
 pub struct NewJob {
     /// Display name.
@@ -108,6 +108,8 @@ pub struct NewJob {
     pub options: Vec<u8>,
     /// Client idempotency key.
     pub idempotency_key: Option<String>,
+    /// Earliest lease time while the URLs arrive (`i64::MAX` holds them all until the seal).
+    pub not_before_ms: i64,
     /// W3C `traceparent` of the submission, so that the job's leases join its trace.
     pub trace_parent: Option<String>,
 }

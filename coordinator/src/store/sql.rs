@@ -290,7 +290,8 @@ macro_rules! sql_store {
             }
             let priority = seal.priority.min(provisional);
             sqlx::query(
-                "UPDATE jobs SET state = 'scheduled', unique_key = $2, unique_active = TRUE, received = $3, \
+                "UPDATE jobs SET state = CASE WHEN leased > 0 OR checked > 0 OR failed > 0 THEN 'running' \
+                 ELSE 'scheduled' END, unique_key = $2, unique_active = TRUE, received = $3, \
                  duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 WHERE id = $1",
             )
             .bind(job_id)
@@ -411,7 +412,7 @@ macro_rules! sql_store {
                 let id: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
                      idempotency_key, not_before, created_at, trace_parent) \
-                     VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, 0, $5, $6) \
+                     VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, $7, $5, $6) \
                      ON CONFLICT DO NOTHING RETURNING id",
                 )
                 .bind(&job.name)
@@ -420,6 +421,7 @@ macro_rules! sql_store {
                 .bind(&job.idempotency_key)
                 .bind(now)
                 .bind(&job.trace_parent)
+                .bind(job.not_before_ms)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let (id, existing) = match id {
@@ -687,7 +689,7 @@ macro_rules! sql_store {
                     let rows: Vec<(i64,)> = sqlx::query_as(
                         "SELECT ju.url_id FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
                          WHERE ju.host = $1 AND ju.state = 'pending' \
-                         AND j.state IN ('scheduled', 'running') AND j.not_before <= $2 \
+                         AND j.state IN ('receiving', 'scheduled', 'running') AND j.not_before <= $2 \
                          ORDER BY ju.url_order, ju.url_id LIMIT $3",
                     )
                     .bind(&host)
