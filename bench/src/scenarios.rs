@@ -538,7 +538,12 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
         .await?;
     let mut leased = Vec::new();
     while let Some(l) = store
-        .acquire_lease(&LeaseRequest { worker_id: "bench".into(), max_urls: 1_000, ttl: Duration::from_secs(600) })
+        .acquire_lease(&LeaseRequest {
+            worker_id: "bench".into(),
+            max_urls: 1_000,
+            max_urls_lifted: 1_000,
+            ttl: Duration::from_secs(600),
+        })
         .await?
     {
         for (id, _) in &l.urls {

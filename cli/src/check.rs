@@ -61,6 +61,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let mut config = CoordinatorConfig::new(listener.local_addr()?, args.db.clone());
     // One worker on the same machine: leases may be large and their TTL short.
     config.lease_size = 2_000;
+    config.lease_size_lifted = 2_000;
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(urlfleet_coordinator::run(listener, store, config, async {
         let _ = coordinator_stopped.await;

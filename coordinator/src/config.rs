@@ -17,9 +17,13 @@ pub struct CoordinatorConfig {
     /// Lease time to live; workers renew their leases by heartbeats.
     #[arg(long, env = "URLFLEET_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
-    /// Maximum URLs in one lease.
+    /// Maximum URLs in one lease of a polite host.
     #[arg(long, env = "URLFLEET_LEASE_SIZE", default_value_t = policy::DEFAULT_LEASE_SIZE)]
     pub lease_size: u32,
+    /// Maximum URLs in one lease of a host whose limits are lifted (no interval), which workers get
+    /// through far faster.
+    #[arg(long, env = "URLFLEET_LEASE_SIZE_LIFTED", default_value_t = policy::DEFAULT_LEASE_SIZE_LIFTED)]
+    pub lease_size_lifted: u32,
     /// Leases one host may have at once when its limits are lifted (no interval between requests);
     /// a polite host is leased to one worker at a time.
     #[arg(long, env = "URLFLEET_MAX_LEASES_PER_HOST", default_value_t = 8)]
@@ -86,6 +90,7 @@ impl CoordinatorConfig {
             database_url: database_url.into(),
             lease_ttl: policy::DEFAULT_LEASE_TTL,
             lease_size: policy::DEFAULT_LEASE_SIZE,
+            lease_size_lifted: policy::DEFAULT_LEASE_SIZE_LIFTED,
             max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
             max_leases_per_host: 8,
             reap_interval: Duration::from_secs(1),

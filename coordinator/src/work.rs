@@ -220,6 +220,7 @@ impl Session {
         let req = LeaseRequest {
             worker_id: self.holder.clone(),
             max_urls: self.credits.min(u64::from(self.api.config.lease_size)) as u32,
+            max_urls_lifted: self.credits.min(u64::from(self.api.config.lease_size_lifted)) as u32,
             ttl: self.api.config.lease_ttl,
         };
         let Some(grant) = self.api.store.acquire_lease(&req).await? else { return Ok(false) };

@@ -57,7 +57,8 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
         .await
         .unwrap();
     let mut leased = Vec::new();
-    let req = LeaseRequest { worker_id: "w".into(), max_urls: 2_000, ttl: Duration::from_secs(600) };
+    let req =
+        LeaseRequest { worker_id: "w".into(), max_urls: 2_000, max_urls_lifted: 2_000, ttl: Duration::from_secs(600) };
     while let Some(l) = store.acquire_lease(&req).await.unwrap() {
         leased.extend(l.urls.iter().map(|(id, _)| (l.id, *id)));
     }
@@ -187,7 +188,7 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         not_before_ms: 0,
     };
     store.seal_job(job.id, seal).await.unwrap();
-    let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, ttl: Duration::from_secs(600) };
+    let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, max_urls_lifted: 10, ttl: Duration::from_secs(600) };
     let lease = store.acquire_lease(&req).await.unwrap().unwrap();
     let now = urlfleet_shared::time::now_ms();
     let result = |url_id: i64| {

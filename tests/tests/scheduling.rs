@@ -53,7 +53,12 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
     let lease_all = |store: std::sync::Arc<dyn Store>, who: &'static str| async move {
         let mut got = Vec::new();
         for i in 0.. {
-            let req = LeaseRequest { worker_id: format!("{who}-{i}"), max_urls: 25, ttl: Duration::from_secs(600) };
+            let req = LeaseRequest {
+                worker_id: format!("{who}-{i}"),
+                max_urls: 25,
+                max_urls_lifted: 25,
+                ttl: Duration::from_secs(600),
+            };
             match store.acquire_lease(&req).await.unwrap() {
                 Some(l) => got.extend(l.urls.into_iter().map(|(id, _)| id)),
                 None => break,

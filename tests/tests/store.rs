@@ -90,7 +90,7 @@ fn recheck() -> RecheckPolicy {
 }
 
 fn lease_req(holder: &str) -> LeaseRequest {
-    LeaseRequest { worker_id: holder.to_string(), max_urls: 100, ttl: Duration::from_secs(30) }
+    LeaseRequest { worker_id: holder.to_string(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_secs(30) }
 }
 
 fn result(lease: i64, url_id: i64, status: u16, checked_at: i64) -> ReportedResult {
@@ -246,7 +246,8 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     let (job, _) = store.create_job(new_job("expire", 2)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
     store.seal_job(job.id, seal("expire", 2, job.priority)).await.unwrap();
-    let short = LeaseRequest { worker_id: "w".into(), max_urls: 100, ttl: Duration::from_millis(1) };
+    let short =
+        LeaseRequest { worker_id: "w".into(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_millis(1) };
     for attempt in 1..=3 {
         let lease = store.acquire_lease(&short).await.unwrap().unwrap_or_else(|| panic!("lease {attempt}"));
         assert_eq!(lease.urls.len(), 2);

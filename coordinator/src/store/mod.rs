@@ -40,6 +40,9 @@ pub enum StoreError {
     /// Stored data that cannot be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The row changed under the operation; trying again sees the new state.
+    #[error("a concurrent change; try again")]
+    Conflict,
     /// Results name URLs the store does not hold: storing them can never succeed.
     #[error("results for {0} unknown URL id(s)")]
     UnknownUrls(usize),
@@ -237,8 +240,11 @@ pub struct InvalidEntry {
 pub struct LeaseRequest {
     /// Worker that will hold the lease.
     pub worker_id: String,
-    /// At most this many URLs.
+    /// At most this many URLs of a polite host (one lease at a time).
     pub max_urls: u32,
+    /// At most this many URLs of a host whose limits are lifted (several leases at once): it gets
+    /// through them so fast that small leases would cost more in round trips than in checks.
+    pub max_urls_lifted: u32,
     /// Lease time to live.
     pub ttl: Duration,
 }

@@ -233,11 +233,12 @@ macro_rules! sql_store {
         async fn seal_once(pool: &Pool, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
             let now = now_ms();
             let mut tx = pool.begin().await?;
-            let current: Option<(String, i16)> =
-                sqlx::query_as(concat!("SELECT state, priority FROM jobs WHERE id = $1", $lock))
-                    .bind(job_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            // The job's row is locked last, as leasing and ingest do: they lock frontier and URL
+            // rows first and the job's counters at the end.
+            let current: Option<(String, i16)> = sqlx::query_as("SELECT state, priority FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some((state, provisional)) = current else {
                 return Err(StoreError::Corrupt(format!("job {job_id} vanished while receiving")));
             };
@@ -289,10 +290,29 @@ macro_rules! sql_store {
                 return Ok((rec, true));
             }
             let priority = seal.priority.min(provisional);
-            sqlx::query(
+            if priority < provisional {
+                // Known small only now: its waiting URLs move up (a small job, so few rows).
+                sqlx::query(
+                    "UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
+                     (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')",
+                )
+                .bind(job_id)
+                .bind(priority)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'",
+                )
+                .bind(job_id)
+                .bind((provisional - priority) * 10)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let sealed = sqlx::query(
                 "UPDATE jobs SET state = CASE WHEN leased > 0 OR checked > 0 OR failed > 0 THEN 'running' \
                  ELSE 'scheduled' END, unique_key = $2, unique_active = TRUE, received = $3, \
-                 duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 WHERE id = $1",
+                 duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 \
+                 WHERE id = $1 AND state = 'receiving'",
             )
             .bind(job_id)
             .bind(&seal.unique_key)
@@ -304,23 +324,9 @@ macro_rules! sql_store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if priority < provisional {
-                // Known small only now: its waiting URLs move up (a small job, so few rows).
-                sqlx::query(
-                    "UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'",
-                )
-                .bind(job_id)
-                .bind((provisional - priority) * 10)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
-                     (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')",
-                )
-                .bind(job_id)
-                .bind(priority)
-                .execute(&mut *tx)
-                .await?;
+            if sealed.rows_affected() == 0 {
+                // Cancelled meanwhile: the next attempt takes the cancelled path.
+                return Err(StoreError::Conflict);
             }
             complete_if_done(&mut tx, &[job_id], now).await?;
             let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
@@ -444,14 +450,18 @@ macro_rules! sql_store {
             }
 
             async fn seal_job(&self, job_id: i64, seal: Seal) -> StoreResult<(JobRecord, bool)> {
-                // A twin sealing at the same moment makes the activation below fail on the unique
-                // index once the twin commits; the next attempt then finds it.
+                // A twin sealing at the same moment makes the activation fail on the unique index
+                // once the twin commits, and a lease or an ingest may deadlock with it: the next
+                // attempt finds the twin, or gets through.
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
                     match seal_once(&self.pool, job_id, &seal).await {
+                        Err(StoreError::Conflict) if attempt < 5 => {}
                         Err(StoreError::Query(sqlx::Error::Database(e)))
-                            if attempt < 3 && e.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                            if attempt < 5
+                                && (e.kind() == sqlx::error::ErrorKind::UniqueViolation
+                                    || matches!(e.code().as_deref(), Some("40P01" | "40001"))) => {}
                         other => return other,
                     }
                 }
@@ -677,15 +687,16 @@ macro_rules! sql_store {
             async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
-                let candidates: Vec<(String, i64)> = sqlx::query_as(concat!(
-                    "SELECT host, epoch FROM hosts WHERE pending > 0 AND active_leases < max_leases \
+                let candidates: Vec<(String, i64, i32)> = sqlx::query_as(concat!(
+                    "SELECT host, epoch, max_leases FROM hosts WHERE pending > 0 AND active_leases < max_leases \
                      AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT 4",
                     $skip
                 ))
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-                for (host, epoch) in candidates {
+                for (host, epoch, max_leases) in candidates {
+                    let max_urls = if max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
                     let rows: Vec<(i64,)> = sqlx::query_as(
                         "SELECT ju.url_id FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
                          WHERE ju.host = $1 AND ju.state = 'pending' \
@@ -694,7 +705,7 @@ macro_rules! sql_store {
                     )
                     .bind(&host)
                     .bind(now)
-                    .bind(i64::from(req.max_urls.max(1)))
+                    .bind(i64::from(max_urls.max(1)))
                     .fetch_all(&mut *tx)
                     .await?;
                     let url_ids: BTreeSet<i64> = rows.into_iter().map(|(id,)| id).collect();
