@@ -229,6 +229,22 @@ macro_rules! sql_store {
             v
         }
 
+        /// Cancels a job's pending URLs and takes them off the frontier; returns how many.
+        async fn cancel_pending(tx: &mut Tx<'_>, job_id: i64) -> StoreResult<i64> {
+            let hosts: Vec<(String,)> = sqlx::query_as(
+                "UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host",
+            )
+            .bind(job_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
+            for (h,) in &hosts {
+                *per_host.entry(h.as_str()).or_default() -= 1;
+            }
+            add_host_pending(tx, &per_host).await?;
+            Ok(hosts.len() as i64)
+        }
+
         /// One attempt at [`Store::seal_job`], in one transaction.
         async fn seal_once(pool: &Pool, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
             let now = now_ms();
@@ -245,23 +261,13 @@ macro_rules! sql_store {
             if state != "receiving" {
                 // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
                 // after the cancellation.
-                let late: Vec<(String,)> = sqlx::query_as(
-                    "UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host",
-                )
-                .bind(job_id)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
-                for (h,) in &late {
-                    *per_host.entry(h.as_str()).or_default() -= 1;
-                }
-                add_host_pending(&mut tx, &per_host).await?;
+                let late = cancel_pending(&mut tx, job_id).await?;
                 sqlx::query(
                     "UPDATE jobs SET cancelled = cancelled + $2, received = $3, duplicates = $4, total = $5, \
                      sealed_at = $6 WHERE id = $1",
                 )
                 .bind(job_id)
-                .bind(late.len() as i64)
+                .bind(late)
                 .bind(seal.received as i64)
                 .bind(seal.duplicates as i64)
                 .bind(seal.total as i64)
@@ -639,12 +645,7 @@ macro_rules! sql_store {
                 if job.state.is_final() {
                     return Ok(Some((job, Vec::new())));
                 }
-                let pending: Vec<(String,)> = sqlx::query_as(
-                    "UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host",
-                )
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+                let pending = cancel_pending(&mut tx, id).await?;
                 // RETURNING yields new values, so read the lease ids before clearing them.
                 let leased: Vec<(Option<i64>,)> =
                     sqlx::query_as(concat!("SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'", $lock))
@@ -655,11 +656,6 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                let mut per_host: BTreeMap<&str, i64> = BTreeMap::new();
-                for (h,) in &pending {
-                    *per_host.entry(h.as_str()).or_default() -= 1;
-                }
-                add_host_pending(&mut tx, &per_host).await?;
                 let lease_ids: BTreeSet<i64> = leased.iter().filter_map(|(l,)| *l).collect();
                 let mut revoked = Vec::new();
                 for l in lease_ids {
@@ -668,7 +664,7 @@ macro_rules! sql_store {
                         revoked.push(l);
                     }
                 }
-                let n = (pending.len() + leased.len()) as i64;
+                let n = pending + leased.len() as i64;
                 sqlx::query(
                     "UPDATE jobs SET state = 'cancelled', finished_at = $2, unique_active = FALSE, \
                      cancelled = cancelled + $3, leased = leased - $4 WHERE id = $1",
