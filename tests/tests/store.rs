@@ -37,6 +37,7 @@ on_both_stores!(
     a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
     a_url_leased_for_another_job_is_checked_once_for_both,
     higher_priority_work_is_leased_first,
+    a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
 );
 
 async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
@@ -419,4 +420,30 @@ async fn higher_priority_work_is_leased_first(backend: Backend) {
     store.seal_job(high.id, seal("high", 2, high.priority)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert_eq!(next.host, "urgent.example", "the high-priority job jumps the queue");
+}
+
+async fn a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("stop", 4)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
+    let (cancelled, _) = store.cancel_job(job.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    // The stream goes on after the cancellation; the seal cancels what came late.
+    store.add_urls(job.id, &urls("b.example", 2), recheck()).await.unwrap();
+    let (sealed, dup) = store.seal_job(job.id, seal("stop", 4, job.priority)).await.unwrap();
+    assert!(!dup);
+    assert_eq!(sealed.state, JobState::Cancelled);
+    assert_eq!((sealed.counts.total, sealed.counts.cancelled), (4, 4));
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls WHERE state = 'pending'").await, 0);
+    assert_eq!(db.scalar("SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT) FROM hosts").await, 0);
+    assert!(store.acquire_lease(&lease_req("w")).await.unwrap().is_none());
+
+    // Sealing an accepted job again (a retried call) leaves it as it is.
+    let (live, _) = store.create_job(new_job("live", 2)).await.unwrap();
+    store.add_urls(live.id, &urls("c.example", 2), recheck()).await.unwrap();
+    let (first, _) = store.seal_job(live.id, seal("live", 2, live.priority)).await.unwrap();
+    let (again, dup) = store.seal_job(live.id, seal("live", 2, live.priority)).await.unwrap();
+    assert!(!dup);
+    assert_eq!(again, first);
+    assert_eq!(store.acquire_lease(&lease_req("w")).await.unwrap().unwrap().urls.len(), 2);
 }

@@ -258,7 +258,13 @@ macro_rules! sql_store {
             let Some((state, provisional)) = current else {
                 return Err(StoreError::Corrupt(format!("job {job_id} vanished while receiving")));
             };
-            if state != "receiving" {
+            if state != "receiving" && state != "cancelled" {
+                // Sealed already (an earlier attempt committed): nothing to do again.
+                let rec = fetch_job(&mut tx, job_id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                return Ok((rec, false));
+            }
+            if state == "cancelled" {
                 // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
                 // after the cancellation.
                 let late = cancel_pending(&mut tx, job_id).await?;
