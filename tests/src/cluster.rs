@@ -213,3 +213,37 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A job written straight into a store, as a whole submission: created, its URLs added (in batches
+/// of 10,000), sealed under `name` as its unique key. Returns the sealed job.
+pub async fn stored_job(
+    store: &dyn Store,
+    name: &str,
+    priority: i16,
+    urls: &[urlfleet_coordinator::store::PlannedUrl],
+    recheck: urlfleet_coordinator::store::RecheckPolicy,
+) -> urlfleet_coordinator::store::JobRecord {
+    use urlfleet_coordinator::store::{NewJob, Seal};
+    let new = NewJob {
+        name: name.into(),
+        priority,
+        options: Vec::new(),
+        idempotency_key: None,
+        not_before_ms: 0,
+        trace_parent: None,
+    };
+    let (job, _) = store.create_job(new).await.expect("create job");
+    for chunk in urls.chunks(10_000) {
+        store.add_urls(job.id, chunk, recheck).await.expect("add URLs");
+    }
+    let seal = Seal {
+        unique_key: name.into(),
+        unique_window: urlfleet_shared::policy::DEFAULT_UNIQUE_WINDOW,
+        received: urls.len() as u64,
+        duplicates: 0,
+        total: urls.len() as u64,
+        priority,
+        not_before_ms: 0,
+    };
+    store.seal_job(job.id, seal).await.expect("seal job").0
+}

@@ -7,11 +7,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
-use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store};
+use urlfleet_coordinator::store::{LeaseRequest, PlannedUrl, RecheckPolicy, Store};
 use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::proto::v1 as pb;
-use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
-use urlfleet_tests::cluster::{all_results, submit, wait_done};
+use urlfleet_shared::{CheckOutcome, OutcomeKind};
+use urlfleet_tests::cluster::{all_results, stored_job, submit, wait_done};
 use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
 
 async fn many_rows_cross_many_chunks(backend: Backend) {
@@ -25,37 +25,8 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             max_leases: 1,
         })
         .collect();
-    let (job, _) = store
-        .create_job(NewJob {
-            name: "many".into(),
-            priority: 3,
-            options: Vec::new(),
-            idempotency_key: None,
-            not_before_ms: 0,
-            trace_parent: None,
-        })
-        .await
-        .unwrap();
-    for chunk in urls.chunks(10_000) {
-        let recheck =
-            RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-        store.add_urls(job.id, chunk, recheck).await.unwrap();
-    }
-    store
-        .seal_job(
-            job.id,
-            Seal {
-                unique_key: "many".into(),
-                unique_window: policy::DEFAULT_UNIQUE_WINDOW,
-                received: N as u64,
-                duplicates: 0,
-                total: N as u64,
-                priority: 3,
-                not_before_ms: 0,
-            },
-        )
-        .await
-        .unwrap();
+    let recheck = RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
+    let job = stored_job(store.as_ref(), "many", 3, &urls, recheck).await;
     let mut leased = Vec::new();
     let req =
         LeaseRequest { worker_id: "w".into(), max_urls: 2_000, max_urls_lifted: 2_000, ttl: Duration::from_secs(600) };
@@ -165,29 +136,8 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
     let urls: Vec<PlannedUrl> = (0..4)
         .map(|i| PlannedUrl { url: format!("http://a.example/{i}"), host: "a.example".into(), max_leases: 1 })
         .collect();
-    let (job, _) = store
-        .create_job(NewJob {
-            name: "bad".into(),
-            priority: 1,
-            options: Vec::new(),
-            idempotency_key: None,
-            not_before_ms: 0,
-            trace_parent: None,
-        })
-        .await
-        .unwrap();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-    store.add_urls(job.id, &urls, recheck).await.unwrap();
-    let seal = Seal {
-        unique_key: "bad".into(),
-        unique_window: policy::DEFAULT_UNIQUE_WINDOW,
-        received: 4,
-        duplicates: 0,
-        total: 4,
-        priority: 1,
-        not_before_ms: 0,
-    };
-    store.seal_job(job.id, seal).await.unwrap();
+    let job = stored_job(store.as_ref(), "bad", 1, &urls, recheck).await;
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, max_urls_lifted: 10, ttl: Duration::from_secs(600) };
     let lease = store.acquire_lease(&req).await.unwrap().unwrap();
     let now = urlfleet_shared::time::now_ms();

@@ -4,10 +4,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use urlfleet_coordinator::store::{LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store};
-use urlfleet_shared::policy;
+use urlfleet_coordinator::store::{LeaseRequest, PlannedUrl, RecheckPolicy, Store};
 use urlfleet_shared::proto::v1 as pb;
-use urlfleet_tests::cluster::{submit, wait_done};
+use urlfleet_tests::cluster::{stored_job, submit, wait_done};
 use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -15,17 +14,6 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
     let db = TestDb::fresh(Backend::Postgres).await;
     let a = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
     let b = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
-    let (job, _) = a
-        .create_job(NewJob {
-            name: "race".into(),
-            priority: 2,
-            options: Vec::new(),
-            idempotency_key: None,
-            not_before_ms: 0,
-            trace_parent: None,
-        })
-        .await
-        .unwrap();
     let urls: Vec<PlannedUrl> = (0..4_000)
         .map(|i| PlannedUrl {
             url: format!("http://h{}.example/{i}", i % 40),
@@ -34,21 +22,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
         })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-    a.add_urls(job.id, &urls, recheck).await.unwrap();
-    a.seal_job(
-        job.id,
-        Seal {
-            unique_key: "race".into(),
-            unique_window: policy::DEFAULT_UNIQUE_WINDOW,
-            received: 4_000,
-            duplicates: 0,
-            total: 4_000,
-            priority: 2,
-            not_before_ms: 0,
-        },
-    )
-    .await
-    .unwrap();
+    stored_job(a.as_ref(), "race", 2, &urls, recheck).await;
 
     let lease_all = |store: std::sync::Arc<dyn Store>, who: &'static str| async move {
         let mut got = Vec::new();
