@@ -348,13 +348,19 @@ impl JobApi {
                 }
                 let mut batch = planner.take(lane, ADD_BATCH);
                 for u in &mut batch {
-                    u.max_leases = *max_leases.entry(u.host.clone()).or_insert_with(|| {
-                        if self.config.host_policy(&u.host, options).interval.is_zero() {
-                            self.config.max_leases_per_host.max(1)
-                        } else {
-                            1
+                    // Looked up before inserting: a host's name is copied once, not once per URL.
+                    u.max_leases = match max_leases.get(&u.host) {
+                        Some(m) => *m,
+                        None => {
+                            let m = if self.config.host_policy(&u.host, options).interval.is_zero() {
+                                self.config.max_leases_per_host.max(1)
+                            } else {
+                                1
+                            };
+                            max_leases.insert(u.host.clone(), m);
+                            m
                         }
-                    });
+                    };
                 }
                 let write = write_batch(self.store.clone(), job_id, batch, recheck);
                 writes.spawn(async move { (lane, write.await) }.in_current_span());
