@@ -2,8 +2,10 @@
 //! frontier rows are claimed with `FOR UPDATE SKIP LOCKED`, so two coordinators never lease the
 //! same host (and so never the same URL) at once.
 
-use sqlx::Connection;
+use std::collections::HashSet;
+
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Acquire, Connection};
 
 use super::{OutcomeRow, mask_password};
 
@@ -36,6 +38,7 @@ impl PgStore {
         super::migrator(&[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             (2, "hot paths", include_str!("../../migrations/postgres/0002_hot_paths.sql")),
+            (3, "hot finish", include_str!("../../migrations/postgres/0003_hot_finish.sql")),
         ])
         .run(&pool)
         .await?;
@@ -48,12 +51,20 @@ impl PgStore {
     }
 }
 
+/// Ingest and leasing touch a few thousand rows picked by key out of tables of millions: the plan
+/// they need is an index probe per key. On a small table, or with statistics that say the picked
+/// state is rare, the planner prefers to scan the whole table and hash it, once per chunk; these
+/// settings, for the length of one transaction, take that choice away.
+const KEYED_PLANS: &str =
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 super::sql::sql_store!(
     PgStore,
     sqlx::Postgres,
     skip_locked = " FOR UPDATE SKIP LOCKED",
     for_update = " FOR UPDATE",
-    for_share = " FOR SHARE"
+    for_share = " FOR SHARE",
+    keyed_plans = KEYED_PLANS
 );
 
 impl PgStore {
@@ -72,7 +83,7 @@ impl PgStore {
         .fetch_all(&mut **tx)
         .await?;
         if stored.len() < urls.len() {
-            let new: std::collections::HashSet<&str> = stored.iter().map(|s| s.0.as_str()).collect();
+            let new: HashSet<&str> = stored.iter().map(|s| s.0.as_str()).collect();
             let known: Vec<&str> = urls.iter().copied().filter(|u| !new.contains(u)).collect();
             let rows: Vec<StoredUrl> =
                 sqlx::query_as("SELECT url, id, kind, status, checked_at, FALSE FROM urls WHERE url = ANY($1::text[])")
@@ -118,12 +129,35 @@ impl PgStore {
         let latest = OutcomeColumns::of(newest.iter().map(|r| &r.outcome));
 
         let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(KEYED_PLANS).execute(&mut *tx).await?;
+        // Progress: finish the open rows and learn what each was. Only an open URL can finish, so a
+        // replay or a late report can neither double-count nor un-finish anything; a finished row keeps
+        // its lease id, so a non-null one says the row was leased (a pending row never holds one). If
+        // another transaction moves a row meanwhile, the condition is checked again on its new version.
+        let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
+        let open: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "UPDATE job_urls ju SET state = 'done', kind = t.kind \
+             FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
+             WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased') \
+             RETURNING ju.job_id, ju.url_id, CASE WHEN ju.lease_id IS NULL THEN 'pending' ELSE 'leased' END, ju.host",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .fetch_all(&mut *tx)
+        .await?;
         // Without foreign keys on the hot tables, the URL ids are checked here, as a set: a result for
-        // a URL that does not exist can never be stored.
-        let known: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM urls WHERE id = ANY($1)").bind(&ids).fetch_one(&mut *tx).await?;
-        if known < ids.len() as i64 {
-            return Err(super::StoreError::UnknownUrls(ids.len() - known as usize));
+        // a URL that does not exist can never be stored. A URL with an open row in a job exists (the
+        // rows are written in one transaction with their URLs), so only the others are looked up.
+        let open_ids: HashSet<i64> = open.iter().map(|o| o.1).collect();
+        let unverified: Vec<i64> = ids.iter().copied().filter(|id| !open_ids.contains(id)).collect();
+        if !unverified.is_empty() {
+            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM urls WHERE id = ANY($1)")
+                .bind(&unverified)
+                .fetch_one(&mut *tx)
+                .await?;
+            if known < unverified.len() as i64 {
+                return Err(super::StoreError::UnknownUrls(unverified.len() - known as usize));
+            }
         }
         // Latest state, monotonic: an older result never overwrites a newer one.
         sqlx::query(
@@ -149,50 +183,54 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
 
-        // History: every result, a replay hits the primary key and changes nothing.
+        // History: every result, a replay hits the primary key and changes nothing. A plain insert
+        // costs about half of one that handles conflicts, and replays are rare: the plain one is tried
+        // first, behind a savepoint, and a batch that holds a replay is inserted again skipping it.
         let h_ids: Vec<i64> = results.iter().map(|r| r.url_id).collect();
         let h_lease: Vec<i64> = results.iter().map(|r| r.lease_id).collect();
         let history = OutcomeColumns::of(results.iter().map(|r| &r.outcome));
-        sqlx::query(
-            "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
-             response_ms, content_type, content_length, error) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[], \
-             $7::text[], $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::text[]) \
-             ON CONFLICT (url_id, checked_at) DO NOTHING",
-        )
-        .bind(&h_ids)
-        .bind(&history.checked_at)
-        .bind(&h_lease)
-        .bind(&history.kinds)
-        .bind(&history.statuses)
-        .bind(&history.final_urls)
-        .bind(&history.redirects)
-        .bind(&history.attempts)
-        .bind(&history.response_ms)
-        .bind(&history.content_types)
-        .bind(&history.content_lengths)
-        .bind(&history.errors)
-        .execute(&mut *tx)
-        .await?;
+        let insert = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(&h_ids)
+                .bind(&history.checked_at)
+                .bind(&h_lease)
+                .bind(&history.kinds)
+                .bind(&history.statuses)
+                .bind(&history.final_urls)
+                .bind(&history.redirects)
+                .bind(&history.attempts)
+                .bind(&history.response_ms)
+                .bind(&history.content_types)
+                .bind(&history.content_lengths)
+                .bind(&history.errors)
+        };
+        let mut first = tx.begin().await?;
+        match insert(INSERT_CHECKS).execute(&mut *first).await {
+            Ok(_) => first.commit().await?,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                first.rollback().await?;
+                insert(concat!(insert_checks!(), " ON CONFLICT (url_id, checked_at) DO NOTHING"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
 
-        // Progress: finish the open rows and learn what each was. Only an open URL can finish, so a
-        // replay or a late report can neither double-count nor un-finish anything; a finished row keeps
-        // its lease id, so a non-null one says the row was leased (a pending row never holds one). If
-        // another transaction moves a row meanwhile, the condition is checked again on its new version.
-        let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
-        let open: Vec<(i64, i64, String, String)> = sqlx::query_as(
-            "UPDATE job_urls ju SET state = 'done', kind = t.kind \
-             FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
-             WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased') \
-             RETURNING ju.job_id, ju.url_id, CASE WHEN ju.lease_id IS NULL THEN 'pending' ELSE 'leased' END, ju.host",
-        )
-        .bind(&ids)
-        .bind(&kinds)
-        .fetch_all(&mut *tx)
-        .await?;
         settle_ingest(tx, open, &newest, results, now).await
     }
 }
+
+/// Inserts a batch of `checks` rows passed as column arrays.
+macro_rules! insert_checks {
+    () => {
+        "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
+         response_ms, content_type, content_length, error) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[], \
+         $7::text[], $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::text[])"
+    };
+}
+use insert_checks;
+const INSERT_CHECKS: &str = insert_checks!();
 
 /// Outcome rows as column arrays, for `UNNEST`.
 struct OutcomeColumns<'a> {

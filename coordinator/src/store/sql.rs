@@ -45,7 +45,7 @@ pub(crate) fn plan_state(
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal) => {
+    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal, keyed_plans = $keyed:expr) => {
         use std::collections::{BTreeMap, BTreeSet, HashMap};
         use std::time::Duration;
 
@@ -689,6 +689,9 @@ macro_rules! sql_store {
             async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
+                if !$keyed.is_empty() {
+                    sqlx::raw_sql($keyed).execute(&mut *tx).await?;
+                }
                 let candidates: Vec<(String, i64, i32)> = sqlx::query_as(concat!(
                     "SELECT host, epoch, max_leases FROM hosts WHERE pending > 0 AND active_leases < max_leases \
                      AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT 4",
@@ -701,7 +704,7 @@ macro_rules! sql_store {
                     let max_urls = if max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
                     let rows: Vec<(i64,)> = sqlx::query_as(
                         "SELECT ju.url_id FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
-                         WHERE ju.host = $1 AND ju.state = 'pending' \
+                         WHERE ju.host = $1 AND ju.waiting \
                          AND j.state IN ('receiving', 'scheduled', 'running') AND j.not_before <= $2 \
                          ORDER BY ju.url_order, ju.url_id LIMIT $3",
                     )
@@ -716,7 +719,7 @@ macro_rules! sql_store {
                         // look again a little later.
                         sqlx::query(
                             "UPDATE hosts SET next_allowed_at = $2, pending = \
-                             (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND state = 'pending') WHERE host = $1",
+                             (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND waiting) WHERE host = $1",
                         )
                         .bind(&host)
                         .bind(now + 1_000)
@@ -758,7 +761,7 @@ macro_rules! sql_store {
                     sqlx::query(
                         "UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, \
                          priority = COALESCE((SELECT url_order / 10 FROM job_urls WHERE host = $1 \
-                         AND state = 'pending' ORDER BY url_order LIMIT 1), 9) WHERE host = $1",
+                         AND waiting ORDER BY url_order LIMIT 1), 9) WHERE host = $1",
                     )
                     .bind(&host)
                     .bind(epoch)

@@ -31,7 +31,12 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "8192")
             .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(err)?;
-        super::migrator(&[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))]).run(&pool).await?;
+        super::migrator(&[
+            (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+            (2, "waiting", include_str!("../../migrations/sqlite/0002_waiting.sql")),
+        ])
+        .run(&pool)
+        .await?;
         Ok(Self { pool })
     }
 
@@ -42,7 +47,7 @@ impl SqliteStore {
 }
 
 // SQLite has a single writer connection: nothing to lock row by row.
-super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "", for_share = "");
+super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "", for_share = "", keyed_plans = "");
 
 /// Rows per set-based statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
 const INGEST_ROWS: usize = 1_000;

@@ -1,0 +1,12 @@
+-- Finishing a checked URL is the hottest update of all: one per result. It changes `state` (and
+-- `kind`), so no index may name either column, or every finish becomes a new row version with a new
+-- entry in each index. `waiting` mirrors `state = 'pending'` for the frontier index: a leased row
+-- that finishes keeps it false, and its finish stays a heap-only update. A finished row keeps its
+-- lease id, so the lease index holds every row ever leased, not only the open ones.
+ALTER TABLE job_urls ADD COLUMN waiting BOOLEAN GENERATED ALWAYS AS (state = 'pending') STORED;
+DROP INDEX job_urls_frontier;
+CREATE INDEX job_urls_frontier ON job_urls (host, url_order, url_id) WHERE waiting;
+DROP INDEX job_urls_lease;
+CREATE INDEX job_urls_lease ON job_urls (lease_id) WHERE lease_id IS NOT NULL;
+-- Room on each page for the new versions of its rows: leasing and finishing rewrite every row.
+ALTER TABLE job_urls SET (fillfactor = 75);
