@@ -36,6 +36,7 @@ on_both_stores!(
     invalid_entries_are_listed_with_their_reasons,
     a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
     a_url_leased_for_another_job_is_checked_once_for_both,
+    a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open,
     higher_priority_work_is_leased_first,
     a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
 );
@@ -401,6 +402,32 @@ async fn a_url_leased_for_another_job_is_checked_once_for_both(backend: Backend)
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert_eq!(next.urls.len(), 1, "only the URL nobody checked is left");
     assert_ne!(next.urls[0].0, lease.urls[0].0);
+}
+
+async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (a, _) = store.create_job(new_job("a", 1)).await.unwrap();
+    store.add_urls(a.id, &urls("s.example", 1), recheck()).await.unwrap();
+    store.seal_job(a.id, seal("a", 1, a.priority)).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let (b, _) = store.create_job(new_job("b", 1)).await.unwrap();
+    store.add_urls(b.id, &urls("s.example", 1), recheck()).await.unwrap();
+    store.seal_job(b.id, seal("b", 1, b.priority)).await.unwrap();
+
+    // Job b's copy of the URL leaves the lease; job a's is still being checked under it.
+    let (_, revoked) = store.cancel_job(b.id).await.unwrap().unwrap();
+    assert!(revoked.is_empty(), "the lease still holds job a's URL");
+    let (c, _) = store.create_job(new_job("c", 1)).await.unwrap();
+    let later = PlannedUrl { url: "http://s.example/later".into(), host: "s.example".into(), max_leases: 1 };
+    store.add_urls(c.id, &[later], recheck()).await.unwrap();
+    store.seal_job(c.id, seal("c", 1, c.priority)).await.unwrap();
+    assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(), "one lease at a time on a polite host");
+
+    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now_ms())]).await.unwrap();
+    let next = store.acquire_lease(&lease_req("w2")).await.unwrap().expect("the lease ended with its last URL");
+    assert_eq!(next.urls.len(), 1);
+    let done = store.get_job(a.id).await.unwrap().unwrap();
+    assert_eq!((done.counts.checked, done.counts.leased), (1, 0));
 }
 
 async fn higher_priority_work_is_leased_first(backend: Backend) {

@@ -8,5 +8,8 @@ DROP INDEX job_urls_frontier;
 CREATE INDEX job_urls_frontier ON job_urls (host, url_order, url_id) WHERE waiting;
 DROP INDEX job_urls_lease;
 CREATE INDEX job_urls_lease ON job_urls (lease_id) WHERE lease_id IS NOT NULL;
+-- With finished rows in the lease index, "does this lease hold a leased URL?" would read every row
+-- it ever held; the lease counts its open URLs instead, and ends when the count reaches zero.
+ALTER TABLE leases ADD COLUMN open INTEGER NOT NULL DEFAULT 0;
 -- Room on each page for the new versions of its rows: leasing and finishing rewrite every row.
 ALTER TABLE job_urls SET (fillfactor = 75);

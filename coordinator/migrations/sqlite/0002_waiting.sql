@@ -5,3 +5,5 @@ DROP INDEX job_urls_frontier;
 CREATE INDEX job_urls_frontier ON job_urls (host, url_order, url_id) WHERE waiting;
 DROP INDEX job_urls_lease;
 CREATE INDEX job_urls_lease ON job_urls (lease_id) WHERE lease_id IS NOT NULL;
+-- A lease counts its open URLs and ends when the count reaches zero.
+ALTER TABLE leases ADD COLUMN open INTEGER NOT NULL DEFAULT 0;

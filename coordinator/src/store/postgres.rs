@@ -135,11 +135,11 @@ impl PgStore {
         // its lease id, so a non-null one says the row was leased (a pending row never holds one). If
         // another transaction moves a row meanwhile, the condition is checked again on its new version.
         let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
-        let open: Vec<(i64, i64, String, String)> = sqlx::query_as(
+        let open: Vec<(i64, i64, Option<i64>, String)> = sqlx::query_as(
             "UPDATE job_urls ju SET state = 'done', kind = t.kind \
              FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
              WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased') \
-             RETURNING ju.job_id, ju.url_id, CASE WHEN ju.lease_id IS NULL THEN 'pending' ELSE 'leased' END, ju.host",
+             RETURNING ju.job_id, ju.url_id, ju.lease_id, ju.host",
         )
         .bind(&ids)
         .bind(&kinds)

@@ -183,26 +183,20 @@ macro_rules! sql_store {
             Ok(())
         }
 
-        /// Ends a lease that has no leased URL left: the host gets the slot back and stays paused until
-        /// `not_before`. Returns whether the lease ended.
-        async fn release_lease_if_done(tx: &mut Tx<'_>, lease_id: i64, not_before: i64) -> StoreResult<bool> {
-            // Lock the lease first (PostgreSQL): a submission joining URLs to it holds the same lock,
-            // so the check for leased URLs below, a new statement, sees every committed join.
-            let active: Option<i64> = sqlx::query_scalar(concat!("SELECT id FROM leases WHERE id = $1 AND active", $lock))
-                .bind(lease_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-            if active.is_none() {
-                return Ok(false);
-            }
-            let host: Option<String> = sqlx::query_scalar(
-                "UPDATE leases SET active = FALSE WHERE id = $1 AND active AND NOT EXISTS \
-                 (SELECT 1 FROM job_urls WHERE lease_id = $1 AND state = 'leased') RETURNING host",
+        /// Takes `closed` URLs off a lease's open count and ends the lease when none is left: the host
+        /// gets the slot back and stays paused until `not_before`. Returns whether the lease ended.
+        async fn close_lease_urls(tx: &mut Tx<'_>, lease_id: i64, closed: i64, not_before: i64) -> StoreResult<bool> {
+            // The update locks the lease row, as a submission joining a URL to the lease does before
+            // counting it in: the two are serialized, and this one sees the joined count.
+            let ended: Option<(String, bool)> = sqlx::query_as(
+                "UPDATE leases SET open = open - $2, active = open - $2 > 0 WHERE id = $1 AND active \
+                 RETURNING host, active",
             )
             .bind(lease_id)
+            .bind(closed)
             .fetch_optional(&mut **tx)
             .await?;
-            let Some(host) = host else { return Ok(false) };
+            let Some((host, false)) = ended else { return Ok(false) };
             sqlx::query(
                 "UPDATE hosts SET active_leases = active_leases - 1, \
                  next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END WHERE host = $1",
@@ -371,11 +365,11 @@ macro_rules! sql_store {
         }
 
         /// The rest of an ingest once `urls`, `checks` and `job_urls` are written: `open` holds the
-        /// `(job, url, previous state, host)` rows this batch finished. Counters, frontier, lease
-        /// ends, host pauses and job completion, then commit.
+        /// `(job, url, lease, host)` rows this batch finished, `lease` `None` for a row that was pending.
+        /// Counters, frontier, lease ends, host pauses and job completion, then commit.
         async fn settle_ingest(
             mut tx: Tx<'_>,
-            open: Vec<(i64, i64, String, String)>,
+            open: Vec<(i64, i64, Option<i64>, String)>,
             newest: &[&ReportedResult],
             results: &[ReportedResult],
             now: i64,
@@ -383,13 +377,18 @@ macro_rules! sql_store {
             let class_of: HashMap<i64, OutcomeClass> = newest.iter().map(|r| (r.url_id, r.outcome.kind.class())).collect();
             let mut d = CounterDelta::default();
             let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-            for (job, url_id, state, host) in open {
+            // URLs each lease no longer holds open. A late report may finish rows that another lease
+            // holds now: they are taken off that lease.
+            let mut closed: BTreeMap<i64, i64> = BTreeMap::new();
+            for (job, url_id, lease, host) in open {
                 d.add(job, delta::CHECKED, 1);
                 d.add_class(job, class_of.get(&url_id).copied().unwrap_or(OutcomeClass::Error));
-                if state == "leased" {
-                    d.add(job, delta::LEASED, -1);
-                } else {
-                    *per_host.entry(host).or_default() -= 1;
+                match lease {
+                    Some(lease) => {
+                        d.add(job, delta::LEASED, -1);
+                        *closed.entry(lease).or_default() += 1;
+                    }
+                    None => *per_host.entry(host).or_default() -= 1,
                 }
             }
             let per_host: BTreeMap<&str, i64> = per_host.iter().map(|(h, n)| (h.as_str(), *n)).collect();
@@ -411,7 +410,9 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                release_lease_if_done(&mut tx, *lease, now).await?;
+            }
+            for (lease, n) in &closed {
+                close_lease_urls(&mut tx, *lease, *n, now).await?;
             }
             // Job rows are the most contended: touch them last, in id order, to hold their locks briefly.
             apply_delta(&mut tx, &d).await?;
@@ -588,6 +589,10 @@ macro_rules! sql_store {
                         if let Some(e) = host.and_then(|h| per_host.get_mut(h.as_str())) {
                             e.0 -= 1;
                             d.add(job_id, delta::LEASED, 1);
+                            sqlx::query("UPDATE leases SET open = open + 1 WHERE id = $1")
+                                .bind(lease_id)
+                                .execute(&mut *tx)
+                                .await?;
                         }
                     }
                 }
@@ -662,11 +667,14 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                let lease_ids: BTreeSet<i64> = leased.iter().filter_map(|(l,)| *l).collect();
+                let mut per_lease: BTreeMap<i64, i64> = BTreeMap::new();
+                for l in leased.iter().filter_map(|(l,)| *l) {
+                    *per_lease.entry(l).or_default() += 1;
+                }
                 let mut revoked = Vec::new();
-                for l in lease_ids {
+                for (l, n) in per_lease {
                     // A lease that still holds URLs of other jobs keeps running for them.
-                    if release_lease_if_done(&mut tx, l, 0).await? {
+                    if close_lease_urls(&mut tx, l, n, 0).await? {
                         revoked.push(l);
                     }
                 }
@@ -757,6 +765,11 @@ macro_rules! sql_store {
                             n_rows += 1;
                         }
                     }
+                    sqlx::query("UPDATE leases SET open = $2 WHERE id = $1")
+                        .bind(lease_id)
+                        .bind(n_rows)
+                        .execute(&mut *tx)
+                        .await?;
                     let deadline = now + ms(req.ttl);
                     sqlx::query(
                         "UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, \

@@ -168,9 +168,9 @@ impl SqliteStore {
             qb.push(
                 ") UPDATE job_urls SET state = 'done', kind = v.kind FROM v \
                  WHERE job_urls.url_id = v.url_id AND job_urls.state IN ('pending', 'leased') \
-                 RETURNING job_id, url_id, CASE WHEN lease_id IS NULL THEN 'pending' ELSE 'leased' END, host",
+                 RETURNING job_id, url_id, lease_id, host",
             );
-            let open: Vec<(i64, i64, String, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            let open: Vec<(i64, i64, Option<i64>, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
             open_rows.extend(open);
         }
         settle_ingest(tx, open_rows, &newest, results, now).await
