@@ -155,15 +155,14 @@ async fn start_nginx(ctx: &Ctx) -> Result<Option<(Service, u16)>> {
     Ok(Some((svc, port)))
 }
 
-fn urlfleet_check_args(list: &Path, db: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "check".into(),
-        list.display().to_string(),
-        "--db".into(),
-        db.into(),
-        "--allow".into(),
-        "127.0.0.0/8".into(),
-    ];
+/// Arguments of `urlfleet check` on `list` with loopback allowed: stored in `db`, or with no store.
+fn urlfleet_check_args(list: &Path, db: Option<&str>, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["check".into(), list.display().to_string()];
+    match db {
+        Some(db) => a.extend(["--db".to_string(), db.to_string()]),
+        None => a.push("--no-store".into()),
+    }
+    a.extend(["--allow".to_string(), "127.0.0.0/8".to_string()]);
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -205,8 +204,12 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let db = format!("sqlite:{}", ctx.file("throughput.db").display());
     let _ = std::fs::remove_file(ctx.file("throughput.db"));
     let uf =
-        proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, &db, &["--no-politeness", "--retries", "0"])).await?;
+        proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &["--no-politeness", "--retries", "0"]))
+            .await?;
     expect_all_ok(&uf, n, "urlfleet check")?;
+    let bare =
+        proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, None, &["--no-politeness", "--retries", "0"])).await?;
+    expect_all_ok(&bare, n, "urlfleet check --no-store")?;
 
     let cluster = cluster_throughput(ctx, &list, n).await?;
     let engine_alone = engine_throughput(port, n).await?;
@@ -235,6 +238,15 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
         mib(uf.peak_rss),
         fmt_ratio(uf_rate, ly_rate),
         fmt_ratio(uf_rate, wrk_rate),
+    ]);
+    let bare_rate = rate(n, bare.wall);
+    report.row(&[
+        "urlfleet check --no-store (engine only, nothing kept)".into(),
+        format!("{:.2} s", bare.wall.as_secs_f64()),
+        format!("{bare_rate:.0}"),
+        mib(bare.peak_rss),
+        fmt_ratio(bare_rate, ly_rate),
+        fmt_ratio(bare_rate, wrk_rate),
     ]);
     let c_rate = rate(n, cluster.0);
     report.row(&[
@@ -391,7 +403,7 @@ pub async fn polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
         let m = if tool == "urlfleet" {
             let db = format!("sqlite:{}", ctx.file("polite.db").display());
             let _ = std::fs::remove_file(ctx.file("polite.db"));
-            proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, &db, &[])).await?
+            proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &[])).await?
         } else {
             let lychee = ctx.lychee.as_ref().expect("checked above");
             proc::measure(lychee, &lychee_args(&list, &["--host-concurrency", "1", "--host-request-interval", "100ms"]))

@@ -3,17 +3,21 @@
 //! submits the list, follows the job and prints the summary. The same code paths as a cluster, so
 //! what works here works there.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use urlfleet_coordinator::CoordinatorConfig;
+use urlfleet_coordinator::planner::Planner;
 use urlfleet_shared::proto::v1 as pb;
+use urlfleet_shared::{CheckOutcome, OutcomeClass};
 use urlfleet_worker::WorkerConfig;
-use urlfleet_worker::engine::Cidr;
+use urlfleet_worker::engine::{Cidr, Engine, EngineConfig};
 
 use crate::output::{self, Format, ResultWriter};
 use crate::{JobArgs, client};
@@ -48,6 +52,11 @@ pub struct CheckArgs {
     /// How to list the URLs that failed.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Keep nothing: run the check engine straight on the list, with no database, coordinator or
+    /// worker (for CI gates that only need the verdict). Every URL is checked: with no stored
+    /// state there is nothing to be fresh against.
+    #[arg(long, conflicts_with = "db")]
+    no_store: bool,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -55,6 +64,9 @@ pub struct CheckArgs {
 /// Runs the check; exit 0 when nothing failed, 2 otherwise.
 pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    if args.no_store {
+        return run_without_store(args, started).await;
+    }
     let store = urlfleet_coordinator::store::connect(&args.db).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded coordinator")?;
     let addr = format!("http://{}", listener.local_addr()?);
@@ -81,10 +93,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
         let _ = worker_stopped.await;
     }));
 
-    let mut options = args.job.options();
-    if args.no_politeness {
-        options.politeness = Some(pb::HostPolicy { concurrency: Some(args.concurrency as u32), interval_ms: Some(0) });
-    }
+    let options = job_options(&args);
     let outcome = async {
         let mut c = client::connect(&addr).await?;
         let span = tracing::info_span!("submit", otel.kind = "client", file = %args.file.display());
@@ -115,7 +124,21 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let _ = stop_coordinator.send(());
     let _ = coordinator.await;
     let done = outcome?;
-    let c = done.counts.unwrap_or_default();
+    summary(&done.counts.unwrap_or_default(), started);
+    Ok(crate::gate(&done))
+}
+
+/// The job options the arguments ask for.
+fn job_options(args: &CheckArgs) -> pb::JobOptions {
+    let mut options = args.job.options();
+    if args.no_politeness {
+        options.politeness = Some(pb::HostPolicy { concurrency: Some(args.concurrency as u32), interval_ms: Some(0) });
+    }
+    options
+}
+
+/// The closing line: counts and rate.
+fn summary(c: &pb::JobCounts, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     let checked = c.checked;
     println!(
@@ -131,5 +154,136 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
         if c.fresh > 0 { format!(" ({} fresh, not re-checked)", c.fresh) } else { String::new() },
         if c.duplicates > 0 { format!(" ({} duplicates collapsed)", c.duplicates) } else { String::new() },
     );
-    Ok(crate::gate(&done))
+}
+
+/// `--no-store`: the list is normalized and deduplicated as a submission would be, then each host's
+/// URLs are checked by the engine with the host's politeness, as many hosts at once as there are
+/// check slots (a host waiting for its interval holds no slot of another). Failures are listed and
+/// counted as in a stored check; nothing is written anywhere.
+async fn run_without_store(args: CheckArgs, started: Instant) -> Result<ExitCode> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncBufReadExt as _;
+
+    let options = job_options(&args);
+    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file == std::path::Path::new("-") {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(&args.file).await.with_context(|| format!("cannot open {}", args.file.display()))?,
+        )
+    };
+    let mut planner = Planner::new(&options, 1);
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    while let Some(line) = lines.next_line().await.with_context(|| format!("reading {}", args.file.display()))? {
+        let line = line.trim();
+        if !line.is_empty() && !line.starts_with('#') {
+            planner.push(line);
+        }
+    }
+    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in planner.take(0, usize::MAX) {
+        by_host.entry(u.host).or_default().push(u.url);
+    }
+    let plan = planner.finish(&options);
+
+    let engine = Arc::new(Engine::new(EngineConfig {
+        concurrency: args.concurrency.max(1),
+        request_timeout: args.timeout,
+        retries: args.retries,
+        backoff_base: args.backoff_base,
+        allow: args.allow.clone(),
+        ..EngineConfig::default()
+    })?);
+    let config = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let interrupt = cancel.clone();
+    tokio::spawn(async move {
+        urlfleet_shared::shutdown::signal().await;
+        interrupt.cancel();
+    });
+    let hosts = futures::stream::iter(by_host)
+        .map(|(host, urls)| {
+            let (engine, cancel) = (engine.clone(), cancel.clone());
+            let policy = config.host_policy(&host, &options);
+            async move {
+                futures::stream::iter(urls)
+                    .map(|url| {
+                        let (engine, cancel) = (engine.clone(), cancel.clone());
+                        async move {
+                            let outcome = engine.check(&url, policy, &cancel).await;
+                            (url, outcome)
+                        }
+                    })
+                    .buffer_unordered(policy.concurrency.max(1) as usize)
+                    .collect::<Vec<_>>()
+                    .await
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1));
+    let mut counts = pb::JobCounts {
+        total: plan.total,
+        duplicates: plan.duplicates,
+        invalid: plan.invalid.len() as u64,
+        ..Default::default()
+    };
+    let mut failed: Vec<pb::UrlResult> = plan
+        .invalid
+        .iter()
+        .map(|e| pb::UrlResult {
+            url: e.input.clone(),
+            class: pb::OutcomeClass::Invalid as i32,
+            kind: "invalid".into(),
+            error: e.reason.clone(),
+            ..Default::default()
+        })
+        .collect();
+    futures::pin_mut!(hosts);
+    while let Some(results) = hosts.next().await {
+        for (url, o) in results {
+            counts.checked += 1;
+            match o.kind.class() {
+                OutcomeClass::Ok => counts.ok += 1,
+                OutcomeClass::Redirected => counts.redirected += 1,
+                OutcomeClass::Broken => counts.broken += 1,
+                OutcomeClass::Error | OutcomeClass::Invalid => counts.error += 1,
+            }
+            if o.kind.class().is_failure() {
+                failed.push(url_result(url, &o));
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        eprintln!("interrupted: the URLs not checked yet count as errors");
+    }
+    if output::failures(&counts) > 0 {
+        println!("Failed URLs:");
+        failed.sort_by(|a, b| a.url.cmp(&b.url));
+        let mut w = ResultWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), args.format);
+        for r in &failed {
+            w.write(r)?;
+        }
+        w.finish()?;
+    }
+    summary(&counts, started);
+    Ok(if output::failures(&counts) > 0 { ExitCode::from(crate::EXIT_BROKEN) } else { ExitCode::SUCCESS })
+}
+
+/// A result as the listing shows it.
+fn url_result(url: String, o: &CheckOutcome) -> pb::UrlResult {
+    pb::UrlResult {
+        cursor: String::new(),
+        url,
+        class: pb::OutcomeClass::from(o.kind.class()) as i32,
+        kind: o.kind.as_str().to_string(),
+        status: o.status.map(u32::from).unwrap_or(0),
+        final_url: o.final_url.clone().unwrap_or_default(),
+        redirects: o.redirects.iter().map(Into::into).collect(),
+        attempts: o.attempts,
+        response_time_ms: o.response_time_ms,
+        content_type: o.content_type.clone().unwrap_or_default(),
+        content_length: o.content_length,
+        checked_at_ms: o.checked_at_ms,
+        error: o.error.clone().unwrap_or_default(),
+        fresh: false,
+    }
 }

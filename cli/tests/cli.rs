@@ -76,6 +76,46 @@ async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_without_a_store_gives_the_same_verdict_keeps_nothing_and_stays_polite() {
+    let a = Fixture::start(IpAddr::from([127, 0, 0, 23])).await;
+    let b = Fixture::start(IpAddr::from([127, 0, 0, 24])).await;
+    let dir = std::env::temp_dir().join(format!("urlfleet-nostore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("urls.txt");
+    let mut lines = vec!["# my site".to_string(), String::new()];
+    for i in 0..60 {
+        lines.push(a.url(&format!("/status/200?n={i}")));
+    }
+    lines.push(b.url("/status/404"));
+    lines.push(b.url("/redirect/2"));
+    lines.push(b.url("/status/200"));
+    lines.push(a.url("/status/200?n=0")); // duplicate
+    lines.push("ftp://files.example/x".into());
+    std::fs::write(&list, lines.join("\n")).unwrap();
+
+    let mut cmd = urlfleet();
+    cmd.current_dir(&dir).args(["check", "--no-store", "--allow", "127.0.0.0/8", "--retries", "0"]).arg(&list);
+    let r = run(cmd).await;
+    assert_eq!(r.code, 2, "broken URLs exit with 2\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("64 URLs"), "{}", r.stdout);
+    assert!(r.stdout.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 duplicates collapsed"), "{}", r.stdout);
+    assert!(r.stdout.contains(&b.url("/status/404")), "broken URLs are listed: {}", r.stdout);
+    assert!(r.stdout.contains("ftp://files.example/x"), "invalid lines are listed: {}", r.stdout);
+    assert!(!r.stdout.contains(&a.url("/status/200?n=1")), "healthy URLs are not listed");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("urls.txt")], "nothing is written");
+
+    // The default politeness holds: two at a time per host, request starts 100 ms apart.
+    let hits = a.seen();
+    assert_eq!(hits.len(), 60, "each distinct URL once");
+    let mut starts: Vec<_> = hits.iter().map(|s| s.at).collect();
+    starts.sort();
+    let closest = starts.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(closest >= std::time::Duration::from_millis(95), "closest spacing {closest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_allow_list_loopback_targets_are_blocked() {
     let a = Fixture::local().await;
     let db = TestDb::fresh(Backend::Sqlite).await;
