@@ -52,11 +52,12 @@ impl PgStore {
 }
 
 /// Ingest and leasing touch a few thousand rows picked by key out of tables of millions: the plan
-/// they need is an index probe per key. On a small table, or with statistics that say the picked
-/// state is rare, the planner prefers to scan the whole table and hash it, once per chunk; these
-/// settings, for the length of one transaction, take that choice away.
-const KEYED_PLANS: &str =
-    "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+/// they need is an index probe per key, and for the frontier an index read in order that stops at the
+/// lease's size. On a small table, or with statistics that say the picked state is rare, the planner
+/// prefers to scan the whole table and hash it once per chunk, or to gather a host's whole frontier
+/// in a bitmap and sort it for every lease; these settings, for one transaction, take that away.
+const KEYED_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                           SET LOCAL enable_mergejoin = off; SET LOCAL enable_bitmapscan = off";
 
 super::sql::sql_store!(
     PgStore,

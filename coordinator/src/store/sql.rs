@@ -708,20 +708,39 @@ macro_rules! sql_store {
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
+                // The jobs whose URLs may be leased now, looked up once rather than joined to every
+                // frontier row: a running job's row is rewritten by every ingest chunk, and following
+                // its chain of versions once per URL costs more than the URL itself.
+                let eligible: Vec<(i64,)> = if candidates.is_empty() {
+                    Vec::new()
+                } else {
+                    sqlx::query_as(
+                        "SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $1",
+                    )
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?
+                };
                 for (host, epoch, max_leases) in candidates {
                     let max_urls = if max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
-                    let rows: Vec<(i64,)> = sqlx::query_as(
-                        "SELECT ju.url_id FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
-                         WHERE ju.host = $1 AND ju.waiting \
-                         AND j.state IN ('receiving', 'scheduled', 'running') AND j.not_before <= $2 \
-                         ORDER BY ju.url_order, ju.url_id LIMIT $3",
-                    )
-                    .bind(&host)
-                    .bind(now)
-                    .bind(i64::from(max_urls.max(1)))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let url_ids: BTreeSet<i64> = rows.into_iter().map(|(id,)| id).collect();
+                    let mut url_ids: BTreeSet<i64> = BTreeSet::new();
+                    if !eligible.is_empty() {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "SELECT url_id FROM job_urls WHERE host = ",
+                        );
+                        qb.push_bind(&host);
+                        // `job_id + 0`: the filter must not pick the primary key's index (every row
+                        // of the job) over the frontier's, which yields the host's URLs in order.
+                        qb.push(" AND waiting AND job_id + 0 IN (");
+                        let mut sep = qb.separated(", ");
+                        for (j,) in &eligible {
+                            sep.push_bind(*j);
+                        }
+                        qb.push(") ORDER BY url_order, url_id LIMIT ");
+                        qb.push_bind(i64::from(max_urls.max(1)));
+                        let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                        url_ids.extend(rows.into_iter().map(|(id,)| id));
+                    }
                     if url_ids.is_empty() {
                         // The counter drifted or the host's work waits for `not_before`: recount and
                         // look again a little later.
