@@ -26,13 +26,9 @@ async fn run(mut cmd: Command) -> Run {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() {
-    let a = Fixture::start(IpAddr::from([127, 0, 0, 21])).await;
-    let b = Fixture::start(IpAddr::from([127, 0, 0, 22])).await;
-    let db = TestDb::fresh(Backend::Sqlite).await;
-    let dir = std::env::temp_dir().join(format!("urlfleet-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes a list in `dir`: 60 healthy URLs on `a`, a broken, a redirected and a healthy one on `b`, a
+/// duplicate, an invalid line, a comment and a blank line.
+fn mixed_list(a: &Fixture, b: &Fixture, dir: &std::path::Path) -> std::path::PathBuf {
     let list = dir.join("urls.txt");
     let mut lines = vec!["# my site".to_string(), String::new()];
     for i in 0..60 {
@@ -44,10 +40,11 @@ async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() 
     lines.push(a.url("/status/200?n=0")); // duplicate
     lines.push("ftp://files.example/x".into());
     std::fs::write(&list, lines.join("\n")).unwrap();
+    list
+}
 
-    let mut cmd = urlfleet();
-    cmd.args(["check", "--db", &db.url, "--allow", "127.0.0.0/8", "--no-politeness", "--retries", "0"]).arg(&list);
-    let r = run(cmd).await;
+/// What `check` reports on [`mixed_list`].
+fn assert_mixed_verdict(r: &Run, a: &Fixture, b: &Fixture) {
     assert_eq!(r.code, 2, "broken URLs exit with 2\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("64 URLs"), "{}", r.stdout);
     assert!(r.stdout.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stdout);
@@ -55,6 +52,21 @@ async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() 
     assert!(r.stdout.contains(&b.url("/status/404")), "broken URLs are listed: {}", r.stdout);
     assert!(r.stdout.contains("ftp://files.example/x"), "invalid lines are listed: {}", r.stdout);
     assert!(!r.stdout.contains(&a.url("/status/200?n=1")), "healthy URLs are not listed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() {
+    let a = Fixture::start(IpAddr::from([127, 0, 0, 21])).await;
+    let b = Fixture::start(IpAddr::from([127, 0, 0, 22])).await;
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let dir = std::env::temp_dir().join(format!("urlfleet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = mixed_list(&a, &b, &dir);
+
+    let mut cmd = urlfleet();
+    cmd.args(["check", "--db", &db.url, "--allow", "127.0.0.0/8", "--no-politeness", "--retries", "0"]).arg(&list);
+    let r = run(cmd).await;
+    assert_mixed_verdict(&r, &a, &b);
 
     let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     let rows: Vec<(String, Option<i32>, Option<String>)> =
@@ -81,28 +93,12 @@ async fn check_without_a_store_gives_the_same_verdict_keeps_nothing_and_stays_po
     let b = Fixture::start(IpAddr::from([127, 0, 0, 24])).await;
     let dir = std::env::temp_dir().join(format!("urlfleet-nostore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let list = dir.join("urls.txt");
-    let mut lines = vec!["# my site".to_string(), String::new()];
-    for i in 0..60 {
-        lines.push(a.url(&format!("/status/200?n={i}")));
-    }
-    lines.push(b.url("/status/404"));
-    lines.push(b.url("/redirect/2"));
-    lines.push(b.url("/status/200"));
-    lines.push(a.url("/status/200?n=0")); // duplicate
-    lines.push("ftp://files.example/x".into());
-    std::fs::write(&list, lines.join("\n")).unwrap();
+    let list = mixed_list(&a, &b, &dir);
 
     let mut cmd = urlfleet();
     cmd.current_dir(&dir).args(["check", "--no-store", "--allow", "127.0.0.0/8", "--retries", "0"]).arg(&list);
     let r = run(cmd).await;
-    assert_eq!(r.code, 2, "broken URLs exit with 2\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("64 URLs"), "{}", r.stdout);
-    assert!(r.stdout.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stdout);
-    assert!(r.stdout.contains("1 duplicates collapsed"), "{}", r.stdout);
-    assert!(r.stdout.contains(&b.url("/status/404")), "broken URLs are listed: {}", r.stdout);
-    assert!(r.stdout.contains("ftp://files.example/x"), "invalid lines are listed: {}", r.stdout);
-    assert!(!r.stdout.contains(&a.url("/status/200?n=1")), "healthy URLs are not listed");
+    assert_mixed_verdict(&r, &a, &b);
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("urls.txt")], "nothing is written");
 
