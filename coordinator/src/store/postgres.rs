@@ -65,7 +65,9 @@ super::sql::sql_store!(
     skip_locked = " FOR UPDATE SKIP LOCKED",
     for_update = " FOR UPDATE",
     for_share = " FOR SHARE",
-    keyed_plans = KEYED_PLANS
+    keyed_plans = KEYED_PLANS,
+    // An array built once by its subquery: the planner keeps the frontier index's order.
+    in_subquery = ("= ANY(ARRAY(", "))")
 );
 
 impl PgStore {

@@ -45,7 +45,8 @@ pub(crate) fn plan_state(
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal, keyed_plans = $keyed:expr) => {
+    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal, keyed_plans = $keyed:expr,
+     in_subquery = ($in_open:literal, $in_close:literal)) => {
         use std::collections::{BTreeMap, BTreeSet, HashMap};
         use std::time::Duration;
 
@@ -708,39 +709,25 @@ macro_rules! sql_store {
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-                // The jobs whose URLs may be leased now, looked up once rather than joined to every
-                // frontier row: a running job's row is rewritten by every ingest chunk, and following
-                // its chain of versions once per URL costs more than the URL itself.
-                let eligible: Vec<(i64,)> = if candidates.is_empty() {
-                    Vec::new()
-                } else {
-                    sqlx::query_as(
-                        "SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $1",
-                    )
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?
-                };
                 for (host, epoch, max_leases) in candidates {
                     let max_urls = if max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
-                    let mut url_ids: BTreeSet<i64> = BTreeSet::new();
-                    if !eligible.is_empty() {
-                        let mut qb = QueryBuilder::<$db>::new(
-                            "SELECT url_id FROM job_urls WHERE host = ",
-                        );
-                        qb.push_bind(&host);
-                        // `job_id + 0`: the filter must not pick the primary key's index (every row
-                        // of the job) over the frontier's, which yields the host's URLs in order.
-                        qb.push(" AND waiting AND job_id + 0 IN (");
-                        let mut sep = qb.separated(", ");
-                        for (j,) in &eligible {
-                            sep.push_bind(*j);
-                        }
-                        qb.push(") ORDER BY url_order, url_id LIMIT ");
-                        qb.push_bind(i64::from(max_urls.max(1)));
-                        let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                        url_ids.extend(rows.into_iter().map(|(id,)| id));
-                    }
+                    // The frontier index read in order, up to the lease's size. The jobs whose URLs
+                    // may go are computed once by the subquery, not joined to every frontier row (a
+                    // join makes the planner collect the host's whole frontier and sort it), and
+                    // `job_id + 0` keeps the primary key's index (every row of the job) out of it.
+                    let rows: Vec<(i64,)> = sqlx::query_as(concat!(
+                        "SELECT url_id FROM job_urls WHERE host = $1 AND waiting AND job_id + 0 ",
+                        $in_open,
+                        "SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $2",
+                        $in_close,
+                        " ORDER BY url_order, url_id LIMIT $3"
+                    ))
+                    .bind(&host)
+                    .bind(now)
+                    .bind(i64::from(max_urls.max(1)))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let url_ids: BTreeSet<i64> = rows.into_iter().map(|(id,)| id).collect();
                     if url_ids.is_empty() {
                         // The counter drifted or the host's work waits for `not_before`: recount and
                         // look again a little later.

@@ -47,7 +47,15 @@ impl SqliteStore {
 }
 
 // SQLite has a single writer connection: nothing to lock row by row.
-super::sql::sql_store!(SqliteStore, sqlx::Sqlite, skip_locked = "", for_update = "", for_share = "", keyed_plans = "");
+super::sql::sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    skip_locked = "",
+    for_update = "",
+    for_share = "",
+    keyed_plans = "",
+    in_subquery = ("IN (", ")")
+);
 
 /// Rows per set-based statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
 const INGEST_ROWS: usize = 1_000;
