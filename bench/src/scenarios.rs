@@ -513,6 +513,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             url: format!("http://h{}.example/{i}", i % 100),
             host: format!("h{}.example", i % 100),
             max_leases: 1,
+            seq: i as u64,
         })
         .collect();
     let (job, _) = store
@@ -673,8 +674,8 @@ pub async fn bigjob(ctx: &Ctx, report: &mut Report) -> Result<()> {
     .execute(&mut c)
     .await?;
     sqlx::query(
-        "INSERT INTO job_urls_raw (job_id, url_id, host, state, url_order) \
-         SELECT 1, id, host, 'pending', 30 FROM urls_raw",
+        "INSERT INTO job_urls_raw (job_id, url_id, host, state, url_order, seq) \
+         SELECT 1, id, host, 'pending', 30, id FROM urls_raw",
     )
     .execute(&mut c)
     .await?;

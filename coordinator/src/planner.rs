@@ -128,12 +128,18 @@ impl Planner {
             Ok(u) => {
                 let digest = Sha256::digest(u.as_str().as_bytes());
                 let key = u128::from_le_bytes(digest[..16].try_into().expect("a SHA-256 digest has 32 bytes"));
+                let seq = self.seen.len() as u64;
                 if self.seen.insert(key) {
                     if self.ready.is_empty() {
                         self.ready.push(Vec::new());
                     }
                     let lane = lane_of(u.host(), self.ready.len());
-                    self.ready[lane].push(PlannedUrl { url: u.as_str().into(), host: u.host().into(), max_leases: 1 });
+                    self.ready[lane].push(PlannedUrl {
+                        url: u.as_str().into(),
+                        host: u.host().into(),
+                        max_leases: 1,
+                        seq,
+                    });
                 } else {
                     self.duplicates += 1;
                 }

@@ -23,6 +23,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             url: format!("http://h{}.example/{i}", i % 50),
             host: format!("h{}.example", i % 50),
             max_leases: 1,
+            seq: i as u64,
         })
         .collect();
     let recheck = RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
@@ -134,7 +135,12 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
     let db = TestDb::fresh(backend).await;
     let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
     let urls: Vec<PlannedUrl> = (0..4)
-        .map(|i| PlannedUrl { url: format!("http://a.example/{i}"), host: "a.example".into(), max_leases: 1 })
+        .map(|i| PlannedUrl {
+            url: format!("http://a.example/{i}"),
+            host: "a.example".into(),
+            max_leases: 1,
+            seq: i as u64,
+        })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     let job = stored_job(store.as_ref(), "bad", 1, &urls, recheck).await;

@@ -19,6 +19,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
             url: format!("http://h{}.example/{i}", i % 40),
             host: format!("h{}.example", i % 40),
             max_leases: 4,
+            seq: i as u64,
         })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };

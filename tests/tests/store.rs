@@ -37,6 +37,7 @@ on_both_stores!(
     a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
     a_url_leased_for_another_job_is_checked_once_for_both,
     a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open,
+    jobs_of_equal_priority_on_one_host_advance_in_turn,
     higher_priority_work_is_leased_first,
     a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
 );
@@ -80,7 +81,9 @@ async fn submit(store: &Arc<dyn Store>, key: &str, host: &str, window: Duration)
 }
 
 fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
-    (0..n).map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string(), max_leases: 1 }).collect()
+    (0..n)
+        .map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string(), max_leases: 1, seq: i as u64 })
+        .collect()
 }
 
 fn recheck() -> RecheckPolicy {
@@ -418,7 +421,7 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
     let (_, revoked) = store.cancel_job(b.id).await.unwrap().unwrap();
     assert!(revoked.is_empty(), "the lease still holds job a's URL");
     let (c, _) = store.create_job(new_job("c", 1)).await.unwrap();
-    let later = PlannedUrl { url: "http://s.example/later".into(), host: "s.example".into(), max_leases: 1 };
+    let later = PlannedUrl { url: "http://s.example/later".into(), host: "s.example".into(), max_leases: 1, seq: 0 };
     store.add_urls(c.id, &[later], recheck()).await.unwrap();
     store.seal_job(c.id, seal("c", 1, c.priority)).await.unwrap();
     assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(), "one lease at a time on a polite host");
@@ -428,6 +431,43 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
     assert_eq!(next.urls.len(), 1);
     let done = store.get_job(a.id).await.unwrap().unwrap();
     assert_eq!((done.counts.checked, done.counts.leased), (1, 0));
+}
+
+async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut big = new_job("big", 300);
+    big.priority = 3;
+    let (big, _) = store.create_job(big).await.unwrap();
+    store.add_urls(big.id, &urls("shared.example", 300), recheck()).await.unwrap();
+    store.seal_job(big.id, seal("big", 300, 3)).await.unwrap();
+    let first = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(first.urls.len(), 100);
+    store
+        .ingest(&first.urls.iter().map(|(id, _)| result(first.id, *id, 200, now_ms())).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    // A job of the same priority arrives while the big one has 200 URLs left on the host.
+    let mut late = new_job("late", 10);
+    late.priority = 3;
+    let (late, _) = store.create_job(late).await.unwrap();
+    let late_urls: Vec<PlannedUrl> = (0..10)
+        .map(|i| PlannedUrl {
+            url: format!("http://shared.example/late/{i}"),
+            host: "shared.example".into(),
+            max_leases: 1,
+            seq: i,
+        })
+        .collect();
+    store.add_urls(late.id, &late_urls, recheck()).await.unwrap();
+    store.seal_job(late.id, seal("late", 10, 3)).await.unwrap();
+    let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let (from_late, from_big): (Vec<&(i64, String)>, Vec<&(i64, String)>) =
+        next.urls.iter().partition(|(_, u)| u.contains("/late/"));
+    assert_eq!(from_late.len(), 10, "the late job's first URLs go with the big job's next ones, not after all of them");
+    let mut big_left: Vec<u32> = from_big.iter().map(|(_, u)| u.rsplit('/').next().unwrap().parse().unwrap()).collect();
+    big_left.sort();
+    assert_eq!(big_left, (100..190).collect::<Vec<u32>>(), "the big job goes on in its own order");
 }
 
 async fn higher_priority_work_is_leased_first(backend: Backend) {

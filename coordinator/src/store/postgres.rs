@@ -104,10 +104,11 @@ impl PgStore {
         let states: Vec<&str> = planned.iter().map(|p| p.2).collect();
         let orders: Vec<i16> = planned.iter().map(|p| p.3).collect();
         let kinds: Vec<Option<&str>> = planned.iter().map(|p| p.4.as_deref()).collect();
+        let seqs: Vec<i32> = planned.iter().map(|p| p.5).collect();
         sqlx::query(
-            "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) \
-             SELECT $1::bigint, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[]) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) \
+             SELECT $1::bigint, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::smallint[], $6::text[], \
+             $7::int[]) ON CONFLICT DO NOTHING",
         )
         .bind(job_id)
         .bind(&ids)
@@ -115,6 +116,7 @@ impl PgStore {
         .bind(&states)
         .bind(&orders)
         .bind(&kinds)
+        .bind(&seqs)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -4,7 +4,7 @@
 //! by the compiler against its own concrete driver types and can override hot paths later.
 
 /// Rows per multi-row statement: under both bind-parameter limits (SQLite 32,766, PostgreSQL 65,535)
-/// for the widest statement here (6 columns): floor(32_766 / 6 × 0.9) = 4,914, rounded down.
+/// for the widest statement here (7 columns): floor(32_766 / 7 × 0.9) = 4,212, rounded down.
 pub(crate) const CHUNK_ROWS: usize = 4_000;
 
 /// Columns of `jobs` read into a [`super::JobRecord`], in the order `job_from_row` expects.
@@ -69,7 +69,8 @@ macro_rules! sql_store {
         type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>, bool);
 
         /// A job_urls row to insert: (url id, host, state, url_order, kind).
-        type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>);
+        /// `(url id, host, state, url_order, kept kind, seq)`.
+        type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>, i32);
 
         fn job_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<JobRecord> {
             let u = |i: usize| -> StoreResult<u64> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
@@ -547,7 +548,8 @@ macro_rules! sql_store {
                             let e = per_host.entry(u.host.as_str()).or_insert((0, u.max_leases.max(1) as i32));
                             e.0 += 1;
                         }
-                        planned.push((*id, u.host.as_str(), state, order, kept_kind));
+                        let seq = i32::try_from(u.seq).unwrap_or(i32::MAX);
+                        planned.push((*id, u.host.as_str(), state, order, kept_kind, seq));
                     }
                     $store::insert_job_urls(&mut tx, job_id, &planned).await?;
                     // A URL another job has leased right now joins that lease: checked once, its
@@ -720,7 +722,7 @@ macro_rules! sql_store {
                         $in_open,
                         "SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $2",
                         $in_close,
-                        " ORDER BY url_order, url_id LIMIT $3"
+                        " ORDER BY url_order, seq, url_id LIMIT $3"
                     ))
                     .bind(&host)
                     .bind(now)

@@ -87,15 +87,17 @@ impl SqliteStore {
     }
 
     async fn insert_job_urls(tx: &mut Tx<'_>, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
-        let mut qb =
-            QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind) ");
-        qb.push_values(planned, |mut b, (id, host, state, order, kind)| {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) ",
+        );
+        qb.push_values(planned, |mut b, (id, host, state, order, kind, seq)| {
             b.push_bind(job_id)
                 .push_bind(*id)
                 .push_bind(*host)
                 .push_bind(*state)
                 .push_bind(*order)
-                .push_bind(kind.as_deref());
+                .push_bind(kind.as_deref())
+                .push_bind(*seq);
         });
         qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut **tx).await?;
