@@ -462,8 +462,7 @@ async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
     store.add_urls(late.id, &late_urls, recheck()).await.unwrap();
     store.seal_job(late.id, seal("late", 10, 3)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
-    let (from_late, from_big): (Vec<&(i64, String)>, Vec<&(i64, String)>) =
-        next.urls.iter().partition(|(_, u)| u.contains("/late/"));
+    let (from_late, from_big): (Vec<_>, Vec<_>) = next.urls.iter().partition(|(_, u)| u.contains("/late/"));
     assert_eq!(from_late.len(), 10, "the late job's first URLs go with the big job's next ones, not after all of them");
     let mut big_left: Vec<u32> = from_big.iter().map(|(_, u)| u.rsplit('/').next().unwrap().parse().unwrap()).collect();
     big_left.sort();

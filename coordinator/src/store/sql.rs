@@ -45,8 +45,15 @@ pub(crate) fn plan_state(
 }
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, skip_locked = $skip:literal, for_update = $lock:literal, for_share = $share:literal, keyed_plans = $keyed:expr,
-     in_subquery = ($in_open:literal, $in_close:literal)) => {
+    (
+        $store:ident,
+        $db:ty,
+        skip_locked = $skip:literal,
+        for_update = $lock:literal,
+        for_share = $share:literal,
+        keyed_plans = $keyed:expr,
+        in_subquery = ($in_open:literal, $in_close:literal)
+    ) => {
         use std::collections::{BTreeMap, BTreeSet, HashMap};
         use std::time::Duration;
 
@@ -68,8 +75,7 @@ macro_rules! sql_store {
         /// A URL row as stored: (url, id, kind, status, checked_at, inserted by this transaction).
         type StoredUrl = (String, i64, Option<String>, Option<i32>, Option<i64>, bool);
 
-        /// A job_urls row to insert: (url id, host, state, url_order, kind).
-        /// `(url id, host, state, url_order, kept kind, seq)`.
+        /// A job_urls row to insert: `(url id, host, state, url_order, kept kind, seq)`.
         type PlannedRow<'a> = (i64, &'a str, &'static str, i16, Option<String>, i32);
 
         fn job_from_row(row: &<$db as sqlx::Database>::Row) -> StoreResult<JobRecord> {
