@@ -162,22 +162,13 @@ fn summary(c: &pb::JobCounts, started: Instant) {
 /// counted as in a stored check; nothing is written anywhere.
 async fn run_without_store(args: CheckArgs, started: Instant) -> Result<ExitCode> {
     use futures::StreamExt as _;
-    use tokio::io::AsyncBufReadExt as _;
 
     let options = job_options(&args);
-    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file == std::path::Path::new("-") {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(
-            tokio::fs::File::open(&args.file).await.with_context(|| format!("cannot open {}", args.file.display()))?,
-        )
-    };
     let mut planner = Planner::new(&options, 1);
-    let mut lines = tokio::io::BufReader::new(reader).lines();
+    let mut lines = client::input_lines(&args.file).await?;
     while let Some(line) = lines.next_line().await.with_context(|| format!("reading {}", args.file.display()))? {
-        let line = line.trim();
-        if !line.is_empty() && !line.starts_with('#') {
-            planner.push(line);
+        if let Some(entry) = client::entry(&line) {
+            planner.push(entry);
         }
     }
     let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -31,24 +31,34 @@ pub async fn connect(addr: &str) -> Result<Client> {
     Ok(JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
 }
 
-/// Submits the URLs of `input` (a file path, or `-` for standard input): one URL per line, blank
-/// lines and `#` comments ignored. Lines are streamed in chunks as they are read.
-pub async fn submit(client: &mut Client, input: &Path, options: pb::JobOptions) -> Result<pb::SubmitJobResponse> {
-    let (tx, rx) = mpsc::channel::<pb::SubmitJobRequest>(4);
-    tx.send(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) }).await?;
+/// The lines of a URL list: `input` is a file path, or `-` for standard input.
+pub async fn input_lines(
+    input: &Path,
+) -> Result<tokio::io::Lines<BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>>> {
     let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input == Path::new("-") {
         Box::new(tokio::io::stdin())
     } else {
         Box::new(tokio::fs::File::open(input).await.with_context(|| format!("cannot open {}", input.display()))?)
     };
+    Ok(BufReader::new(reader).lines())
+}
+
+/// The entry a line of a URL list holds: `None` for a blank line or a `#` comment.
+pub fn entry(line: &str) -> Option<&str> {
+    let line = line.trim();
+    (!line.is_empty() && !line.starts_with('#')).then_some(line)
+}
+
+/// Submits the URLs of `input` (a file path, or `-` for standard input): one URL per line, blank
+/// lines and `#` comments ignored. Lines are streamed in chunks as they are read.
+pub async fn submit(client: &mut Client, input: &Path, options: pb::JobOptions) -> Result<pb::SubmitJobResponse> {
+    let (tx, rx) = mpsc::channel::<pb::SubmitJobRequest>(4);
+    tx.send(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) }).await?;
+    let mut lines = input_lines(input).await?;
     let read = tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
         let mut chunk = Vec::with_capacity(CHUNK);
         while let Some(line) = lines.next_line().await? {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+            let Some(line) = entry(&line) else { continue };
             chunk.push(line.to_string());
             if chunk.len() == CHUNK {
                 let urls = pb::UrlChunk { urls: std::mem::take(&mut chunk) };
