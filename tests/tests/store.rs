@@ -38,6 +38,7 @@ on_both_stores!(
     a_url_leased_for_another_job_is_checked_once_for_both,
     a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open,
     jobs_of_equal_priority_on_one_host_advance_in_turn,
+    a_discarded_submission_gives_back_the_lease_its_urls_were_in,
     higher_priority_work_is_leased_first,
     a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
 );
@@ -467,6 +468,24 @@ async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
     let mut big_left: Vec<u32> = from_big.iter().map(|(_, u)| u.rsplit('/').next().unwrap().parse().unwrap()).collect();
     big_left.sort();
     assert_eq!(big_left, (100..190).collect::<Vec<u32>>(), "the big job goes on in its own order");
+}
+
+async fn a_discarded_submission_gives_back_the_lease_its_urls_were_in(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    // URLs are leased while the submission still streams; then the stream breaks.
+    let (broken, _) = store.create_job(new_job("broken", 2)).await.unwrap();
+    store.add_urls(broken.id, &urls("x.example", 2), recheck()).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a receiving job's URLs are leased");
+    assert_eq!(lease.urls.len(), 2);
+    store.discard_job(broken.id).await.unwrap();
+    assert!(store.get_job(broken.id).await.unwrap().is_none());
+
+    let (next, _) = store.create_job(new_job("next", 1)).await.unwrap();
+    let again = PlannedUrl { url: "http://x.example/again".into(), host: "x.example".into(), max_leases: 1, seq: 0 };
+    store.add_urls(next.id, &[again], recheck()).await.unwrap();
+    store.seal_job(next.id, seal("next", 1, next.priority)).await.unwrap();
+    let l = store.acquire_lease(&lease_req("w")).await.unwrap().expect("the discarded job's lease ended with it");
+    assert_eq!(l.host, "x.example");
 }
 
 async fn higher_priority_work_is_leased_first(backend: Backend) {

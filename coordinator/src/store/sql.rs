@@ -366,7 +366,20 @@ macro_rules! sql_store {
             .await?;
             let per_host: BTreeMap<&str, i64> = waiting.iter().map(|(h, n)| (h.as_str(), -n)).collect();
             add_host_pending(tx, &per_host).await?;
+            // URLs leased while they arrived leave their leases, which end if nothing else is open.
+            let leased: Vec<(Option<i64>, i64)> = sqlx::query_as(
+                "SELECT lease_id, COUNT(*) FROM job_urls WHERE job_id = $1 AND state = 'leased' \
+                 GROUP BY lease_id ORDER BY lease_id",
+            )
+            .bind(job_id)
+            .fetch_all(&mut **tx)
+            .await?;
             sqlx::query("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(&mut **tx).await?;
+            for (lease, n) in leased {
+                if let Some(lease) = lease {
+                    close_lease_urls(tx, lease, n, 0).await?;
+                }
+            }
             sqlx::query("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(&mut **tx).await?;
             sqlx::query("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(&mut **tx).await?;
             Ok(())
@@ -489,10 +502,23 @@ macro_rules! sql_store {
             }
 
             async fn discard_job(&self, job_id: i64) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
-                discard_receiving(&mut tx, job_id).await?;
-                tx.commit().await?;
-                Ok(())
+                // The job's row is locked first here, and last by an ingest finishing its leased URLs:
+                // a deadlock between the two is retried.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let once = async {
+                        let mut tx = self.pool.begin().await?;
+                        discard_receiving(&mut tx, job_id).await?;
+                        tx.commit().await?;
+                        Ok::<(), StoreError>(())
+                    };
+                    match once.await {
+                        Err(StoreError::Query(sqlx::Error::Database(e)))
+                            if attempt < 5 && matches!(e.code().as_deref(), Some("40P01" | "40001")) => {}
+                        other => return other,
+                    }
+                }
             }
 
             async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64> {
