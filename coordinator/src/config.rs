@@ -51,7 +51,7 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "URLFLEET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Results per ingest transaction (a chunk is also written 50 ms after its first result).
-    #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 2_000)]
+    #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 4_000)]
     pub ingest_chunk_rows: usize,
     /// Ingest transactions written concurrently.
     #[arg(long, env = "URLFLEET_INGEST_WRITERS", default_value_t = 2)]
@@ -99,7 +99,7 @@ impl CoordinatorConfig {
             host_interval: policy::DEFAULT_HOST_INTERVAL,
             host_policies: Vec::new(),
             metrics_listen: None,
-            ingest_chunk_rows: 2_000,
+            ingest_chunk_rows: 4_000,
             ingest_writers: 2,
             ingest_max_backlog: 200_000,
         }

@@ -34,7 +34,7 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { chunk_rows: 2_000, flush_after: Duration::from_millis(50), writers: 2, max_backlog: 200_000 }
+        Self { chunk_rows: 4_000, flush_after: Duration::from_millis(50), writers: 2, max_backlog: 200_000 }
     }
 }
 
