@@ -1,6 +1,8 @@
 //! The SQL both stores share. PostgreSQL and SQLite agree on everything the store needs here
 //! (`$N` placeholders, `ON CONFLICT`, `RETURNING`, partial indexes); the few differences are passed
-//! in as literals. The implementation is a macro, not generic code, so that each store is checked
+//! in as macro arguments: row-locking clauses, the settings a keyed transaction starts with
+//! (PostgreSQL only), and how a subquery's ids are matched (an array built once on PostgreSQL, `IN`
+//! on SQLite). The implementation is a macro, not generic code, so that each store is checked
 //! by the compiler against its own concrete driver types and can override hot paths later.
 
 /// Rows per multi-row statement: under both bind-parameter limits (SQLite 32,766, PostgreSQL 65,535)
