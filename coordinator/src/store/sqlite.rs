@@ -34,6 +34,7 @@ impl SqliteStore {
         super::migrator(&[
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "waiting", include_str!("../../migrations/sqlite/0002_waiting.sql")),
+            (3, "url host", include_str!("../../migrations/sqlite/0003_url_host.sql")),
         ])
         .run(&pool)
         .await?;
@@ -64,9 +65,9 @@ impl SqliteStore {
     /// Inserts the URLs not stored yet and returns every URL's stored state; a new URL's id comes
     /// back from the insert itself, so only the URLs stored before are looked up again.
     async fn upsert_urls(tx: &mut Tx<'_>, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
-        let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO urls (url, host) ");
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO urls (url) ");
         qb.push_values(chunk, |mut b, u| {
-            b.push_bind(u.url.as_str()).push_bind(u.host.as_str());
+            b.push_bind(u.url.as_str());
         });
         qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, kind, status, checked_at, TRUE");
         let mut stored: Vec<StoredUrl> = qb.build_query_as().fetch_all(&mut **tx).await?;
