@@ -1,0 +1,48 @@
+-- What each of the ingest's writes costs PostgreSQL at its cheapest, against COPY, for 100,000 rows.
+-- Each write runs inside the server as one statement, on tables shaped like urlfleet's, where every
+-- update can be heap-only (pages with room, just vacuumed): no client, no planning per chunk, no lock
+-- waits. An ingest that writes `checks`, `urls` and `job_urls` per result cannot beat the sum.
+--   psql postgres://postgres@127.0.0.1:5432/postgres -f bench/write-floor.sql
+\set ON_ERROR_STOP on
+\set n 100000
+DROP DATABASE IF EXISTS urlfleet_write_floor;
+CREATE DATABASE urlfleet_write_floor;
+\c urlfleet_write_floor
+CREATE TABLE checks (url_id BIGINT NOT NULL, checked_at BIGINT NOT NULL, lease_id BIGINT NOT NULL,
+  kind TEXT NOT NULL, status INTEGER, final_url TEXT, redirects TEXT, attempts INTEGER NOT NULL,
+  response_ms BIGINT NOT NULL, content_type TEXT, content_length BIGINT, error TEXT,
+  PRIMARY KEY (url_id, checked_at));
+CREATE TABLE checks_copy (LIKE checks INCLUDING ALL);
+CREATE TABLE urls (id BIGSERIAL PRIMARY KEY, url TEXT COLLATE "C" NOT NULL UNIQUE, kind TEXT,
+  status INTEGER, final_url TEXT, redirects TEXT, attempts INTEGER, response_ms BIGINT,
+  content_type TEXT, content_length BIGINT, error TEXT, checked_at BIGINT) WITH (fillfactor = 40);
+CREATE TABLE job_urls (job_id BIGINT NOT NULL, url_id BIGINT NOT NULL, host TEXT COLLATE "C" NOT NULL,
+  state TEXT NOT NULL, url_order SMALLINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease_id BIGINT,
+  kind TEXT, waiting BOOLEAN GENERATED ALWAYS AS (state = 'pending') STORED, seq INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, url_id)) WITH (fillfactor = 40);
+CREATE INDEX ON job_urls (host, url_order, seq, url_id) WHERE waiting;
+CREATE INDEX ON job_urls (lease_id) WHERE lease_id IS NOT NULL;
+CREATE INDEX ON job_urls (url_id);
+INSERT INTO urls (url) SELECT 'https://host' || (k % 100) || '.example/' || k FROM generate_series(1, :n) k;
+INSERT INTO job_urls (job_id, url_id, host, state, url_order, lease_id, seq)
+  SELECT 1, id, 'host' || (id % 100) || '.example', 'leased', 30, id / 100 + 1, id FROM urls;
+\copy (SELECT k, 1000, k / 100 + 1, 'ok', 200, NULL, NULL, 1, 3, 'text/html', NULL, NULL FROM generate_series(1, 100000) k) TO '/tmp/urlfleet-write-floor.tsv'
+VACUUM ANALYZE;
+CHECKPOINT;
+\timing on
+\echo COPY into checks
+\copy checks_copy FROM '/tmp/urlfleet-write-floor.tsv'
+\echo checks: INSERT
+INSERT INTO checks SELECT k, 1000, k / 100 + 1, 'ok', 200, NULL, NULL, 1, 3, 'text/html', NULL, NULL
+  FROM generate_series(1, :n) k;
+\echo urls: latest state
+UPDATE urls SET kind = 'ok', status = 200, attempts = 1, response_ms = 3, content_type = 'text/html',
+  checked_at = 1000 WHERE checked_at IS NULL OR checked_at < 1000;
+\echo job_urls: finish
+UPDATE job_urls SET state = 'done', kind = 'ok' WHERE state = 'leased';
+\timing off
+SELECT pg_stat_force_next_flush();
+SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname IN ('urls', 'job_urls');
+\c postgres
+DROP DATABASE urlfleet_write_floor;
+\! rm -f /tmp/urlfleet-write-floor.tsv
