@@ -208,8 +208,9 @@ impl PgStore {
 
 /// Runs an insert as the plain statement first, inside a savepoint, and again as the one that skips
 /// conflicting rows if the plain one hits a unique violation. Handling conflicts makes PostgreSQL
-/// check and reserve each row's key before inserting it (a speculative insertion): measured on the
-/// hot inserts, a plain insert costs two thirds of that. Conflicts are the exception — a URL stored
+/// check and reserve each row's key before inserting it (a speculative insertion): measured inside
+/// the server, a plain insert costs about half of that for `checks`, two thirds for `urls` and four
+/// fifths for `job_urls`. Conflicts are the exception — a URL stored
 /// before, a replayed report — and a plain insert fails at its first one, so little work is lost.
 /// `$statement!` builds the statement with the conflict clause given; `$run` runs `$sql` on `$conn`.
 macro_rules! plain_first {
