@@ -252,3 +252,47 @@ async fn cancelling_a_job_ends_its_watchers_and_keeps_finished_results() {
     worker.stop().await;
     coordinator.stop().await;
 }
+
+/// Fair share: a small job submitted while a large one runs on the same hosts is done in seconds,
+/// not after the large one. The large job needs minutes at its politeness; the small one's URLs lead
+/// the next lease of each host, so it waits at most for the lease in progress there (about five
+/// seconds), and not for the rest of the next one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_job_submitted_while_a_large_one_runs_finishes_in_seconds() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let hosts = fixture_hosts(4).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let worker = Worker::spawn(&coordinator.addr, |_| {});
+    let mut client = coordinator.client().await;
+    // 20,000 URLs on four hosts, each host one request per 50 ms: about four minutes; a lease of
+    // 100 URLs takes about five seconds.
+    let polite = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: Some(2), interval_ms: Some(50) }),
+        ..Default::default()
+    };
+    let large: Vec<String> = (0..20_000).map(|i| hosts[i % 4].url(&format!("/status/200?large={i}"))).collect();
+    let large_id = submit(&mut client, &large, polite.clone()).await.unwrap().job.unwrap().id;
+    let checked = |client: &pb::job_service_client::JobServiceClient<tonic::transport::Channel>, id: i64| {
+        let mut client = client.clone();
+        async move { client.get_job(pb::GetJobRequest { id }).await.ok()?.into_inner().counts.map(|c| c.checked) }
+    };
+    eventually(Duration::from_secs(30), "the large job is being checked", || async {
+        checked(&client, large_id).await.filter(|c| *c >= 20)
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let small: Vec<String> = (0..10).map(|i| hosts[i % 4].url(&format!("/status/200?small={i}"))).collect();
+    let small_id = submit(&mut client, &small, polite).await.unwrap().job.unwrap().id;
+    let done = wait_done(&mut client, small_id, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert_eq!(done.state, pb::JobState::Completed as i32);
+    assert_eq!(done.counts.unwrap().ok, 10);
+    assert!(took < Duration::from_secs(10), "the small job took {took:?}");
+    let large_checked = checked(&client, large_id).await.unwrap();
+    assert!(large_checked < 10_000, "the large job is still far from done: {large_checked}");
+
+    client.cancel_job(pb::CancelJobRequest { id: large_id }).await.unwrap();
+    worker.stop().await;
+    coordinator.stop().await;
+}

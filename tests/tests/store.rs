@@ -505,6 +505,26 @@ async fn higher_priority_work_is_leased_first(backend: Backend) {
     store.seal_job(high.id, seal("high", 2, high.priority)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert_eq!(next.host, "urgent.example", "the high-priority job jumps the queue");
+
+    // Within a lease the most urgent URLs come first, as the worker checks them in the order given:
+    // here the ones added last, whose ids are the highest.
+    let mut later = new_job("later", 5);
+    later.priority = 3;
+    let (later, _) = store.create_job(later).await.unwrap();
+    store.add_urls(later.id, &urls("mixed.example", 5), recheck()).await.unwrap();
+    store.seal_job(later.id, seal("later", 5, later.priority)).await.unwrap();
+    let (rush, _) = store.create_job(new_job("rush", 2)).await.unwrap();
+    let rush_urls: Vec<PlannedUrl> = urls("mixed.example", 7).split_off(5);
+    store.add_urls(rush.id, &rush_urls, recheck()).await.unwrap();
+    store.seal_job(rush.id, seal("rush", 2, rush.priority)).await.unwrap();
+    let mixed = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(mixed.host, "mixed.example");
+    let order: Vec<&str> = mixed.urls.iter().map(|(_, u)| u.as_str()).collect();
+    assert_eq!(
+        order,
+        ["/5", "/6", "/0", "/1", "/2", "/3", "/4"].map(|p| format!("http://mixed.example{p}")),
+        "urgent URLs first, then the rest in submission order"
+    );
 }
 
 async fn a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing(backend: Backend) {

@@ -763,8 +763,11 @@ macro_rules! sql_store {
                     .bind(i64::from(max_urls.max(1)))
                     .fetch_all(&mut *tx)
                     .await?;
-                    let url_ids: BTreeSet<i64> = rows.into_iter().map(|(id,)| id).collect();
-                    if url_ids.is_empty() {
+                    // In frontier order, each URL once (a URL pending for two jobs comes up twice):
+                    // the worker checks a lease's URLs in the order given, so the most urgent go first.
+                    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+                    let ids: Vec<i64> = rows.into_iter().map(|(id,)| id).filter(|id| seen.insert(*id)).collect();
+                    if ids.is_empty() {
                         // The counter drifted or the host's work waits for `not_before`: recount and
                         // look again a little later.
                         sqlx::query(
@@ -791,7 +794,6 @@ macro_rules! sql_store {
                     .await?;
                     let mut d = CounterDelta::default();
                     let mut n_rows = 0i64;
-                    let ids: Vec<i64> = url_ids.iter().copied().collect();
                     for chunk in ids.chunks(CHUNK_ROWS) {
                         let mut qb = QueryBuilder::<$db>::new("UPDATE job_urls SET state = 'leased', lease_id = ");
                         qb.push_bind(lease_id);
@@ -844,17 +846,19 @@ macro_rules! sql_store {
                             options.push(o);
                         }
                     }
-                    let mut urls = Vec::with_capacity(ids.len());
+                    let mut text: HashMap<i64, String> = HashMap::with_capacity(ids.len());
                     for chunk in ids.chunks(CHUNK_ROWS) {
                         let mut qb = QueryBuilder::<$db>::new("SELECT id, url FROM urls WHERE id IN (");
                         let mut sep = qb.separated(", ");
                         for id in chunk {
                             sep.push_bind(*id);
                         }
-                        qb.push(") ORDER BY id");
+                        qb.push(")");
                         let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-                        urls.extend(rows);
+                        text.extend(rows);
                     }
+                    let urls: Vec<(i64, String)> =
+                        ids.iter().filter_map(|id| text.remove(id).map(|url| (*id, url))).collect();
                     tx.commit().await?;
                     return Ok(Some(LeaseGrant {
                         id: lease_id,
