@@ -513,6 +513,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             url: format!("http://h{}.example/{i}", i % 100),
             host: format!("h{}.example", i % 100),
             max_leases: 1,
+            lease_urls: 0,
             seq: i as u64,
         })
         .collect();

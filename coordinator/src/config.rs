@@ -20,6 +20,11 @@ pub struct CoordinatorConfig {
     /// Maximum URLs in one lease of a polite host.
     #[arg(long, env = "URLFLEET_LEASE_SIZE", default_value_t = policy::DEFAULT_LEASE_SIZE)]
     pub lease_size: u32,
+    /// A polite host's lease holds about this much work at the host's pace (at one request per
+    /// second, 5 URLs for 5 s), up to `lease_size`: an urgent job waits no longer than that for the
+    /// lease in progress on a host, and a worker's credits spread over many slow hosts.
+    #[arg(long, env = "URLFLEET_LEASE_SPAN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_span: Duration,
     /// Maximum URLs in one lease of a host whose limits are lifted (no interval), which workers get
     /// through far faster.
     #[arg(long, env = "URLFLEET_LEASE_SIZE_LIFTED", default_value_t = policy::DEFAULT_LEASE_SIZE_LIFTED)]
@@ -83,6 +88,18 @@ impl CoordinatorConfig {
         overlay_policy(p, job.host_policies.get(host))
     }
 
+    /// The leases a host with `policy` gets: how many at once, and how many URLs each may hold (0: no
+    /// bound but the request's). A polite host is leased to one worker at a time, in leases of about
+    /// `lease_span` of requests at its pace; a host whose limits are lifted may be leased
+    /// `max_leases_per_host` times at once.
+    pub fn lease_budget(&self, policy: &urlfleet_shared::HostPolicy) -> (u32, u32) {
+        if policy.interval.is_zero() {
+            return (self.max_leases_per_host.max(1), 0);
+        }
+        let at_pace = self.lease_span.as_nanos() / policy.interval.as_nanos();
+        (1, u32::try_from(at_pace).unwrap_or(u32::MAX).max(1))
+    }
+
     /// A configuration with every default, serving on `listen` and storing in `database_url`.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
         Self {
@@ -90,6 +107,7 @@ impl CoordinatorConfig {
             database_url: database_url.into(),
             lease_ttl: policy::DEFAULT_LEASE_TTL,
             lease_size: policy::DEFAULT_LEASE_SIZE,
+            lease_span: policy::DEFAULT_LEASE_SPAN,
             lease_size_lifted: policy::DEFAULT_LEASE_SIZE_LIFTED,
             max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
             max_leases_per_host: 8,
@@ -103,5 +121,22 @@ impl CoordinatorConfig {
             ingest_writers: 2,
             ingest_max_backlog: 200_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urlfleet_shared::HostPolicy;
+
+    #[test]
+    fn a_polite_host_is_leased_a_span_of_work_at_its_pace() {
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
+        let at = |ms: u64| config.lease_budget(&HostPolicy { concurrency: 2, interval: Duration::from_millis(ms) });
+        assert_eq!(at(100), (1, 50), "the default pace: 50 URLs for 5 s");
+        assert_eq!(at(1_000), (1, 5));
+        assert_eq!(at(7_000), (1, 1), "at least one URL");
+        assert_eq!(at(1), (1, 5_000), "the lease size caps it when leases are granted");
+        assert_eq!(at(0), (8, 0), "lifted limits: several leases, sized by the lifted lease size");
     }
 }

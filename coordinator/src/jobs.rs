@@ -335,7 +335,7 @@ impl JobApi {
         };
         let mut planner = Planner::new(options, ADD_LANES);
         // A host whose limits are lifted (no interval) may be leased to several workers at once.
-        let mut max_leases: HashMap<String, u32> = HashMap::new();
+        let mut budgets: HashMap<String, (u32, u32)> = HashMap::new();
         let mut writes = tokio::task::JoinSet::new();
         let mut busy = [false; ADD_LANES];
         let mut ended = false;
@@ -349,16 +349,12 @@ impl JobApi {
                 let mut batch = planner.take(lane, ADD_BATCH);
                 for u in &mut batch {
                     // Looked up before inserting: a host's name is copied once, not once per URL.
-                    u.max_leases = match max_leases.get(&u.host) {
-                        Some(m) => *m,
+                    (u.max_leases, u.lease_urls) = match budgets.get(&u.host) {
+                        Some(b) => *b,
                         None => {
-                            let m = if self.config.host_policy(&u.host, options).interval.is_zero() {
-                                self.config.max_leases_per_host.max(1)
-                            } else {
-                                1
-                            };
-                            max_leases.insert(u.host.clone(), m);
-                            m
+                            let b = self.config.lease_budget(&self.config.host_policy(&u.host, options));
+                            budgets.insert(u.host.clone(), b);
+                            b
                         }
                     };
                 }

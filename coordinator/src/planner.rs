@@ -138,6 +138,7 @@ impl Planner {
                         url: u.as_str().into(),
                         host: u.host().into(),
                         max_leases: 1,
+                        lease_urls: 0,
                         seq,
                     });
                 } else {

@@ -12,6 +12,8 @@ pub const DEFAULT_WORKER_CONCURRENCY: u32 = 128;
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Default maximum URLs in one lease.
 pub const DEFAULT_LEASE_SIZE: u32 = 100;
+/// Work a lease of a polite host holds at the host's pace: 50 URLs at the default 100 ms interval.
+pub const DEFAULT_LEASE_SPAN: Duration = Duration::from_secs(5);
 /// URLs per lease of a host whose limits are lifted: at full speed a worker gets through 100 URLs of
 /// one fast host in milliseconds, so leases that small would cost more in round trips than in checks.
 pub const DEFAULT_LEASE_SIZE_LIFTED: u32 = 1_000;

@@ -23,6 +23,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             url: format!("http://h{}.example/{i}", i % 50),
             host: format!("h{}.example", i % 50),
             max_leases: 1,
+            lease_urls: 0,
             seq: i as u64,
         })
         .collect();
@@ -139,6 +140,7 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
             url: format!("http://a.example/{i}"),
             host: "a.example".into(),
             max_leases: 1,
+            lease_urls: 0,
             seq: i as u64,
         })
         .collect();

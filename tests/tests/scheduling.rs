@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use urlfleet_coordinator::store::{LeaseRequest, PlannedUrl, RecheckPolicy, Store};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_tests::cluster::{stored_job, submit, wait_done};
-use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
+use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
@@ -19,6 +19,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
             url: format!("http://h{}.example/{i}", i % 40),
             host: format!("h{}.example", i % 40),
             max_leases: 4,
+            lease_urls: 0,
             seq: i as u64,
         })
         .collect();
@@ -86,6 +87,77 @@ async fn a_small_urgent_job_finishes_while_a_big_one_runs() {
     let big_now = client.get_job(pb::GetJobRequest { id: big_id }).await.unwrap().into_inner();
     assert_eq!(big_now.state, pb::JobState::Running as i32, "the big job is still running");
     assert!(took < Duration::from_secs(3), "the urgent job waited {took:?} behind the big one");
+    worker.stop().await;
+    coordinator.stop().await;
+}
+
+/// Fair share: a small job submitted while a large one runs on the same polite hosts is done in
+/// seconds, not after the large one. The large job needs minutes; the small one's URLs lead the next
+/// lease of each host, so it waits at most for the lease in progress there, which holds about a
+/// lease span of work (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_job_submitted_while_a_large_one_runs_finishes_in_seconds() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let mut hosts = Vec::new();
+    for i in 0..4u8 {
+        hosts.push(Fixture::start(IpAddr::from([127, 0, 5, 1 + i])).await);
+    }
+    let coordinator = Coordinator::spawn(&db.url, |c| c.lease_span = Duration::from_secs(2)).await;
+    let worker = Worker::spawn(&coordinator.addr, |_| {});
+    let mut client = coordinator.client().await;
+    // 20,000 URLs on four hosts, each host one request per 50 ms: about four minutes, in leases of
+    // 40 URLs.
+    let polite = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: Some(2), interval_ms: Some(50) }),
+        ..Default::default()
+    };
+    let large: Vec<String> = (0..20_000).map(|i| hosts[i % 4].url(&format!("/status/200?large={i}"))).collect();
+    let large_id = submit(&mut client, &large, polite.clone()).await.unwrap().job.unwrap().id;
+    let checked = |client: &pb::job_service_client::JobServiceClient<tonic::transport::Channel>, id: i64| {
+        let mut client = client.clone();
+        async move { client.get_job(pb::GetJobRequest { id }).await.ok()?.into_inner().counts.map(|c| c.checked) }
+    };
+    eventually(Duration::from_secs(30), "the large job is being checked", || async {
+        checked(&client, large_id).await.filter(|c| *c >= 20)
+    })
+    .await;
+
+    let started = Instant::now();
+    let small: Vec<String> = (0..10).map(|i| hosts[i % 4].url(&format!("/status/200?small={i}"))).collect();
+    let small_id = submit(&mut client, &small, polite).await.unwrap().job.unwrap().id;
+    let done = wait_done(&mut client, small_id, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert_eq!(done.state, pb::JobState::Completed as i32);
+    assert_eq!(done.counts.unwrap().ok, 10);
+    assert!(took < Duration::from_secs(8), "the small job took {took:?}");
+    let large_checked = checked(&client, large_id).await.unwrap();
+    assert!(large_checked < 10_000, "the large job is still far from done: {large_checked}");
+
+    client.cancel_job(pb::CancelJobRequest { id: large_id }).await.unwrap();
+    worker.stop().await;
+    coordinator.stop().await;
+}
+
+/// A slow host's leases hold about a lease span of its requests, so a worker's credits are not tied
+/// up for minutes by one host, and an urgent job never waits long for the lease in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_host_is_leased_a_span_of_work_at_a_time() {
+    let db = TestDb::fresh(Backend::Sqlite).await;
+    let host = Fixture::start(IpAddr::from([127, 0, 5, 10])).await;
+    let coordinator = Coordinator::spawn(&db.url, |c| c.lease_span = Duration::from_secs(1)).await;
+    let worker = Worker::spawn(&coordinator.addr, |_| {});
+    let mut client = coordinator.client().await;
+    let urls: Vec<String> = (0..12).map(|i| host.url(&format!("/status/200?n={i}"))).collect();
+    // One request per 250 ms: a lease of about a second holds 4 URLs.
+    let options = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: Some(2), interval_ms: Some(250) }),
+        ..Default::default()
+    };
+    let id = submit(&mut client, &urls, options).await.unwrap().job.unwrap().id;
+    let done = wait_done(&mut client, id, Duration::from_secs(30)).await;
+    assert_eq!(done.counts.unwrap().ok, 12);
+    assert_eq!(db.scalar("SELECT COUNT(DISTINCT lease_id) FROM job_urls").await, 3);
+    assert_eq!(db.scalar("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM job_urls GROUP BY lease_id)").await, 4);
     worker.stop().await;
     coordinator.stop().await;
 }

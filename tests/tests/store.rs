@@ -40,6 +40,7 @@ on_both_stores!(
     jobs_of_equal_priority_on_one_host_advance_in_turn,
     a_discarded_submission_gives_back_the_lease_its_urls_were_in,
     higher_priority_work_is_leased_first,
+    a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left,
     a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
 );
 
@@ -83,7 +84,13 @@ async fn submit(store: &Arc<dyn Store>, key: &str, host: &str, window: Duration)
 
 fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
     (0..n)
-        .map(|i| PlannedUrl { url: format!("http://{host}/{i}"), host: host.to_string(), max_leases: 1, seq: i as u64 })
+        .map(|i| PlannedUrl {
+            url: format!("http://{host}/{i}"),
+            host: host.to_string(),
+            max_leases: 1,
+            lease_urls: 0,
+            seq: i as u64,
+        })
         .collect()
 }
 
@@ -422,7 +429,13 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
     let (_, revoked) = store.cancel_job(b.id).await.unwrap().unwrap();
     assert!(revoked.is_empty(), "the lease still holds job a's URL");
     let (c, _) = store.create_job(new_job("c", 1)).await.unwrap();
-    let later = PlannedUrl { url: "http://s.example/later".into(), host: "s.example".into(), max_leases: 1, seq: 0 };
+    let later = PlannedUrl {
+        url: "http://s.example/later".into(),
+        host: "s.example".into(),
+        max_leases: 1,
+        lease_urls: 0,
+        seq: 0,
+    };
     store.add_urls(c.id, &[later], recheck()).await.unwrap();
     store.seal_job(c.id, seal("c", 1, c.priority)).await.unwrap();
     assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(), "one lease at a time on a polite host");
@@ -457,6 +470,7 @@ async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
             url: format!("http://shared.example/late/{i}"),
             host: "shared.example".into(),
             max_leases: 1,
+            lease_urls: 0,
             seq: i,
         })
         .collect();
@@ -481,7 +495,13 @@ async fn a_discarded_submission_gives_back_the_lease_its_urls_were_in(backend: B
     assert!(store.get_job(broken.id).await.unwrap().is_none());
 
     let (next, _) = store.create_job(new_job("next", 1)).await.unwrap();
-    let again = PlannedUrl { url: "http://x.example/again".into(), host: "x.example".into(), max_leases: 1, seq: 0 };
+    let again = PlannedUrl {
+        url: "http://x.example/again".into(),
+        host: "x.example".into(),
+        max_leases: 1,
+        lease_urls: 0,
+        seq: 0,
+    };
     store.add_urls(next.id, &[again], recheck()).await.unwrap();
     store.seal_job(next.id, seal("next", 1, next.priority)).await.unwrap();
     let l = store.acquire_lease(&lease_req("w")).await.unwrap().expect("the discarded job's lease ended with it");
@@ -551,4 +571,39 @@ async fn a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_chang
     assert!(!dup);
     assert_eq!(again, first);
     assert_eq!(store.acquire_lease(&lease_req("w")).await.unwrap().unwrap().urls.len(), 2);
+}
+
+async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let on_slow = |from: usize, n: usize, lease_urls: u32| -> Vec<PlannedUrl> {
+        urls("slow.example", from + n).split_off(from).into_iter().map(|u| PlannedUrl { lease_urls, ..u }).collect()
+    };
+    let add = async |key: &str, urls: Vec<PlannedUrl>| {
+        let (job, _) = store.create_job(new_job(key, urls.len() as u64)).await.unwrap();
+        store.add_urls(job.id, &urls, recheck()).await.unwrap();
+        store.seal_job(job.id, seal(key, urls.len() as u64, job.priority)).await.unwrap();
+    };
+    let lease_and_finish = async || {
+        let l = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a lease");
+        let now = now_ms();
+        store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+        l.urls.len()
+    };
+    // 12 URLs a lease; then a job whose budget is 4 joins while work is left, and one with no bound
+    // of its own: the strictest holds until the host's work is done.
+    add("a", on_slow(0, 30, 12)).await;
+    assert_eq!(lease_and_finish().await, 12);
+    add("b", on_slow(30, 10, 4)).await;
+    add("c", on_slow(40, 10, 0)).await;
+    let mut sizes = Vec::new();
+    while let Some(l) = store.acquire_lease(&lease_req("w")).await.unwrap() {
+        let now = now_ms();
+        store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+        sizes.push(l.urls.len());
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 38);
+    assert!(sizes.iter().all(|n| *n == 4 || *n == 2), "{sizes:?}");
+    // With nothing left, the next job's budget is the host's.
+    add("d", on_slow(50, 20, 12)).await;
+    assert_eq!(lease_and_finish().await, 12);
 }

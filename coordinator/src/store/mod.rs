@@ -213,6 +213,9 @@ pub struct PlannedUrl {
     pub host: String,
     /// Leases the host may have at once: 1 for a polite host, more when its limits were lifted.
     pub max_leases: u32,
+    /// URLs one lease of the host may hold: about a lease span of requests at its pace (0: no bound
+    /// beyond the worker's request, as for a host whose limits were lifted).
+    pub lease_urls: u32,
     /// Position among the submission's distinct URLs, in arrival order. A host's URLs of one
     /// priority and class are leased by it, so jobs of equal priority sharing a host advance in turn
     /// (the k-th URL of each before the (k+1)-th of any), and a job that arrives late is not queued

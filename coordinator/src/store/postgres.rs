@@ -40,6 +40,7 @@ impl PgStore {
             (2, "hot paths", include_str!("../../migrations/postgres/0002_hot_paths.sql")),
             (3, "hot finish", include_str!("../../migrations/postgres/0003_hot_finish.sql")),
             (4, "url host", include_str!("../../migrations/postgres/0004_url_host.sql")),
+            (5, "lease urls", include_str!("../../migrations/postgres/0005_lease_urls.sql")),
         ])
         .run(&pool)
         .await?;

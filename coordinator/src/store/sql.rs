@@ -9,6 +9,17 @@
 /// for the widest statement here (7 columns): floor(32_766 / 7 × 0.9) = 4,212, rounded down.
 pub(crate) const CHUNK_ROWS: usize = 4_000;
 
+/// A submission batch's new work on one host, and the budget its job gives the host's leases.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostWork {
+    /// URLs added to the frontier.
+    pub pending: i64,
+    /// Leases the host may have at once.
+    pub max_leases: i32,
+    /// URLs one lease may hold (0: no bound of its own).
+    pub lease_urls: i32,
+}
+
 /// Columns of `jobs` read into a [`super::JobRecord`], in the order `job_from_row` expects.
 pub(crate) const JOB_COLS: &str = "id, name, state, priority, options, not_before, received, total, \
      duplicates, leased, checked, fresh, invalid, failed, cancelled, n_ok, n_redirected, n_broken, \
@@ -64,7 +75,7 @@ macro_rules! sql_store {
         use urlfleet_shared::time::{ms, now_ms};
         use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
-        use crate::store::sql::{kinds_of, plan_state, CHUNK_ROWS, JOB_COLS};
+        use crate::store::sql::{kinds_of, plan_state, HostWork, CHUNK_ROWS, JOB_COLS};
         use crate::store::{
             decode_redirects, delta, CounterDelta, InvalidEntry, JobCounts,
             JobRecord, JobState, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal,
@@ -174,17 +185,23 @@ macro_rules! sql_store {
 
         /// Adds new pending work to hosts, with how many leases each may have at once. A host keeps
         /// the lower limit while it still has pending work, so a polite job is never overridden.
-        async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, (i64, i32)>, priority: i16) -> StoreResult<()> {
-            let rows: Vec<(&str, (i64, i32))> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
+        async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, HostWork>, priority: i16) -> StoreResult<()> {
+            let rows: Vec<(&str, HostWork)> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
             for chunk in rows.chunks(CHUNK_ROWS) {
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending, max_leases, priority) ");
-                qb.push_values(chunk, |mut b, (h, (n, m))| {
-                    b.push_bind(*h).push_bind(*n).push_bind(*m).push_bind(priority);
+                let mut qb =
+                    QueryBuilder::<$db>::new("INSERT INTO hosts (host, pending, max_leases, lease_urls, priority) ");
+                qb.push_values(chunk, |mut b, (h, w)| {
+                    b.push_bind(*h).push_bind(w.pending).push_bind(w.max_leases).push_bind(w.lease_urls).push_bind(priority);
                 });
+                // While the host has work left, its strictest budget holds: the fewest leases at once
+                // and the smallest leases (0 is no bound of its own).
                 qb.push(
                     " ON CONFLICT (host) DO UPDATE SET pending = hosts.pending + excluded.pending, \
                      max_leases = CASE WHEN hosts.pending > 0 AND hosts.max_leases < excluded.max_leases \
                      THEN hosts.max_leases ELSE excluded.max_leases END, \
+                     lease_urls = CASE WHEN hosts.pending > 0 AND hosts.lease_urls > 0 \
+                     AND (excluded.lease_urls = 0 OR hosts.lease_urls < excluded.lease_urls) \
+                     THEN hosts.lease_urls ELSE excluded.lease_urls END, \
                      priority = CASE WHEN hosts.pending > 0 AND hosts.priority < excluded.priority \
                      THEN hosts.priority ELSE excluded.priority END",
                 );
@@ -550,7 +567,7 @@ macro_rules! sql_store {
                     return Err(StoreError::Corrupt(format!("job {job_id} is gone or finished; its URLs cannot be added")));
                 };
                 let mut d = CounterDelta::default();
-                let mut per_host: BTreeMap<&str, (i64, i32)> = BTreeMap::new();
+                let mut per_host: BTreeMap<&str, HostWork> = BTreeMap::new();
                 for chunk in urls.chunks(CHUNK_ROWS) {
                     let rows = $store::upsert_urls(&mut tx, chunk).await?;
                     let mut stored: HashMap<String, (i64, Option<String>, Option<i32>, Option<i64>)> =
@@ -579,8 +596,12 @@ macro_rules! sql_store {
                                 .unwrap_or(OutcomeClass::Error);
                             d.add_class(job_id, class);
                         } else {
-                            let e = per_host.entry(u.host.as_str()).or_insert((0, u.max_leases.max(1) as i32));
-                            e.0 += 1;
+                            let e = per_host.entry(u.host.as_str()).or_insert(HostWork {
+                                pending: 0,
+                                max_leases: u.max_leases.max(1) as i32,
+                                lease_urls: i32::try_from(u.lease_urls).unwrap_or(i32::MAX),
+                            });
+                            e.pending += 1;
                         }
                         let seq = i32::try_from(u.seq).unwrap_or(i32::MAX);
                         planned.push((*id, u.host.as_str(), state, order, kept_kind, seq));
@@ -624,7 +645,7 @@ macro_rules! sql_store {
                         .fetch_optional(&mut *tx)
                         .await?;
                         if let Some(e) = host.and_then(|h| per_host.get_mut(h.as_str())) {
-                            e.0 -= 1;
+                            e.pending -= 1;
                             d.add(job_id, delta::LEASED, 1);
                             sqlx::query("UPDATE leases SET open = open + 1 WHERE id = $1")
                                 .bind(lease_id)
@@ -737,16 +758,21 @@ macro_rules! sql_store {
                 if !$keyed.is_empty() {
                     sqlx::raw_sql($keyed).execute(&mut *tx).await?;
                 }
-                let candidates: Vec<(String, i64, i32)> = sqlx::query_as(concat!(
-                    "SELECT host, epoch, max_leases FROM hosts WHERE pending > 0 AND active_leases < max_leases \
+                let candidates: Vec<(String, i64, i32, i32)> = sqlx::query_as(concat!(
+                    "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 AND active_leases < max_leases \
                      AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT 4",
                     $skip
                 ))
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-                for (host, epoch, max_leases) in candidates {
+                for (host, epoch, max_leases, lease_urls) in candidates {
                     let max_urls = if max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
+                    // A polite host's lease holds about a lease span of work at its pace.
+                    let max_urls = match u32::try_from(lease_urls) {
+                        Ok(n) if n > 0 => max_urls.min(n),
+                        _ => max_urls,
+                    };
                     // The frontier index read in order, up to the lease's size. The jobs whose URLs
                     // may go are computed once by the subquery, not joined to every frontier row (a
                     // join makes the planner collect the host's whole frontier and sort it), and

@@ -35,6 +35,7 @@ impl SqliteStore {
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "waiting", include_str!("../../migrations/sqlite/0002_waiting.sql")),
             (3, "url host", include_str!("../../migrations/sqlite/0003_url_host.sql")),
+            (4, "lease urls", include_str!("../../migrations/sqlite/0004_lease_urls.sql")),
         ])
         .run(&pool)
         .await?;
