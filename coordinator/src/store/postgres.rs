@@ -66,7 +66,9 @@ super::sql::sql_store!(
     sqlx::Postgres,
     skip_locked = " FOR UPDATE SKIP LOCKED",
     for_update = " FOR UPDATE",
-    for_share = " FOR SHARE",
+    // A key-share lock: it does not wait for (or hold up) the counter updates of leases and ingest on
+    // the job's row, only a discard's `FOR UPDATE`.
+    for_share = " FOR KEY SHARE",
     keyed_plans = KEYED_PLANS,
     // An array built once by its subquery: the planner keeps the frontier index's order.
     in_subquery = ("= ANY(ARRAY(", "))")

@@ -556,8 +556,9 @@ macro_rules! sql_store {
             async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()> {
                 let now = now_ms();
                 let mut tx = self.pool.begin().await?;
-                // Shared with the other batches of the submission, exclusive of a discard: no row is
-                // written for a job that is going away.
+                // Shared with the other batches of the submission and with the counter updates of
+                // leases and ingest on the job's row, exclusive of a discard: no row is written for a
+                // job that is going away.
                 let priority: Option<i16> =
                     sqlx::query_scalar(concat!("SELECT priority FROM jobs WHERE id = $1 AND state <> 'completed'", $share))
                         .bind(job_id)
