@@ -252,6 +252,16 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 200);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
+
+    // Within one batch, in either order, the newest result is the latest state and both are history.
+    for (first, second) in [((500, t + 10), (410, t + 20)), ((301, t + 40), (503, t + 30))] {
+        store
+            .ingest(&[result(lease.id, url_id, first.0, first.1), result(lease.id, url_id, second.0, second.1)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 301, "the newest of the batch");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 7);
 }
 
 async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit(backend: Backend) {
