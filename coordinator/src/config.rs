@@ -21,8 +21,9 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "URLFLEET_LEASE_SIZE", default_value_t = policy::DEFAULT_LEASE_SIZE)]
     pub lease_size: u32,
     /// A polite host's lease holds about this much work at the host's pace (at one request per
-    /// second, 5 URLs for 5 s), up to `lease_size`: an urgent job waits no longer than that for the
-    /// lease in progress on a host, and a worker's credits spread over many slow hosts.
+    /// second, 5 URLs for 5 s), up to `lease_size`: an urgent job waits about that long at most for
+    /// the lease in progress on a host, and a worker's credits spread over many slow hosts. 0 turns
+    /// it off (leases of `lease_size`).
     #[arg(long, env = "URLFLEET_LEASE_SPAN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_span: Duration,
     /// Maximum URLs in one lease of a host whose limits are lifted (no interval), which workers get
@@ -96,6 +97,9 @@ impl CoordinatorConfig {
         if policy.interval.is_zero() {
             return (self.max_leases_per_host.max(1), 0);
         }
+        if self.lease_span.is_zero() {
+            return (1, 0);
+        }
         let at_pace = self.lease_span.as_nanos() / policy.interval.as_nanos();
         (1, u32::try_from(at_pace).unwrap_or(u32::MAX).max(1))
     }
@@ -138,5 +142,8 @@ mod tests {
         assert_eq!(at(7_000), (1, 1), "at least one URL");
         assert_eq!(at(1), (1, 5_000), "the lease size caps it when leases are granted");
         assert_eq!(at(0), (8, 0), "lifted limits: several leases, sized by the lifted lease size");
+        let off = CoordinatorConfig { lease_span: Duration::ZERO, ..config.clone() };
+        let policy = HostPolicy { concurrency: 2, interval: Duration::from_millis(100) };
+        assert_eq!(off.lease_budget(&policy), (1, 0), "a zero span leaves leases at the lease size");
     }
 }

@@ -334,7 +334,8 @@ impl JobApi {
             recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
         };
         let mut planner = Planner::new(options, ADD_LANES);
-        // A host whose limits are lifted (no interval) may be leased to several workers at once.
+        // Each host's lease budget from this job's politeness for it: a polite host one lease at a
+        // time of about a lease span of requests, a host whose limits are lifted several at once.
         let mut budgets: HashMap<String, (u32, u32)> = HashMap::new();
         let mut writes = tokio::task::JoinSet::new();
         let mut busy = [false; ADD_LANES];

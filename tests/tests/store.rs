@@ -253,15 +253,20 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
 
-    // Within one batch, in either order, the newest result is the latest state and both are history.
-    for (first, second) in [((500, t + 10), (410, t + 20)), ((301, t + 40), (503, t + 30))] {
+    // Within one batch, in either order, the newest result is the latest state and both are history;
+    // of two equally new ones, the first reported is both.
+    let batches =
+        [((500, t + 10), (410, t + 20), 410), ((301, t + 40), (503, t + 30), 301), ((502, t + 50), (404, t + 50), 502)];
+    for (first, second, latest) in batches {
         store
             .ingest(&[result(lease.id, url_id, first.0, first.1), result(lease.id, url_id, second.0, second.1)])
             .await
             .unwrap();
+        assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, latest);
     }
-    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 301, "the newest of the batch");
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 7);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 8, "an equally new second result is a replay");
+    let kept = db.scalar("SELECT CAST(status AS BIGINT) FROM checks ORDER BY checked_at DESC LIMIT 1").await;
+    assert_eq!(kept, 502, "history keeps the same one of two equally new results");
 }
 
 async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit(backend: Backend) {

@@ -162,13 +162,12 @@ impl PgStore {
         // arrays is about a third of each statement's time): every result becomes a `checks` row — a
         // replay hits the primary key and changes nothing — and the newest of each URL sets its
         // latest state, monotonic: an older result never overwrites a newer one. Rows go in URL id
-        // order, the order concurrent chunks lock `urls` rows in.
-        // Each URL's newest result ends its group; of equally new ones, the first reported, as in
-        // `newest_per_url`.
+        // order, the order concurrent chunks lock `urls` rows in, newest first within a URL: of
+        // equally new results the first reported leads, so it is the one `checks` keeps (the later
+        // ones conflict), the one that sets the latest state, and the one `newest_per_url` counts.
         let mut rows: Vec<(usize, &ReportedResult)> = results.iter().enumerate().collect();
-        rows.sort_by_key(|(i, r)| (r.url_id, r.outcome.checked_at_ms, std::cmp::Reverse(*i)));
-        let h_newest: Vec<bool> =
-            (0..rows.len()).map(|k| rows.get(k + 1).is_none_or(|next| next.1.url_id != rows[k].1.url_id)).collect();
+        rows.sort_by_key(|(i, r)| (r.url_id, std::cmp::Reverse(r.outcome.checked_at_ms), *i));
+        let h_newest: Vec<bool> = (0..rows.len()).map(|k| k == 0 || rows[k - 1].1.url_id != rows[k].1.url_id).collect();
         let h_ids: Vec<i64> = rows.iter().map(|(_, r)| r.url_id).collect();
         let h_lease: Vec<i64> = rows.iter().map(|(_, r)| r.lease_id).collect();
         let history = OutcomeColumns::of(rows.iter().map(|(_, r)| &r.outcome));
@@ -199,8 +198,9 @@ impl PgStore {
 /// conflicting rows if the plain one hits a unique violation. Handling conflicts makes PostgreSQL
 /// check and reserve each row's key before inserting it (a speculative insertion): measured inside
 /// the server, a plain insert costs about half of that for `checks`, two thirds for `urls` and four
-/// fifths for `job_urls`. Conflicts are the exception — a URL stored
-/// before, a replayed report — and a plain insert fails at its first one, so little work is lost.
+/// fifths for `job_urls`. Conflicts are the exception — a URL stored before, a replayed report — and
+/// what a failed attempt cost is lost: the rows before the first conflict (few when the batch starts
+/// with known URLs), or, for the ingest's statement, whose `checks` insert runs last, all of it.
 /// `$statement!` builds the statement with the conflict clause given; `$run` runs `$sql` on `$conn`.
 macro_rules! plain_first {
     ($tx:ident, $statement:ident, $conflict:literal, |$sql:ident, $conn:ident| $run:expr) => {{

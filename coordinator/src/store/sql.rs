@@ -183,8 +183,9 @@ macro_rules! sql_store {
             Ok(())
         }
 
-        /// Adds new pending work to hosts, with how many leases each may have at once. A host keeps
-        /// the lower limit while it still has pending work, so a polite job is never overridden.
+        /// Adds new pending work to hosts, with each one's lease budget: how many leases it may have at
+        /// once and how many URLs each may hold. A host keeps the stricter budget while it still has
+        /// pending work, so a polite job is never overridden.
         async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, HostWork>, priority: i16) -> StoreResult<()> {
             let rows: Vec<(&str, HostWork)> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
             for chunk in rows.chunks(CHUNK_ROWS) {
