@@ -621,4 +621,22 @@ async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(
     // With nothing left, the next job's budget is the host's.
     add("d", on_slow(50, 20, 12)).await;
     assert_eq!(lease_and_finish().await, 12);
+    assert_eq!(lease_and_finish().await, 8);
+
+    // A job whose limits are lifted, arriving while all of a polite job's URLs are out in a lease
+    // (nothing pending), opens no lease beside it.
+    add("e", on_slow(70, 5, 12)).await;
+    let polite = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a lease");
+    let lifted: Vec<PlannedUrl> = on_slow(75, 20, 0).into_iter().map(|u| PlannedUrl { max_leases: 4, ..u }).collect();
+    add("f", lifted).await;
+    assert!(
+        store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(),
+        "no second lease while the polite one is out"
+    );
+    let now = now_ms();
+    store
+        .ingest(&polite.urls.iter().map(|(id, _)| result(polite.id, *id, 200, now)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(lease_and_finish().await, 12, "the polite budget holds while the host has work");
 }

@@ -185,7 +185,7 @@ macro_rules! sql_store {
 
         /// Adds new pending work to hosts, with each one's lease budget: how many leases it may have at
         /// once and how many URLs each may hold. A host keeps the stricter budget while it still has
-        /// pending work, so a polite job is never overridden.
+        /// work — pending, or out in a lease — so a polite job is never overridden.
         async fn add_frontier(tx: &mut Tx<'_>, per_host: &BTreeMap<&str, HostWork>, priority: i16) -> StoreResult<()> {
             let rows: Vec<(&str, HostWork)> = per_host.iter().map(|(h, v)| (*h, *v)).collect();
             for chunk in rows.chunks(CHUNK_ROWS) {
@@ -194,13 +194,15 @@ macro_rules! sql_store {
                 qb.push_values(chunk, |mut b, (h, w)| {
                     b.push_bind(*h).push_bind(w.pending).push_bind(w.max_leases).push_bind(w.lease_urls).push_bind(priority);
                 });
-                // While the host has work left, its strictest budget holds: the fewest leases at once
-                // and the smallest leases (0 is no bound of its own).
+                // While the host has work left (pending, or a lease out), its strictest budget holds:
+                // the fewest leases at once and the smallest leases (0 is no bound of its own). Without
+                // the leases, a job whose limits are lifted could open leases beside a polite job's.
                 qb.push(
                     " ON CONFLICT (host) DO UPDATE SET pending = hosts.pending + excluded.pending, \
-                     max_leases = CASE WHEN hosts.pending > 0 AND hosts.max_leases < excluded.max_leases \
+                     max_leases = CASE WHEN (hosts.pending > 0 OR hosts.active_leases > 0) \
+                     AND hosts.max_leases < excluded.max_leases \
                      THEN hosts.max_leases ELSE excluded.max_leases END, \
-                     lease_urls = CASE WHEN hosts.pending > 0 AND hosts.lease_urls > 0 \
+                     lease_urls = CASE WHEN (hosts.pending > 0 OR hosts.active_leases > 0) AND hosts.lease_urls > 0 \
                      AND (excluded.lease_urls = 0 OR hosts.lease_urls < excluded.lease_urls) \
                      THEN hosts.lease_urls ELSE excluded.lease_urls END, \
                      priority = CASE WHEN hosts.pending > 0 AND hosts.priority < excluded.priority \
