@@ -117,8 +117,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// Set-based ingest: one statement per table for the whole batch, with the rows passed as arrays
-    /// (`UNNEST`), so a batch costs a handful of round trips whatever its size.
+    /// Set-based ingest: a few statements for the whole batch — the `job_urls` finish, then the
+    /// history and the latest state together — with the rows passed as arrays (`UNNEST`), so a batch
+    /// costs a handful of round trips whatever its size.
     async fn ingest_impl(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
         if results.is_empty() {
             return Ok(Touched::default());
