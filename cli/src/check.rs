@@ -3,21 +3,20 @@
 //! submits the list, follows the job and prints the summary. The same code paths as a cluster, so
 //! what works here works there.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use urlfleet_coordinator::CoordinatorConfig;
-use urlfleet_coordinator::planner::Planner;
+use urlfleet_shared::HostPolicy;
+use urlfleet_shared::job::{JobCounts, JobOptions, PolicyOverride};
 use urlfleet_shared::proto::v1 as pb;
-use urlfleet_shared::{CheckOutcome, OutcomeClass};
 use urlfleet_worker::WorkerConfig;
-use urlfleet_worker::engine::{Cidr, Engine, EngineConfig};
+use urlfleet_worker::direct::{DirectCheck, Failed};
+use urlfleet_worker::engine::{Cidr, EngineConfig};
 
 use crate::output::{self, Format, ResultWriter};
 use crate::{JobArgs, client};
@@ -97,7 +96,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let outcome = async {
         let mut c = client::connect(&addr).await?;
         let span = tracing::info_span!("submit", otel.kind = "client", file = %args.file.display());
-        let resp = tracing::Instrument::instrument(client::submit(&mut c, &args.file, options), span).await?;
+        let resp = tracing::Instrument::instrument(client::submit(&mut c, &args.file, (&options).into()), span).await?;
         let job = resp.job.unwrap_or_default();
         let done = tokio::select! {
             r = crate::follow(&mut c, job.id) => r?,
@@ -107,8 +106,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
                 cancelled.into_inner()
             }
         };
-        let counts = done.counts.unwrap_or_default();
-        if output::failures(&counts) > 0 {
+        if output::counts(&done).failures() > 0 {
             println!("Failed URLs:");
             let classes = [pb::OutcomeClass::Broken, pb::OutcomeClass::Error, pb::OutcomeClass::Invalid];
             let mut w = ResultWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), args.format);
@@ -124,28 +122,27 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let _ = stop_coordinator.send(());
     let _ = coordinator.await;
     let done = outcome?;
-    summary(&done.counts.unwrap_or_default(), started);
+    summary(&output::counts(&done), started);
     Ok(crate::gate(&done))
 }
 
 /// The job options the arguments ask for.
-fn job_options(args: &CheckArgs) -> pb::JobOptions {
+fn job_options(args: &CheckArgs) -> JobOptions {
     let mut options = args.job.options();
     if args.no_politeness {
-        options.politeness = Some(pb::HostPolicy { concurrency: Some(args.concurrency as u32), interval_ms: Some(0) });
+        options.politeness = PolicyOverride { concurrency: Some(args.concurrency as u32), interval_ms: Some(0) };
     }
     options
 }
 
 /// The closing line: counts and rate.
-fn summary(c: &pb::JobCounts, started: Instant) {
+fn summary(c: &JobCounts, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
-    let checked = c.checked;
     println!(
         "{} URLs in {:.1}s ({:.0} checks/s): {} ok, {} redirected, {} broken, {} errors, {} invalid{}{}",
         c.total,
         secs,
-        checked as f64 / secs.max(0.001),
+        c.checked as f64 / secs.max(0.001),
         c.ok,
         c.redirected,
         c.broken,
@@ -156,116 +153,68 @@ fn summary(c: &pb::JobCounts, started: Instant) {
     );
 }
 
-/// `--no-store`: the list is normalized and deduplicated as a submission would be, then each host's
-/// URLs are checked by the engine with the host's politeness, as many hosts at once as there are
-/// check slots (a host waiting for its interval holds no slot of another). Failures are listed and
-/// counted as in a stored check; nothing is written anywhere.
+/// `--no-store`: the engine runs straight on the list ([`urlfleet_worker::direct`]), with the same
+/// normalization, deduplication, politeness, listing and exit code as a stored check.
 async fn run_without_store(args: CheckArgs, started: Instant) -> Result<ExitCode> {
-    use futures::StreamExt as _;
+    use futures::TryStreamExt as _;
 
-    let options = job_options(&args);
-    let mut planner = Planner::new(&options, 1);
-    let mut lines = client::input_lines(&args.file).await?;
-    while let Some(line) = lines.next_line().await.with_context(|| format!("reading {}", args.file.display()))? {
-        if let Some(entry) = client::entry(&line) {
-            planner.push(entry);
-        }
-    }
-    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for u in planner.take(0, usize::MAX) {
-        by_host.entry(u.host).or_default().push(u.url);
-    }
-    let plan = planner.finish(&options);
-
-    let engine = Arc::new(Engine::new(EngineConfig {
-        concurrency: args.concurrency.max(1),
-        request_timeout: args.timeout,
-        retries: args.retries,
-        backoff_base: args.backoff_base,
-        allow: args.allow.clone(),
-        ..EngineConfig::default()
-    })?);
-    let config = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "");
+    let defaults = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "");
+    let check = DirectCheck {
+        engine: EngineConfig {
+            concurrency: args.concurrency.max(1),
+            request_timeout: args.timeout,
+            retries: args.retries,
+            backoff_base: args.backoff_base,
+            allow: args.allow.clone(),
+            ..EngineConfig::default()
+        },
+        options: job_options(&args),
+        base: HostPolicy { concurrency: defaults.host_concurrency, interval: defaults.host_interval },
+        site_policies: Vec::new(),
+    };
     let cancel = tokio_util::sync::CancellationToken::new();
     let interrupt = cancel.clone();
     tokio::spawn(async move {
         urlfleet_shared::shutdown::signal().await;
         interrupt.cancel();
     });
-    let hosts = futures::stream::iter(by_host)
-        .map(|(host, urls)| {
-            let (engine, cancel) = (engine.clone(), cancel.clone());
-            let policy = config.host_policy(&host, &options);
-            async move {
-                futures::stream::iter(urls)
-                    .map(|url| {
-                        let (engine, cancel) = (engine.clone(), cancel.clone());
-                        async move {
-                            let outcome = engine.check(&url, policy, &cancel).await;
-                            (url, outcome)
-                        }
-                    })
-                    .buffer_unordered(policy.concurrency.max(1) as usize)
-                    .collect::<Vec<_>>()
-                    .await
-            }
-        })
-        .buffer_unordered(args.concurrency.max(1));
-    let mut counts = pb::JobCounts {
-        total: plan.total,
-        duplicates: plan.duplicates,
-        invalid: plan.invalid.len() as u64,
-        ..Default::default()
-    };
-    let mut failed: Vec<pb::UrlResult> = plan
-        .invalid
-        .iter()
-        .map(|e| pb::UrlResult {
-            url: e.input.clone(),
-            class: pb::OutcomeClass::Invalid as i32,
-            kind: "invalid".into(),
-            error: e.reason.clone(),
-            ..Default::default()
-        })
-        .collect();
-    futures::pin_mut!(hosts);
-    while let Some(results) = hosts.next().await {
-        for (url, o) in results {
-            counts.checked += 1;
-            match o.kind.class() {
-                OutcomeClass::Ok => counts.ok += 1,
-                OutcomeClass::Redirected => counts.redirected += 1,
-                OutcomeClass::Broken => counts.broken += 1,
-                OutcomeClass::Error | OutcomeClass::Invalid => counts.error += 1,
-            }
-            if o.kind.class().is_failure() {
-                failed.push(url_result(url, &o));
-            }
-        }
-    }
-    if cancel.is_cancelled() {
+    let lines = tokio_stream::wrappers::LinesStream::new(client::input_lines(&args.file).await?)
+        .try_filter_map(|line: String| std::future::ready(Ok(client::entry(&line).map(str::to_string))));
+    let report = urlfleet_worker::direct::check_list(lines, &check, &cancel)
+        .await
+        .with_context(|| format!("checking {}", args.file.display()))?;
+    if report.interrupted {
         eprintln!("interrupted: the URLs not checked yet count as errors");
     }
-    if output::failures(&counts) > 0 {
+    if report.counts.failures() > 0 {
         println!("Failed URLs:");
-        failed.sort_by(|a, b| a.url.cmp(&b.url));
         let mut w = ResultWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), args.format);
-        for r in &failed {
-            w.write(r)?;
+        for r in &report.failed {
+            w.write(&url_result(r))?;
+        }
+        for e in &report.invalid {
+            w.write(&pb::UrlResult {
+                url: e.input.clone(),
+                outcome_class: pb::OutcomeClass::Invalid as i32,
+                kind: pb::OutcomeKind::Invalid as i32,
+                error: e.reason.clone(),
+                ..Default::default()
+            })?;
         }
         w.finish()?;
     }
-    summary(&counts, started);
-    Ok(if output::failures(&counts) > 0 { ExitCode::from(crate::EXIT_BROKEN) } else { ExitCode::SUCCESS })
+    summary(&report.counts, started);
+    Ok(if report.counts.failures() > 0 { ExitCode::from(crate::EXIT_BROKEN) } else { ExitCode::SUCCESS })
 }
 
 /// A result as the listing shows it.
-fn url_result(url: String, o: &CheckOutcome) -> pb::UrlResult {
+fn url_result(r: &Failed) -> pb::UrlResult {
+    let o = &r.outcome;
     pb::UrlResult {
         cursor: String::new(),
-        url,
-        class: pb::OutcomeClass::from(o.kind.class()) as i32,
-        kind: o.kind.as_str().to_string(),
+        url: r.url.clone(),
+        outcome_class: pb::OutcomeClass::from(o.kind.class()) as i32,
+        kind: pb::OutcomeKind::from(o.kind) as i32,
         status: o.status.map(u32::from).unwrap_or(0),
         final_url: o.final_url.clone().unwrap_or_default(),
         redirects: o.redirects.iter().map(Into::into).collect(),

@@ -1,6 +1,5 @@
 //! A gRPC client of any coordinator: submit a URL list as a stream, watch a job, read results.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -152,9 +151,4 @@ fn code_name(c: tonic::Code) -> &'static str {
 /// Parses `KEY=VALUE`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
-}
-
-/// Collects parsed host policies into the options map.
-pub fn host_policies(list: &[(String, pb::HostPolicy)]) -> BTreeMap<String, pb::HostPolicy> {
-    list.iter().cloned().collect()
 }

@@ -15,6 +15,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tracing::Instrument;
 use urlfleet_coordinator::CoordinatorConfig;
+use urlfleet_shared::OutcomeClass;
+use urlfleet_shared::job::{JobOptions, JobState, PolicyOverride, Priority};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::telemetry::{self, LogFormat, TelemetryConfig};
 use urlfleet_worker::WorkerConfig;
@@ -56,8 +58,8 @@ pub struct JobArgs {
     #[arg(long, default_value = "")]
     pub name: String,
     /// Priority: high, medium or low (default: from the job's size).
-    #[arg(long)]
-    pub priority: Option<PriorityArg>,
+    #[arg(long, value_parser = clap::builder::TypedValueParser::try_map(clap::builder::PossibleValuesParser::new(["high", "medium", "low"]), |s| s.parse::<Priority>()))]
+    pub priority: Option<Priority>,
     /// Check every URL, even those checked recently.
     #[arg(long)]
     pub force: bool,
@@ -69,7 +71,7 @@ pub struct JobArgs {
     pub host_interval: Option<std::time::Duration>,
     /// Per-host politeness, HOST=CONCURRENCY/INTERVAL, e.g. example.com=16/0ms (repeatable).
     #[arg(long = "host-policy", value_parser = urlfleet_shared::convert::parse_host_policy)]
-    pub host_policies: Vec<(String, pb::HostPolicy)>,
+    pub host_policies: Vec<(String, PolicyOverride)>,
     /// Label KEY=VALUE (repeatable).
     #[arg(long = "label", value_parser = client::parse_label)]
     pub labels: Vec<(String, String)>,
@@ -78,36 +80,20 @@ pub struct JobArgs {
     pub idempotency_key: String,
 }
 
-/// Job priority on the command line.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum PriorityArg {
-    /// Before everything else.
-    High,
-    /// Before low.
-    Medium,
-    /// Last.
-    Low,
-}
-
 impl JobArgs {
-    /// The wire options.
-    pub fn options(&self) -> pb::JobOptions {
-        pb::JobOptions {
+    /// The job's options.
+    pub fn options(&self) -> JobOptions {
+        JobOptions {
             name: self.name.clone(),
-            priority: match self.priority {
-                None => pb::Priority::Unspecified,
-                Some(PriorityArg::High) => pb::Priority::High,
-                Some(PriorityArg::Medium) => pb::Priority::Medium,
-                Some(PriorityArg::Low) => pb::Priority::Low,
-            } as i32,
+            priority: self.priority,
             force: self.force,
-            politeness: Some(pb::HostPolicy {
+            politeness: PolicyOverride {
                 concurrency: self.host_concurrency,
                 interval_ms: self.host_interval.map(|d| d.as_millis() as u64),
-            }),
-            host_policies: client::host_policies(&self.host_policies),
+            },
+            host_policies: self.host_policies.iter().cloned().collect(),
             labels: self.labels.iter().cloned().collect(),
-            idempotency_key: self.idempotency_key.clone(),
+            idempotency_key: (!self.idempotency_key.is_empty()).then(|| self.idempotency_key.clone()),
             ..Default::default()
         }
     }
@@ -135,9 +121,9 @@ enum Command {
     },
     /// List jobs, newest first.
     Jobs {
-        /// Only jobs in this state.
+        /// Only jobs in this state: receiving, scheduled, running, completed or cancelled.
         #[arg(long)]
-        state: Option<StateArg>,
+        state: Option<JobState>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -164,7 +150,7 @@ enum Command {
         id: i64,
         /// Only these classes: ok, redirected, broken, error, invalid (repeatable or comma-separated).
         #[arg(long, value_delimiter = ',')]
-        only: Vec<ClassArg>,
+        only: Vec<OutcomeClass>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
@@ -178,44 +164,6 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-}
-
-/// Job state filter.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum StateArg {
-    Receiving,
-    Scheduled,
-    Running,
-    Completed,
-    Cancelled,
-}
-
-/// Outcome class filter.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ClassArg {
-    /// 2xx.
-    Ok,
-    /// 2xx after redirects.
-    Redirected,
-    /// 4xx/5xx.
-    Broken,
-    /// No usable HTTP answer.
-    #[value(alias = "errors")]
-    Error,
-    /// Not a checkable URL.
-    Invalid,
-}
-
-impl From<ClassArg> for pb::OutcomeClass {
-    fn from(c: ClassArg) -> Self {
-        match c {
-            ClassArg::Ok => Self::Ok,
-            ClassArg::Redirected => Self::Redirected,
-            ClassArg::Broken => Self::Broken,
-            ClassArg::Error => Self::Error,
-            ClassArg::Invalid => Self::Invalid,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -270,7 +218,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Submit { file, watch, job, remote } => {
             let mut c = client::connect(&remote.coordinator).await?;
             let span = tracing::info_span!("submit", otel.kind = "client", file = %file.display());
-            let resp = client::submit(&mut c, &file, job.options()).instrument(span).await?;
+            let resp = client::submit(&mut c, &file, (&job.options()).into()).instrument(span).await?;
             let submitted = resp.job.unwrap_or_default();
             if resp.deduplicated {
                 eprintln!("an identical job is already scheduled or running: job {}", submitted.id);
@@ -285,40 +233,13 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Jobs { state, limit, remote } => {
             let mut c = client::connect(&remote.coordinator).await?;
-            let states = state
-                .map(|s| {
-                    vec![match s {
-                        StateArg::Receiving => pb::JobState::Receiving,
-                        StateArg::Scheduled => pb::JobState::Scheduled,
-                        StateArg::Running => pb::JobState::Running,
-                        StateArg::Completed => pb::JobState::Completed,
-                        StateArg::Cancelled => pb::JobState::Cancelled,
-                    } as i32]
-                })
-                .unwrap_or_default();
+            let states = state.map(|s| vec![pb::JobState::from(s) as i32]).unwrap_or_default();
             let resp = c
                 .list_jobs(pb::ListJobsRequest { page_size: limit, page_token: String::new(), states })
                 .await
                 .map_err(client::status_error)?
                 .into_inner();
-            println!(
-                "{:>8}  {:<10} {:>9} {:>9} {:>8} {:>8}  {:<20}  name",
-                "id", "state", "total", "resolved", "broken", "errors", "created"
-            );
-            for j in resp.jobs {
-                let c = j.counts.unwrap_or_default();
-                println!(
-                    "{:>8}  {:<10} {:>9} {:>9} {:>8} {:>8}  {:<20}  {}",
-                    j.id,
-                    output::state_name(j.state),
-                    c.total,
-                    c.checked + c.fresh + c.invalid + c.failed,
-                    c.broken,
-                    c.error,
-                    urlfleet_shared::time::rfc3339(j.created_at_ms),
-                    j.name
-                );
-            }
+            println!("{}", output::jobs_table(&resp.jobs));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, remote } => {
@@ -368,5 +289,5 @@ async fn follow(c: &mut client::Client, id: i64) -> Result<pb::Job> {
 
 /// Exit code of a finished job: 2 when anything is broken, errored or invalid.
 fn gate(job: &pb::Job) -> ExitCode {
-    if output::failures(&job.counts.unwrap_or_default()) > 0 { ExitCode::from(EXIT_BROKEN) } else { ExitCode::SUCCESS }
+    if output::counts(job).failures() > 0 { ExitCode::from(EXIT_BROKEN) } else { ExitCode::SUCCESS }
 }

@@ -1,7 +1,10 @@
 //! What the CLI prints: job summaries, progress lines and result listings (table, JSON lines, CSV).
+//! Names come from the domain types, so a kind or class reads the same everywhere.
 
 use std::io::Write;
 
+use urlfleet_shared::convert::{class_from_pb, kind_from_pb};
+use urlfleet_shared::job::{JobCounts, JobState, Priority};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::time::rfc3339;
 
@@ -16,98 +19,121 @@ pub enum Format {
     Csv,
 }
 
-/// Display name of a class.
+/// Display name of a class; `pending` while unresolved.
 pub fn class_name(c: i32) -> &'static str {
-    match pb::OutcomeClass::try_from(c).unwrap_or(pb::OutcomeClass::Unspecified) {
-        pb::OutcomeClass::Ok => "ok",
-        pb::OutcomeClass::Redirected => "redirected",
-        pb::OutcomeClass::Broken => "broken",
-        pb::OutcomeClass::Error => "error",
-        pb::OutcomeClass::Invalid => "invalid",
-        pb::OutcomeClass::Unspecified => "pending",
-    }
+    class_from_pb(c).map_or("pending", |c| c.as_str())
+}
+
+/// Display name of a kind; `pending` while unresolved.
+pub fn kind_name(k: i32) -> &'static str {
+    kind_from_pb(k).ok().flatten().map_or("pending", |k| k.as_str())
 }
 
 /// Display name of a job state.
 pub fn state_name(s: i32) -> &'static str {
-    match pb::JobState::try_from(s).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Receiving => "receiving",
-        pb::JobState::Scheduled => "scheduled",
-        pb::JobState::Running => "running",
-        pb::JobState::Completed => "completed",
-        pb::JobState::Cancelled => "cancelled",
-        pb::JobState::Unspecified => "unknown",
-    }
+    JobState::try_from(s).map_or("unknown", JobState::as_str)
 }
 
-/// URLs that fail a link-checking gate: broken, errors and invalid entries.
-pub fn failures(c: &pb::JobCounts) -> u64 {
-    c.broken + c.error + c.invalid
+/// A job's counts as the domain reads them.
+pub fn counts(job: &pb::Job) -> JobCounts {
+    job.counts.as_ref().map(JobCounts::from).unwrap_or_default()
 }
 
 /// One-line progress of a job.
 pub fn progress_line(job: &pb::Job) -> String {
-    let c = job.counts.unwrap_or_default();
-    let resolved = c.checked + c.fresh + c.invalid + c.failed;
+    let c = counts(job);
     format!(
-        "job {} {}: {}/{} resolved ({} ok, {} redirected, {} broken, {} errors, {} invalid)",
+        "job {} {}: {}/{} resolved ({} ok, {} redirected, {} broken, {} errors, {} invalid{})",
         job.id,
         state_name(job.state),
-        resolved,
+        c.total - c.unresolved(),
         c.total,
         c.ok,
         c.redirected,
         c.broken,
         c.error,
-        c.invalid
+        c.invalid,
+        if c.cancelled > 0 { format!(", {} cancelled", c.cancelled) } else { String::new() },
     )
 }
 
 /// Multi-line description of a job.
 pub fn job_details(job: &pb::Job) -> String {
-    let c = job.counts.unwrap_or_default();
+    let c = counts(job);
     let mut s = format!("job {}", job.id);
     if !job.name.is_empty() {
         s.push_str(&format!(" ({})", job.name));
     }
+    let priority = urlfleet_shared::convert::priority_from_pb(job.priority).ok().flatten().unwrap_or(Priority::Low);
     s.push_str(&format!(
-        "\n  state      {}\n  priority   {}\n  created    {}\n",
+        "\n  state      {}\n  priority   {priority}\n  created    {}\n",
         state_name(job.state),
-        match pb::Priority::try_from(job.priority).unwrap_or(pb::Priority::Unspecified) {
-            pb::Priority::High => "high",
-            pb::Priority::Medium => "medium",
-            _ => "low",
-        },
         rfc3339(job.created_at_ms)
     ));
     if job.finished_at_ms > 0 {
         s.push_str(&format!("  finished   {}\n", rfc3339(job.finished_at_ms)));
     }
     s.push_str(&format!(
-        "  urls       {} distinct of {} received ({} duplicates collapsed)\n  progress   {} checked, {} fresh, {} pending, {} leased, {} failed\n  outcomes   {} ok, {} redirected, {} broken, {} errors, {} invalid",
-        c.total, c.received, c.duplicates, c.checked, c.fresh, c.pending, c.leased, c.failed, c.ok, c.redirected, c.broken, c.error, c.invalid
+        "  urls       {} distinct of {} received ({} duplicates collapsed)\n  progress   {} checked, {} fresh, {} pending, {} leased, {} failed, {} cancelled\n  outcomes   {} ok, {} redirected, {} broken, {} errors, {} invalid",
+        c.total, c.received, c.duplicates, c.checked, c.fresh, c.pending(), c.leased, c.failed, c.cancelled, c.ok, c.redirected, c.broken, c.error, c.invalid
     ));
     s
 }
 
-/// Writes results in the chosen format.
+/// Jobs as a table.
+pub fn jobs_table(jobs: &[pb::Job]) -> comfy_table::Table {
+    use comfy_table::{CellAlignment, Table, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    t.set_header(["id", "state", "total", "resolved", "broken", "errors", "created", "name"]);
+    for j in jobs {
+        let c = counts(j);
+        t.add_row([
+            j.id.to_string(),
+            state_name(j.state).to_string(),
+            c.total.to_string(),
+            (c.total - c.unresolved()).to_string(),
+            c.broken.to_string(),
+            c.error.to_string(),
+            rfc3339(j.created_at_ms),
+            j.name.clone(),
+        ]);
+    }
+    for col in [0, 2, 3, 4, 5] {
+        if let Some(c) = t.column_mut(col) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// Writes results in the chosen format, one at a time (a listing of millions is never held).
 pub struct ResultWriter<W: Write> {
-    out: W,
-    format: Format,
-    header_done: bool,
+    out: Output<W>,
+}
+
+enum Output<W: Write> {
+    Table(W),
+    Json(W),
+    Csv(Box<csv::Writer<W>>),
 }
 
 impl<W: Write> ResultWriter<W> {
     /// A writer on `out`.
     pub fn new(out: W, format: Format) -> Self {
-        Self { out, format, header_done: false }
+        let out = match format {
+            Format::Table => Output::Table(out),
+            Format::Json => Output::Json(out),
+            Format::Csv => Output::Csv(Box::new(csv::Writer::from_writer(out))),
+        };
+        Self { out }
     }
 
     /// Writes one result.
     pub fn write(&mut self, r: &pb::UrlResult) -> std::io::Result<()> {
-        let status = if r.status == 0 { "-".to_string() } else { r.status.to_string() };
-        match self.format {
-            Format::Table => {
+        let status = if r.status == 0 { String::new() } else { r.status.to_string() };
+        match &mut self.out {
+            Output::Table(out) => {
                 let detail = if !r.error.is_empty() {
                     r.error.clone()
                 } else if !r.redirects.is_empty() {
@@ -115,13 +141,15 @@ impl<W: Write> ResultWriter<W> {
                 } else {
                     String::new()
                 };
-                writeln!(self.out, "{:<10} {:>4}  {:<18} {}  {}", class_name(r.class), status, r.kind, r.url, detail)
+                let status = if status.is_empty() { "-" } else { &status };
+                let (class, kind) = (class_name(r.outcome_class), kind_name(r.kind));
+                writeln!(out, "{class:<10} {status:>4}  {kind:<18} {}  {detail}", r.url)
             }
-            Format::Json => {
+            Output::Json(out) => {
                 let v = serde_json::json!({
                     "url": r.url,
-                    "class": class_name(r.class),
-                    "kind": r.kind,
+                    "class": class_name(r.outcome_class),
+                    "kind": kind_name(r.kind),
                     "status": (r.status != 0).then_some(r.status),
                     "final_url": (!r.final_url.is_empty()).then_some(&r.final_url),
                     "redirects": r.redirects.iter().map(|h| serde_json::json!({"url": h.url, "status": h.status})).collect::<Vec<_>>(),
@@ -133,42 +161,47 @@ impl<W: Write> ResultWriter<W> {
                     "error": (!r.error.is_empty()).then_some(&r.error),
                     "fresh": r.fresh,
                 });
-                writeln!(self.out, "{v}")
+                writeln!(out, "{v}")
             }
-            Format::Csv => {
-                if !self.header_done {
-                    writeln!(
-                        self.out,
-                        "url,class,kind,status,final_url,redirects,attempts,response_time_ms,checked_at,error"
-                    )?;
-                    self.header_done = true;
-                }
-                let fields = [
-                    r.url.clone(),
-                    class_name(r.class).to_string(),
-                    r.kind.clone(),
-                    if r.status == 0 { String::new() } else { r.status.to_string() },
-                    r.final_url.clone(),
-                    r.redirects.len().to_string(),
-                    r.attempts.to_string(),
-                    r.response_time_ms.to_string(),
-                    rfc3339(r.checked_at_ms),
-                    r.error.clone(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                writeln!(self.out, "{}", line.join(","))
-            }
+            Output::Csv(out) => out
+                .serialize(CsvRow {
+                    url: &r.url,
+                    class: class_name(r.outcome_class),
+                    kind: kind_name(r.kind),
+                    status: &status,
+                    final_url: &r.final_url,
+                    redirects: r.redirects.len(),
+                    attempts: r.attempts,
+                    response_time_ms: r.response_time_ms,
+                    checked_at: rfc3339(r.checked_at_ms),
+                    error: &r.error,
+                })
+                .map_err(std::io::Error::other),
         }
     }
 
     /// Flushes the output.
-    pub fn finish(mut self) -> std::io::Result<()> {
-        self.out.flush()
+    pub fn finish(self) -> std::io::Result<()> {
+        match self.out {
+            Output::Table(mut out) | Output::Json(mut out) => out.flush(),
+            Output::Csv(mut out) => out.flush(),
+        }
     }
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+/// A result as a CSV row; the header comes from the field names.
+#[derive(serde::Serialize)]
+struct CsvRow<'a> {
+    url: &'a str,
+    class: &'static str,
+    kind: &'static str,
+    status: &'a str,
+    final_url: &'a str,
+    redirects: usize,
+    attempts: u32,
+    response_time_ms: u64,
+    checked_at: String,
+    error: &'a str,
 }
 
 #[cfg(test)]
@@ -176,9 +209,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn csv_rows_are_quoted_when_needed_and_read_back() {
+        let mut buf = Vec::new();
+        let mut w = ResultWriter::new(&mut buf, Format::Csv);
+        let r = pb::UrlResult {
+            url: "http://a.example/x,y".into(),
+            outcome_class: pb::OutcomeClass::Broken as i32,
+            kind: pb::OutcomeKind::Broken as i32,
+            status: 404,
+            error: "say \"hi\"\nagain".into(),
+            ..Default::default()
+        };
+        w.write(&r).unwrap();
+        w.finish().unwrap();
+        let mut rd = csv::Reader::from_reader(buf.as_slice());
+        assert_eq!(rd.headers().unwrap().get(0), Some("url"));
+        let row = rd.records().next().unwrap().unwrap();
+        assert_eq!((&row[0], &row[1], &row[2], &row[3]), ("http://a.example/x,y", "broken", "broken", "404"));
+        assert_eq!(&row[9], "say \"hi\"\nagain");
     }
 }

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use urlfleet_shared::HostPolicy;
+use urlfleet_shared::job::{JobOptions, LeaseBudget, PolicyOverride};
 use urlfleet_shared::policy;
 
 /// Configuration of a coordinator.
@@ -49,7 +51,7 @@ pub struct CoordinatorConfig {
     /// Politeness for one host in every job, HOST=CONCURRENCY/INTERVAL, e.g. example.com=16/0ms
     /// (repeatable). A job's own per-host setting wins over it.
     #[arg(long = "host-policy", env = "URLFLEET_HOST_POLICIES", value_delimiter = ',', value_parser = urlfleet_shared::convert::parse_host_policy)]
-    pub host_policies: Vec<(String, urlfleet_shared::proto::v1::HostPolicy)>,
+    pub host_policies: Vec<(String, PolicyOverride)>,
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
@@ -80,28 +82,15 @@ impl CoordinatorConfig {
 
     /// The politeness a lease of `host` gets from one job's options: the coordinator's default,
     /// then the job's default, then the coordinator's setting for the host, then the job's.
-    pub fn host_policy(&self, host: &str, job: &urlfleet_shared::proto::v1::JobOptions) -> urlfleet_shared::HostPolicy {
-        use urlfleet_shared::convert::overlay_policy;
-        let base =
-            urlfleet_shared::HostPolicy { concurrency: self.host_concurrency.max(1), interval: self.host_interval };
-        let p = overlay_policy(base, job.politeness.as_ref());
-        let p = overlay_policy(p, self.host_policies.iter().find(|(h, _)| h == host).map(|(_, p)| p));
-        overlay_policy(p, job.host_policies.get(host))
+    pub fn host_policy(&self, host: &str, job: &JobOptions) -> HostPolicy {
+        let base = HostPolicy { concurrency: self.host_concurrency.max(1), interval: self.host_interval };
+        let site = self.host_policies.iter().find(|(h, _)| h == host).map(|(_, p)| p);
+        job.politeness_for(host, base, site)
     }
 
-    /// The leases a host with `policy` gets: how many at once, and how many URLs each may hold (0: no
-    /// bound but the request's). A polite host is leased to one worker at a time, in leases of about
-    /// `lease_span` of requests at its pace; a host whose limits are lifted may be leased
-    /// `max_leases_per_host` times at once.
-    pub fn lease_budget(&self, policy: &urlfleet_shared::HostPolicy) -> (u32, u32) {
-        if policy.interval.is_zero() {
-            return (self.max_leases_per_host.max(1), 0);
-        }
-        if self.lease_span.is_zero() {
-            return (1, 0);
-        }
-        let at_pace = self.lease_span.as_nanos() / policy.interval.as_nanos();
-        (1, u32::try_from(at_pace).unwrap_or(u32::MAX).max(1))
+    /// The leases a host with `policy` gets (see [`LeaseBudget::for_policy`]).
+    pub fn lease_budget(&self, policy: &HostPolicy) -> LeaseBudget {
+        LeaseBudget::for_policy(policy, self.lease_span, self.max_leases_per_host)
     }
 
     /// A configuration with every default, serving on `listen` and storing in `database_url`.
@@ -125,25 +114,5 @@ impl CoordinatorConfig {
             ingest_writers: 2,
             ingest_max_backlog: 200_000,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use urlfleet_shared::HostPolicy;
-
-    #[test]
-    fn a_polite_host_is_leased_a_span_of_work_at_its_pace() {
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
-        let at = |ms: u64| config.lease_budget(&HostPolicy { concurrency: 2, interval: Duration::from_millis(ms) });
-        assert_eq!(at(100), (1, 50), "the default pace: 50 URLs for 5 s");
-        assert_eq!(at(1_000), (1, 5));
-        assert_eq!(at(7_000), (1, 1), "at least one URL");
-        assert_eq!(at(1), (1, 5_000), "the lease size caps it when leases are granted");
-        assert_eq!(at(0), (8, 0), "lifted limits: several leases, sized by the lifted lease size");
-        let off = CoordinatorConfig { lease_span: Duration::ZERO, ..config.clone() };
-        let policy = HostPolicy { concurrency: 2, interval: Duration::from_millis(100) };
-        assert_eq!(off.lease_budget(&policy), (1, 0), "a zero span leaves leases at the lease size");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
-use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::ReportedResult;
 
 use crate::metrics::CoordinatorMetrics;
 use crate::store::{Store, Touched};
@@ -217,8 +217,8 @@ impl Failure {
     }
 }
 
-/// Commits results in one transaction, retrying transient failures with back-off for as long as it
-/// takes (the database may be restarting).
+/// Commits results in one transaction, retrying transient failures with jittered back-off (50 ms …
+/// 5 s) for as long as it takes (the database may be restarting), until the coordinator stops.
 async fn commit(
     n: usize,
     store: &Arc<dyn Store>,
@@ -226,27 +226,44 @@ async fn commit(
     shutdown: &CancellationToken,
     metrics: &CoordinatorMetrics,
 ) -> Result<Touched, Failure> {
+    use backon::Retryable;
     let rows = results.len();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let span = info_span!("ingest_chunk", writer = n, rows);
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let attempt = || async {
         let started = std::time::Instant::now();
-        match store.ingest(results).instrument(span).await {
-            Ok(t) => {
-                metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
-                metrics.ingest_rows.inc_by(rows as u64);
-                return Ok(t);
-            }
-            Err(e) if is_permanent(&e) => return Err(Failure::Permanent(e.to_string())),
-            Err(e) => {
-                warn!(error = %e, rows, retry_in_ms = delay.as_millis() as u64, "ingest failed; retrying");
+        let t = store.ingest(results).instrument(info_span!("ingest_chunk", writer = n, rows)).await?;
+        metrics.ingest_seconds.observe(started.elapsed().as_secs_f64());
+        Ok::<_, crate::store::StoreError>(t)
+    };
+    // An attempt in flight is let finish; a wait between attempts ends when the coordinator stops,
+    // and then no attempt follows.
+    let stopping = shutdown.clone();
+    let outcome = attempt
+        .retry(backoff)
+        .sleep(move |wait| {
+            let stopping = stopping.clone();
+            async move {
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Err(Failure::Stopped(e.to_string())),
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopping.cancelled() => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
+        })
+        .when(|e| !is_permanent(e) && !shutdown.is_cancelled())
+        .notify(|e, wait| warn!(error = %e, rows, retry_in_ms = wait.as_millis() as u64, "ingest failed; retrying"))
+        .await;
+    match outcome {
+        Ok(t) => {
+            metrics.ingest_rows.inc_by(rows as u64);
+            metrics.results_refused.inc_by(t.refused);
+            Ok(t)
         }
+        Err(e) if is_permanent(&e) => Err(Failure::Permanent(e.to_string())),
+        Err(e) => Err(Failure::Stopped(e.to_string())),
     }
 }
 

@@ -7,31 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, warn};
+use urlfleet_shared::job::{JobOptions, JobState, LeaseBudget, Priority, RecheckPolicy, delay_for_size};
 use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
-use urlfleet_shared::telemetry;
-use urlfleet_shared::{OutcomeClass, policy};
+use urlfleet_shared::time::{ms, now_ms};
+use urlfleet_shared::{OutcomeClass, telemetry};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
-use crate::planner::{Planner, explicit_priority};
-use crate::store::{
-    JobRecord, JobState, NewJob, PlannedUrl, Priority, RecheckPolicy, ResultRow, Seal, Store, StoreError,
-};
+use crate::store::{JobRecord, NewJob, PlannedUrl, ResultCursor, ResultRow, Seal, Store, StoreError};
+use urlfleet_shared::plan::Planner;
 
 /// URLs persisted per store call while a submission is written.
 const ADD_BATCH: usize = 10_000;
 /// Store calls in flight while a submission is written: one per lane of hosts.
 const ADD_LANES: usize = 3;
-/// The priority of a job whose size is not known yet.
-const LOWEST_PRIORITY: Priority = 3;
-/// Attempts of one batch of URLs before the submission fails.
-const ADD_ATTEMPTS: u32 = 4;
+/// Retries of one batch of URLs before the submission fails.
+const ADD_RETRIES: usize = 3;
 /// Results read per store call by `ListResults`.
 const RESULTS_PAGE: u32 = 1_000;
 /// Longest wait between two progress checks of a watched job.
@@ -65,6 +61,8 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::Connect { .. } | StoreError::Query(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
             Status::unavailable("database unavailable")
         }
+        StoreError::NotReceiving(id) => Status::failed_precondition(format!("job {id} is not receiving URLs")),
+        ref e if crate::store::is_transient(e) => Status::aborted("a concurrent change; try again"),
         other => Status::internal(format!("store: {other}")),
     }
 }
@@ -114,17 +112,12 @@ impl JobService for JobApi {
             "" => None,
             t => Some(t.parse::<i64>().map_err(|_| Status::invalid_argument("malformed page_token"))?),
         };
-        let mut states = Vec::new();
-        for s in &req.states {
-            states.push(match pb::JobState::try_from(*s) {
-                Ok(pb::JobState::Receiving) => JobState::Receiving,
-                Ok(pb::JobState::Scheduled) => JobState::Scheduled,
-                Ok(pb::JobState::Running) => JobState::Running,
-                Ok(pb::JobState::Completed) => JobState::Completed,
-                Ok(pb::JobState::Cancelled) => JobState::Cancelled,
-                _ => return Err(Status::invalid_argument(format!("unknown job state {s}"))),
-            });
-        }
+        let states = req
+            .states
+            .iter()
+            .map(|s| JobState::try_from(*s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let jobs = self.store.list_jobs(&states, before, limit).await.map_err(store_status)?;
         let next_page_token = if jobs.len() as u32 == limit {
             jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
@@ -223,18 +216,18 @@ impl JobService for JobApi {
                 pb::OutcomeClass::try_from(*c).map_err(|_| Status::invalid_argument(format!("unknown class {c}")))?;
             classes.push(OutcomeClass::try_from(c).map_err(|e| Status::invalid_argument(e.to_string()))?);
         }
-        let after = req.after.clone();
-        if !(after.is_empty() || after.starts_with('u') || after.starts_with('i')) {
-            return Err(Status::invalid_argument("malformed cursor"));
-        }
+        let after = match req.after.as_str() {
+            "" => None,
+            c => Some(c.parse::<ResultCursor>().map_err(Status::invalid_argument)?),
+        };
         let (tx, rx) = mpsc::channel(256);
         let store = self.store.clone();
         tokio::spawn(async move {
-            let mut after = (!after.is_empty()).then_some(after);
+            let mut after = after;
             let mut left = if req.limit == 0 { u64::MAX } else { req.limit };
             while left > 0 {
                 let page = RESULTS_PAGE.min(u32::try_from(left).unwrap_or(u32::MAX));
-                let rows = match store.list_results(req.job_id, &classes, after.as_deref(), page).await {
+                let rows = match store.list_results(req.job_id, &classes, after, page).await {
                     Ok(rows) => rows,
                     Err(e) => {
                         let _ = tx.send(Err(store_status(e))).await;
@@ -243,7 +236,7 @@ impl JobService for JobApi {
                 };
                 let n = rows.len();
                 for row in rows {
-                    after = Some(row.cursor.clone());
+                    after = Some(row.cursor);
                     if tx.send(Ok(result_to_pb(row))).await.is_err() {
                         return;
                     }
@@ -269,26 +262,21 @@ impl JobApi {
         mut stream: Streaming<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let options = match stream.message().await? {
-            Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => o,
+            Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => {
+                JobOptions::try_from(&o).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             Some(_) => return Err(Status::invalid_argument("the first SubmitJob message must carry options")),
             None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),
         };
-        validate_options(&options)?;
         // The job's leases hang off the submission span.
         let trace_parent = telemetry::current_context_map().remove("traceparent");
         let new = NewJob {
-            name: options.name.clone(),
             // Until its size is known, a job without an explicit priority waits behind everything.
-            priority: explicit_priority(&options).unwrap_or(LOWEST_PRIORITY),
-            options: options.encode_to_vec(),
-            idempotency_key: (!options.idempotency_key.is_empty()).then(|| options.idempotency_key.clone()),
+            priority: options.priority.unwrap_or(Priority::Low),
             // Checks start while the URLs stream in, unless the job waits: for a given time, or for
             // a delay that depends on its size, known only at the seal.
-            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
-                i64::MAX
-            } else {
-                options.not_before_ms
-            },
+            not_before_ms: if options.waits_for_size() { i64::MAX } else { options.not_before_ms.unwrap_or(0) },
+            options: options.clone(),
             trace_parent,
         };
         let (job, existing) = self.store.create_job(new).await.map_err(store_status)?;
@@ -325,18 +313,14 @@ impl JobApi {
     async fn receive(
         &self,
         job_id: i64,
-        options: &pb::JobOptions,
+        options: &JobOptions,
         mut stream: Streaming<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let recheck = RecheckPolicy {
-            force: options.force,
-            recheck_after: duration_or(options.recheck_after_ms, policy::DEFAULT_RECHECK_AFTER),
-            recheck_broken_after: duration_or(options.recheck_broken_after_ms, policy::DEFAULT_RECHECK_BROKEN_AFTER),
-        };
+        let recheck = options.recheck();
         let mut planner = Planner::new(options, ADD_LANES);
         // Each host's lease budget from this job's politeness for it: a polite host one lease at a
         // time of about a lease span of requests, a host whose limits are lifted several at once.
-        let mut budgets: HashMap<String, (u32, u32)> = HashMap::new();
+        let mut budgets: HashMap<String, LeaseBudget> = HashMap::new();
         let mut writes = tokio::task::JoinSet::new();
         let mut busy = [false; ADD_LANES];
         let mut ended = false;
@@ -350,7 +334,7 @@ impl JobApi {
                 let mut batch = planner.take(lane, ADD_BATCH);
                 for u in &mut batch {
                     // Looked up before inserting: a host's name is copied once, not once per URL.
-                    (u.max_leases, u.lease_urls) = match budgets.get(&u.host) {
+                    u.budget = match budgets.get(&u.host) {
                         Some(b) => *b,
                         None => {
                             let b = self.config.lease_budget(&self.config.host_policy(&u.host, options));
@@ -398,10 +382,10 @@ impl JobApi {
             duplicates: plan.duplicates,
             total: plan.total,
             priority: plan.priority,
-            not_before_ms: if options.not_before_ms == 0 && options.delay_by_size {
-                urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(crate::planner::delay_for_size(plan.total))
+            not_before_ms: if options.waits_for_size() {
+                now_ms() + ms(delay_for_size(plan.total))
             } else {
-                options.not_before_ms
+                options.not_before_ms.unwrap_or(0)
             },
         };
         let (job, deduplicated) = self.store.seal_job(job_id, seal).await.map_err(store_status)?;
@@ -430,19 +414,16 @@ async fn write_batch(
     batch: Vec<PlannedUrl>,
     recheck: RecheckPolicy,
 ) -> Result<(), StoreError> {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match store.add_urls(job_id, &batch, recheck).await {
-            Err(e) if attempt < ADD_ATTEMPTS => {
-                warn!(error = %e, attempt, "writing URLs failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_times(ADD_RETRIES)
+        .with_jitter();
+    (|| store.add_urls(job_id, &batch, recheck))
+        .retry(backoff)
+        .when(|e| !matches!(e, StoreError::NotReceiving(_)))
+        .notify(|e, wait| warn!(error = %e, ?wait, "writing URLs failed; retrying"))
+        .await
 }
 
 /// The lane whose write ended, or why the submission fails.
@@ -457,74 +438,29 @@ fn settle_write(written: LaneWrite) -> Result<usize, Status> {
     }
 }
 
-fn duration_or(ms: u64, default: Duration) -> Duration {
-    if ms == 0 { default } else { Duration::from_millis(ms) }
-}
-
-fn validate_options(o: &pb::JobOptions) -> Result<(), Status> {
-    if pb::Priority::try_from(o.priority).is_err() {
-        return Err(Status::invalid_argument(format!("unknown priority {}", o.priority)));
-    }
-    for host in o.host_policies.keys() {
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(Status::invalid_argument(format!("host policy key {host:?} is not a host")));
-        }
-    }
-    if o.idempotency_key.len() > 256 {
-        return Err(Status::invalid_argument("idempotency_key longer than 256 bytes"));
-    }
-    Ok(())
-}
-
 /// A stored job as a wire message.
 pub fn job_to_pb(j: &JobRecord) -> pb::Job {
-    let c = &j.counts;
-    let options = pb::JobOptions::decode(j.options.as_slice()).unwrap_or_default();
     pb::Job {
         id: j.id,
         name: j.name.clone(),
-        state: match j.state {
-            JobState::Receiving => pb::JobState::Receiving,
-            JobState::Scheduled => pb::JobState::Scheduled,
-            JobState::Running => pb::JobState::Running,
-            JobState::Completed => pb::JobState::Completed,
-            JobState::Cancelled => pb::JobState::Cancelled,
-        } as i32,
-        priority: match j.priority {
-            1 => pb::Priority::High,
-            2 => pb::Priority::Medium,
-            _ => pb::Priority::Low,
-        } as i32,
-        counts: Some(pb::JobCounts {
-            received: c.received,
-            total: c.total,
-            duplicates: c.duplicates,
-            pending: c.pending(),
-            leased: c.leased,
-            checked: c.checked,
-            fresh: c.fresh,
-            invalid: c.invalid,
-            failed: c.failed,
-            ok: c.ok,
-            redirected: c.redirected,
-            broken: c.broken,
-            error: c.error,
-        }),
+        state: pb::JobState::from(j.state) as i32,
+        priority: pb::Priority::from(j.priority) as i32,
+        counts: Some((&j.counts).into()),
         created_at_ms: j.created_at_ms,
         sealed_at_ms: j.sealed_at_ms.unwrap_or(0),
         finished_at_ms: j.finished_at_ms.unwrap_or(0),
         not_before_ms: j.not_before_ms,
-        labels: options.labels.clone(),
-        options: Some(options),
+        labels: j.options.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        options: Some((&j.options).into()),
     }
 }
 
 fn result_to_pb(r: ResultRow) -> pb::UrlResult {
     pb::UrlResult {
-        cursor: r.cursor,
+        cursor: r.cursor.to_string(),
         url: r.url,
-        class: r.kind.map(|k| pb::OutcomeClass::from(k.class())).unwrap_or(pb::OutcomeClass::Unspecified) as i32,
-        kind: r.kind.map(|k| k.as_str().to_string()).unwrap_or_else(|| "pending".into()),
+        outcome_class: r.kind.map_or(pb::OutcomeClass::Unspecified, |k| k.class().into()) as i32,
+        kind: r.kind.map_or(pb::OutcomeKind::Unspecified, Into::into) as i32,
         status: r.status.map(u32::from).unwrap_or(0),
         final_url: r.final_url.unwrap_or_default(),
         redirects: r.redirects.iter().map(Into::into).collect(),

@@ -4,7 +4,6 @@
 //!
 //! # Layout
 //! - [`store`]: the [`store::Store`] trait, PostgreSQL and SQLite implementations, migrations.
-//! - [`planner`]: turns a submitted URL stream into a job (normalize, dedup, unique key, priority).
 //! - [`jobs`]: the `JobService` gRPC handlers.
 //! - [`work`]: the `WorkerService` gRPC handler: worker sessions, credits, leases, ingest, acks.
 //! - [`events`]: in-process notifications (new work, job progress, revoked leases).
@@ -19,7 +18,6 @@ pub mod events;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
-pub mod planner;
 pub mod server;
 pub mod store;
 pub mod work;

@@ -25,6 +25,8 @@ pub struct CoordinatorMetrics {
     pub ingest_seconds: Histogram,
     /// Results accepted and not yet committed.
     pub ingest_backlog: Gauge,
+    /// Results refused because their lease id and epoch name no granted lease.
+    pub results_refused: Counter,
     registry: Arc<Registry>,
 }
 
@@ -49,7 +51,14 @@ impl Default for CoordinatorMetrics {
         );
         let ingest_backlog = Gauge::default();
         r.register("urlfleet_ingest_backlog", "Results accepted and not yet committed", ingest_backlog.clone());
+        let results_refused = Counter::default();
+        r.register(
+            "urlfleet_results_refused",
+            "Results refused: their lease id and epoch name no granted lease",
+            results_refused.clone(),
+        );
         Self {
+            results_refused,
             leases_granted,
             leases_expired,
             leases_active,

@@ -10,17 +10,15 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
-use prost::Message;
 use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
-use urlfleet_shared::convert::ReportedResult;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
-use urlfleet_shared::{HostPolicy, telemetry};
+use urlfleet_shared::{HostPolicy, ReportedResult, telemetry};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
@@ -293,18 +291,12 @@ impl Session {
 /// The politeness of a lease: the strictest of the jobs its URLs belong to, so that sharing a URL
 /// between jobs never makes a host's limits looser than any of them asked for.
 fn lease_policy(config: &CoordinatorConfig, grant: &LeaseGrant) -> HostPolicy {
-    let mut policy: Option<HostPolicy> = None;
-    for raw in &grant.job_options {
-        let o = pb::JobOptions::decode(raw.as_slice()).unwrap_or_default();
-        let p = config.host_policy(&grant.host, &o);
-        policy = Some(match policy {
-            None => p,
-            Some(q) => {
-                HostPolicy { concurrency: q.concurrency.min(p.concurrency), interval: q.interval.max(p.interval) }
-            }
-        });
-    }
-    policy.unwrap_or_else(|| config.host_policy(&grant.host, &pb::JobOptions::default()))
+    grant
+        .job_options
+        .iter()
+        .map(|o| config.host_policy(&grant.host, o))
+        .reduce(HostPolicy::strictest)
+        .unwrap_or_else(|| config.host_policy(&grant.host, &Default::default()))
 }
 
 fn lease_to_pb(

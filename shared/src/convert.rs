@@ -1,8 +1,7 @@
 //! Proto ↔ domain conversions: the only place that knows both shapes.
 
-use std::time::Duration;
-
-use crate::outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop};
+use crate::job::{JobCounts, JobOptions, JobState, PolicyOverride, Priority};
+use crate::outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 use crate::policy::HostPolicy;
 use crate::proto::v1 as pb;
 
@@ -28,6 +27,11 @@ impl From<OutcomeClass> for pb::OutcomeClass {
     }
 }
 
+/// The domain class of a wire value; `None` for unspecified (not resolved).
+pub fn class_from_pb(c: i32) -> Option<OutcomeClass> {
+    pb::OutcomeClass::try_from(c).ok().and_then(|c| OutcomeClass::try_from(c).ok())
+}
+
 impl TryFrom<pb::OutcomeClass> for OutcomeClass {
     type Error = ConvertError;
     fn try_from(c: pb::OutcomeClass) -> Result<Self, ConvertError> {
@@ -50,9 +54,21 @@ impl From<HostPolicy> for pb::HostPolicy {
     }
 }
 
+impl From<&pb::HostPolicy> for PolicyOverride {
+    fn from(p: &pb::HostPolicy) -> Self {
+        Self { concurrency: p.concurrency.filter(|c| *c > 0), interval_ms: p.interval_ms }
+    }
+}
+
+impl From<&PolicyOverride> for pb::HostPolicy {
+    fn from(p: &PolicyOverride) -> Self {
+        Self { concurrency: p.concurrency, interval_ms: p.interval_ms }
+    }
+}
+
 /// Parses `HOST=CONCURRENCY/INTERVAL` (either side of the slash may be empty), e.g.
 /// `example.com=16/0ms`.
-pub fn parse_host_policy(s: &str) -> Result<(String, pb::HostPolicy), String> {
+pub fn parse_host_policy(s: &str) -> Result<(String, PolicyOverride), String> {
     let (host, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected HOST=CONCURRENCY/INTERVAL"))?;
     let (c, i) = rest.split_once('/').unwrap_or((rest, ""));
     let concurrency = match c {
@@ -63,14 +79,192 @@ pub fn parse_host_policy(s: &str) -> Result<(String, pb::HostPolicy), String> {
         "" => None,
         i => Some(humantime::parse_duration(i).map_err(|e| format!("{s:?}: bad interval: {e}"))?.as_millis() as u64),
     };
-    Ok((host.to_ascii_lowercase(), pb::HostPolicy { concurrency, interval_ms }))
+    Ok((host.to_ascii_lowercase(), PolicyOverride { concurrency, interval_ms }))
 }
 
-/// Overlays a wire policy (whose unset fields inherit) on a base policy.
-pub fn overlay_policy(base: HostPolicy, p: Option<&pb::HostPolicy>) -> HostPolicy {
-    match p {
-        None => base,
-        Some(p) => base.with(p.concurrency, p.interval_ms.map(Duration::from_millis)),
+impl From<Priority> for pb::Priority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::High => Self::High,
+            Priority::Medium => Self::Medium,
+            Priority::Low => Self::Low,
+        }
+    }
+}
+
+/// The priority a wire value asks for: `None` for unspecified (derive it from the size).
+pub fn priority_from_pb(p: i32) -> Result<Option<Priority>, ConvertError> {
+    match pb::Priority::try_from(p) {
+        Ok(pb::Priority::High) => Ok(Some(Priority::High)),
+        Ok(pb::Priority::Medium) => Ok(Some(Priority::Medium)),
+        Ok(pb::Priority::Low) => Ok(Some(Priority::Low)),
+        Ok(pb::Priority::Unspecified) => Ok(None),
+        Err(_) => Err(ConvertError { field: "priority", reason: format!("unknown priority {p}") }),
+    }
+}
+
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Receiving => Self::Receiving,
+            JobState::Scheduled => Self::Scheduled,
+            JobState::Running => Self::Running,
+            JobState::Completed => Self::Completed,
+            JobState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl TryFrom<i32> for JobState {
+    type Error = ConvertError;
+    fn try_from(s: i32) -> Result<Self, ConvertError> {
+        Ok(match pb::JobState::try_from(s) {
+            Ok(pb::JobState::Receiving) => Self::Receiving,
+            Ok(pb::JobState::Scheduled) => Self::Scheduled,
+            Ok(pb::JobState::Running) => Self::Running,
+            Ok(pb::JobState::Completed) => Self::Completed,
+            Ok(pb::JobState::Cancelled) => Self::Cancelled,
+            _ => return Err(ConvertError { field: "state", reason: format!("unknown job state {s}") }),
+        })
+    }
+}
+
+impl From<&JobCounts> for pb::JobCounts {
+    fn from(c: &JobCounts) -> Self {
+        Self {
+            received: c.received,
+            total: c.total,
+            duplicates: c.duplicates,
+            pending: c.pending(),
+            leased: c.leased,
+            checked: c.checked,
+            fresh: c.fresh,
+            invalid: c.invalid,
+            failed: c.failed,
+            ok: c.ok,
+            redirected: c.redirected,
+            broken: c.broken,
+            error: c.error,
+            cancelled: c.cancelled,
+        }
+    }
+}
+
+impl From<&pb::JobCounts> for JobCounts {
+    fn from(c: &pb::JobCounts) -> Self {
+        Self {
+            received: c.received,
+            total: c.total,
+            duplicates: c.duplicates,
+            leased: c.leased,
+            checked: c.checked,
+            fresh: c.fresh,
+            invalid: c.invalid,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            ok: c.ok,
+            redirected: c.redirected,
+            broken: c.broken,
+            error: c.error,
+        }
+    }
+}
+
+impl From<OutcomeKind> for pb::OutcomeKind {
+    fn from(k: OutcomeKind) -> Self {
+        match k {
+            OutcomeKind::Ok => Self::Ok,
+            OutcomeKind::Redirected => Self::Redirected,
+            OutcomeKind::Broken => Self::Broken,
+            OutcomeKind::Timeout => Self::Timeout,
+            OutcomeKind::Dns => Self::Dns,
+            OutcomeKind::Connect => Self::Connect,
+            OutcomeKind::Tls => Self::Tls,
+            OutcomeKind::TooManyRedirects => Self::TooManyRedirects,
+            OutcomeKind::RedirectLoop => Self::RedirectLoop,
+            OutcomeKind::Blocked => Self::Blocked,
+            OutcomeKind::Invalid => Self::Invalid,
+            OutcomeKind::Failed => Self::Failed,
+            OutcomeKind::Other => Self::Other,
+        }
+    }
+}
+
+/// The domain kind of a wire value; `None` for unspecified (not resolved).
+pub fn kind_from_pb(k: i32) -> Result<Option<OutcomeKind>, ConvertError> {
+    let unknown = || ConvertError { field: "kind", reason: format!("unknown outcome kind {k}") };
+    Ok(Some(match pb::OutcomeKind::try_from(k).map_err(|_| unknown())? {
+        pb::OutcomeKind::Unspecified => return Ok(None),
+        pb::OutcomeKind::Ok => OutcomeKind::Ok,
+        pb::OutcomeKind::Redirected => OutcomeKind::Redirected,
+        pb::OutcomeKind::Broken => OutcomeKind::Broken,
+        pb::OutcomeKind::Timeout => OutcomeKind::Timeout,
+        pb::OutcomeKind::Dns => OutcomeKind::Dns,
+        pb::OutcomeKind::Connect => OutcomeKind::Connect,
+        pb::OutcomeKind::Tls => OutcomeKind::Tls,
+        pb::OutcomeKind::TooManyRedirects => OutcomeKind::TooManyRedirects,
+        pb::OutcomeKind::RedirectLoop => OutcomeKind::RedirectLoop,
+        pb::OutcomeKind::Blocked => OutcomeKind::Blocked,
+        pb::OutcomeKind::Invalid => OutcomeKind::Invalid,
+        pb::OutcomeKind::Failed => OutcomeKind::Failed,
+        pb::OutcomeKind::Other => OutcomeKind::Other,
+    }))
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+impl TryFrom<&pb::JobOptions> for JobOptions {
+    type Error = ConvertError;
+    fn try_from(o: &pb::JobOptions) -> Result<Self, ConvertError> {
+        for host in o.host_policies.keys() {
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+                return Err(ConvertError { field: "host_policies", reason: format!("key {host:?} is not a host") });
+            }
+        }
+        if o.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(ConvertError {
+                field: "idempotency_key",
+                reason: format!("longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+            });
+        }
+        if o.not_before_ms < 0 {
+            return Err(ConvertError { field: "not_before_ms", reason: "negative".into() });
+        }
+        let positive = |v: u64| (v > 0).then_some(v);
+        Ok(Self {
+            name: o.name.clone(),
+            priority: priority_from_pb(o.priority)?,
+            force: o.force,
+            politeness: o.politeness.as_ref().map(PolicyOverride::from).unwrap_or_default(),
+            host_policies: o.host_policies.iter().map(|(h, p)| (h.to_ascii_lowercase(), p.into())).collect(),
+            labels: o.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            idempotency_key: (!o.idempotency_key.is_empty()).then(|| o.idempotency_key.clone()),
+            not_before_ms: (o.not_before_ms > 0).then_some(o.not_before_ms),
+            recheck_after_ms: positive(o.recheck_after_ms),
+            recheck_broken_after_ms: positive(o.recheck_broken_after_ms),
+            strip_tracking_params: o.strip_tracking_params,
+            delay_by_size: o.delay_by_size,
+        })
+    }
+}
+
+impl From<&JobOptions> for pb::JobOptions {
+    fn from(o: &JobOptions) -> Self {
+        Self {
+            name: o.name.clone(),
+            priority: o.priority.map_or(pb::Priority::Unspecified, Into::into) as i32,
+            force: o.force,
+            politeness: (o.politeness != PolicyOverride::default()).then(|| (&o.politeness).into()),
+            host_policies: o.host_policies.iter().map(|(h, p)| (h.clone(), p.into())).collect(),
+            labels: o.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            idempotency_key: o.idempotency_key.clone().unwrap_or_default(),
+            not_before_ms: o.not_before_ms.unwrap_or(0),
+            recheck_after_ms: o.recheck_after_ms.unwrap_or(0),
+            recheck_broken_after_ms: o.recheck_broken_after_ms.unwrap_or(0),
+            strip_tracking_params: o.strip_tracking_params,
+            delay_by_size: o.delay_by_size,
+        }
     }
 }
 
@@ -86,19 +280,6 @@ impl From<&pb::RedirectHop> for RedirectHop {
     }
 }
 
-/// A check result as reported by a worker: which leased URL, and its outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportedResult {
-    /// Lease the URL came from.
-    pub lease_id: i64,
-    /// Epoch of that lease.
-    pub epoch: i64,
-    /// URL id.
-    pub url_id: i64,
-    /// The outcome.
-    pub outcome: CheckOutcome,
-}
-
 impl From<&ReportedResult> for pb::CheckResult {
     fn from(r: &ReportedResult) -> Self {
         let o = &r.outcome;
@@ -106,7 +287,7 @@ impl From<&ReportedResult> for pb::CheckResult {
             lease_id: r.lease_id,
             epoch: r.epoch,
             url_id: r.url_id,
-            kind: o.kind.as_str().to_string(),
+            kind: pb::OutcomeKind::from(o.kind) as i32,
             status: o.status.map(u32::from).unwrap_or(0),
             final_url: o.final_url.clone().unwrap_or_default(),
             redirects: o.redirects.iter().map(Into::into).collect(),
@@ -124,7 +305,7 @@ impl From<&ReportedResult> for pb::CheckResult {
 impl TryFrom<pb::CheckResult> for ReportedResult {
     type Error = ConvertError;
     fn try_from(r: pb::CheckResult) -> Result<Self, ConvertError> {
-        let kind: OutcomeKind = r.kind.parse().map_err(|reason| ConvertError { field: "kind", reason })?;
+        let kind = kind_from_pb(r.kind)?.ok_or_else(|| ConvertError { field: "kind", reason: "unspecified".into() })?;
         let status = match r.status {
             0 => None,
             s => Some(
@@ -191,6 +372,7 @@ mod tests {
     #[test]
     fn host_policies_parse() {
         let (h, p) = parse_host_policy("Example.com=16/0ms").unwrap();
+        let _: PolicyOverride = p;
         assert_eq!((h.as_str(), p.concurrency, p.interval_ms), ("example.com", Some(16), Some(0)));
         let (_, p) = parse_host_policy("a.example=/250ms").unwrap();
         assert_eq!((p.concurrency, p.interval_ms), (None, Some(250)));
@@ -202,7 +384,38 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_rejected() {
-        let wire = pb::CheckResult { kind: "maybe".into(), checked_at_ms: 1, ..Default::default() };
-        assert_eq!(ReportedResult::try_from(wire).unwrap_err().field, "kind");
+        for kind in [0, 99] {
+            let wire = pb::CheckResult { kind, checked_at_ms: 1, ..Default::default() };
+            assert_eq!(ReportedResult::try_from(wire).unwrap_err().field, "kind");
+        }
+    }
+
+    #[test]
+    fn every_kind_crosses_the_wire() {
+        for k in OutcomeKind::ALL {
+            assert_eq!(kind_from_pb(pb::OutcomeKind::from(*k) as i32).unwrap(), Some(*k));
+        }
+    }
+
+    #[test]
+    fn job_options_cross_the_wire() {
+        let mut wire = pb::JobOptions {
+            name: "n".into(),
+            priority: pb::Priority::Medium as i32,
+            force: true,
+            politeness: Some(pb::HostPolicy { concurrency: Some(4), interval_ms: None }),
+            idempotency_key: "k".into(),
+            recheck_after_ms: 5,
+            ..Default::default()
+        };
+        wire.host_policies.insert("a.example".into(), pb::HostPolicy { concurrency: None, interval_ms: Some(0) });
+        wire.labels.insert("team".into(), "seo".into());
+        let domain = JobOptions::try_from(&wire).unwrap();
+        assert_eq!(domain.priority, Some(Priority::Medium));
+        assert_eq!(pb::JobOptions::from(&domain), wire);
+        let bad = pb::JobOptions { priority: 9, ..Default::default() };
+        assert_eq!(JobOptions::try_from(&bad).unwrap_err().field, "priority");
+        let bad = pb::JobOptions { idempotency_key: "x".repeat(300), ..Default::default() };
+        assert_eq!(JobOptions::try_from(&bad).unwrap_err().field, "idempotency_key");
     }
 }

@@ -4,7 +4,11 @@
 //! # Layout
 //! - [`proto`]: code generated from `proto/urlfleet/v1` (tonic + prost) and the reflection descriptor.
 //! - [`url`]: URL normalization — the one place that decides what "the same URL" means.
-//! - [`outcome`]: the outcome of a check as data, and its classes.
+//! - [`job`]: the domain core of jobs — options, priority, states, counters, the re-check policy and
+//!   the lease budget — with no wire type in it.
+//! - [`outcome`]: the outcome of a check as data, its classes, and a result as a worker reports it.
+//! - [`plan`]: planning a submission as it streams in: normalize, collapse duplicates, set invalid
+//!   entries aside, derive the priority and the unique key.
 //! - [`policy`]: politeness settings and the defaults every role shares.
 //! - [`convert`]: proto ↔ domain conversions, so wire types stay at the edge.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C context propagation.
@@ -13,8 +17,10 @@
 //! - [`time`]: wall-clock milliseconds, the unit of every stored timestamp.
 
 pub mod convert;
+pub mod job;
 pub mod metrics;
 pub mod outcome;
+pub mod plan;
 pub mod policy;
 pub mod proto;
 pub mod shutdown;
@@ -22,6 +28,7 @@ pub mod telemetry;
 pub mod time;
 pub mod url;
 
-pub use outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop};
+pub use job::{JobCounts, JobOptions, JobState, JobUrlState, LeaseBudget, Priority, RecheckPolicy};
+pub use outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 pub use policy::HostPolicy;
 pub use url::{NormalizedUrl, UrlError};

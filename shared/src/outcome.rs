@@ -1,11 +1,20 @@
 //! The outcome of a URL check, as data. A failed check is not an `Err`: timeouts, DNS failures and
 //! blocked targets are answers a user wants to see, counted and stored like any status code.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// What happened when a URL was checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What happened when a URL was checked. Stored and shown by its lowercase name (`too_many_redirects`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case", parse_err_fn = unknown_kind, parse_err_ty = String)]
 #[non_exhaustive]
 pub enum OutcomeKind {
     /// A 2xx answer without redirects.
@@ -36,8 +45,24 @@ pub enum OutcomeKind {
     Other,
 }
 
+fn unknown_kind(s: &str) -> String {
+    format!("unknown outcome kind {s:?}")
+}
+
 /// Coarse class of an outcome, used for counts, filters and exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase", parse_err_fn = unknown_class, parse_err_ty = String)]
 pub enum OutcomeClass {
     /// 2xx without redirects.
     Ok,
@@ -46,46 +71,23 @@ pub enum OutcomeClass {
     /// 4xx / 5xx.
     Broken,
     /// No usable HTTP answer.
+    #[strum(to_string = "error", serialize = "errors")]
     Error,
     /// Not a checkable URL.
     Invalid,
 }
 
+fn unknown_class(s: &str) -> String {
+    format!("unknown outcome class {s:?} (ok, redirected, broken, error, invalid)")
+}
+
 impl OutcomeKind {
     /// Every kind, in a stable order.
-    pub const ALL: [OutcomeKind; 13] = [
-        Self::Ok,
-        Self::Redirected,
-        Self::Broken,
-        Self::Timeout,
-        Self::Dns,
-        Self::Connect,
-        Self::Tls,
-        Self::TooManyRedirects,
-        Self::RedirectLoop,
-        Self::Blocked,
-        Self::Invalid,
-        Self::Failed,
-        Self::Other,
-    ];
+    pub const ALL: &[OutcomeKind] = <Self as strum::VariantArray>::VARIANTS;
 
-    /// Stable lowercase name, as stored and sent on the wire.
+    /// Stable lowercase name, as stored.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Redirected => "redirected",
-            Self::Broken => "broken",
-            Self::Timeout => "timeout",
-            Self::Dns => "dns",
-            Self::Connect => "connect",
-            Self::Tls => "tls",
-            Self::TooManyRedirects => "too_many_redirects",
-            Self::RedirectLoop => "redirect_loop",
-            Self::Blocked => "blocked",
-            Self::Invalid => "invalid",
-            Self::Failed => "failed",
-            Self::Other => "other",
-        }
+        self.into()
     }
 
     /// The class this kind counts in.
@@ -109,55 +111,23 @@ impl OutcomeKind {
     }
 }
 
-impl fmt::Display for OutcomeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OutcomeKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown outcome kind {s:?}"))
-    }
-}
-
 impl OutcomeClass {
     /// Stable lowercase name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Redirected => "redirected",
-            Self::Broken => "broken",
-            Self::Error => "error",
-            Self::Invalid => "invalid",
-        }
+        self.into()
     }
 
     /// Every class.
-    pub const ALL: [OutcomeClass; 5] = [Self::Ok, Self::Redirected, Self::Broken, Self::Error, Self::Invalid];
+    pub const ALL: &[OutcomeClass] = <Self as strum::VariantArray>::VARIANTS;
 
     /// Whether a link-checking gate should fail on this class.
     pub fn is_failure(self) -> bool {
         !matches!(self, Self::Ok | Self::Redirected)
     }
-}
 
-impl fmt::Display for OutcomeClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for OutcomeClass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "errors" => return Ok(Self::Error),
-            "ok" | "redirected" | "broken" | "error" | "invalid" => {}
-            _ => return Err(format!("unknown outcome class {s:?} (ok, redirected, broken, error, invalid)")),
-        }
-        Ok(Self::ALL.into_iter().find(|c| c.as_str() == s).unwrap_or(Self::Error))
+    /// The kinds that count in this class.
+    pub fn kinds(self) -> impl Iterator<Item = OutcomeKind> {
+        OutcomeKind::ALL.iter().copied().filter(move |k| k.class() == self)
     }
 }
 
@@ -216,6 +186,20 @@ impl CheckOutcome {
     }
 }
 
+/// A check result as a worker reports it: which leased URL, under which lease and epoch, and its
+/// outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedResult {
+    /// Lease the URL came from.
+    pub lease_id: i64,
+    /// Epoch of that lease.
+    pub epoch: i64,
+    /// URL id.
+    pub url_id: i64,
+    /// The outcome.
+    pub outcome: CheckOutcome,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,9 +207,15 @@ mod tests {
     #[test]
     fn kinds_round_trip_through_their_names() {
         for k in OutcomeKind::ALL {
-            assert_eq!(k.as_str().parse::<OutcomeKind>().unwrap(), k);
+            assert_eq!(k.as_str().parse::<OutcomeKind>().unwrap(), *k);
         }
+        assert_eq!(OutcomeKind::TooManyRedirects.as_str(), "too_many_redirects");
         assert!("nope".parse::<OutcomeKind>().is_err());
+        for c in OutcomeClass::ALL {
+            assert_eq!(c.to_string().parse::<OutcomeClass>().unwrap(), *c);
+        }
+        assert_eq!("errors".parse::<OutcomeClass>().unwrap(), OutcomeClass::Error);
+        assert_eq!(OutcomeClass::Error.as_str(), "error");
     }
 
     #[test]

@@ -49,6 +49,12 @@ impl HostPolicy {
         Self { concurrency: DEFAULT_WORKER_CONCURRENCY, interval: Duration::ZERO }
     }
 
+    /// The stricter of two policies: the fewer concurrent requests and the longer interval. A lease
+    /// whose URLs belong to several jobs gets the strictest of their policies.
+    pub fn strictest(self, other: Self) -> Self {
+        Self { concurrency: self.concurrency.min(other.concurrency), interval: self.interval.max(other.interval) }
+    }
+
     /// Overlays optional settings on this policy.
     pub fn with(self, concurrency: Option<u32>, interval: Option<Duration>) -> Self {
         Self {

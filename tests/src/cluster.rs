@@ -219,19 +219,13 @@ where
 pub async fn stored_job(
     store: &dyn Store,
     name: &str,
-    priority: i16,
+    priority: urlfleet_shared::Priority,
     urls: &[urlfleet_coordinator::store::PlannedUrl],
     recheck: urlfleet_coordinator::store::RecheckPolicy,
 ) -> urlfleet_coordinator::store::JobRecord {
     use urlfleet_coordinator::store::{NewJob, Seal};
-    let new = NewJob {
-        name: name.into(),
-        priority,
-        options: Vec::new(),
-        idempotency_key: None,
-        not_before_ms: 0,
-        trace_parent: None,
-    };
+    let options = urlfleet_shared::JobOptions { name: name.into(), ..Default::default() };
+    let new = NewJob { options, priority, not_before_ms: 0, trace_parent: None };
     let (job, _) = store.create_job(new).await.expect("create job");
     for chunk in urls.chunks(10_000) {
         store.add_urls(job.id, chunk, recheck).await.expect("add URLs");

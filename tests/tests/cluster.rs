@@ -81,7 +81,11 @@ async fn two_workers_on_postgres_check_2000_urls_across_10_hosts_and_store_what_
     let by_url: HashMap<&str, &pb::UrlResult> = results.iter().map(|r| (r.url.as_str(), r)).collect();
     for (url, status, kind) in &planned {
         let r = by_url[url.as_str()];
-        assert_eq!((r.status, r.kind.as_str()), (u32::from(*status), *kind), "{url}");
+        assert_eq!(
+            (r.status, urlfleet_shared::convert::kind_from_pb(r.kind).unwrap().unwrap().as_str()),
+            (u32::from(*status), *kind),
+            "{url}"
+        );
         if *kind == "redirected" {
             assert_eq!(r.redirects.len(), 1);
             assert!(r.final_url.ends_with("/status/200"), "{}", r.final_url);
@@ -186,7 +190,7 @@ async fn bad_input_gets_clear_answers() {
     let results = all_results(&mut client, job.id).await;
     assert_eq!(results.len(), 3);
     for r in &results {
-        assert_eq!(r.class, pb::OutcomeClass::Invalid as i32);
+        assert_eq!(r.outcome_class, pb::OutcomeClass::Invalid as i32);
         assert!(!r.error.is_empty(), "invalid entries carry a reason: {r:?}");
     }
     assert!(results.iter().any(|r| r.url == "ftp://files.example/x" && r.error.contains("scheme")));

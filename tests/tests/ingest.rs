@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
 use urlfleet_coordinator::store::{LeaseRequest, PlannedUrl, RecheckPolicy, Store};
-use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::ReportedResult;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::{CheckOutcome, OutcomeKind};
 use urlfleet_tests::cluster::{all_results, stored_job, submit, wait_done};
@@ -22,29 +22,28 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
         .map(|i| PlannedUrl {
             url: format!("http://h{}.example/{i}", i % 50),
             host: format!("h{}.example", i % 50),
-            max_leases: 1,
-            lease_urls: 0,
+            budget: urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 0 },
             seq: i as u64,
         })
         .collect();
     let recheck = RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-    let job = stored_job(store.as_ref(), "many", 3, &urls, recheck).await;
+    let job = stored_job(store.as_ref(), "many", urlfleet_shared::Priority::Low, &urls, recheck).await;
     let mut leased = Vec::new();
     let req =
         LeaseRequest { worker_id: "w".into(), max_urls: 2_000, max_urls_lifted: 2_000, ttl: Duration::from_secs(600) };
     while let Some(l) = store.acquire_lease(&req).await.unwrap() {
-        leased.extend(l.urls.iter().map(|(id, _)| (l.id, *id)));
+        leased.extend(l.urls.iter().map(|(id, _)| (l.id, l.epoch, *id)));
     }
     assert_eq!(leased.len(), N);
     let now = urlfleet_shared::time::now_ms();
     let results: Vec<ReportedResult> = leased
         .iter()
-        .map(|(lease, id)| {
+        .map(|(lease, epoch, id)| {
             let mut o = CheckOutcome::error(OutcomeKind::from_status(200, 0), "", 1);
             o.error = None;
             o.status = Some(200);
             o.checked_at_ms = now;
-            ReportedResult { lease_id: *lease, epoch: 1, url_id: *id, outcome: o }
+            ReportedResult { lease_id: *lease, epoch: *epoch, url_id: *id, outcome: o }
         })
         .collect();
     let shutdown = CancellationToken::new();
@@ -139,13 +138,12 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         .map(|i| PlannedUrl {
             url: format!("http://a.example/{i}"),
             host: "a.example".into(),
-            max_leases: 1,
-            lease_urls: 0,
+            budget: urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 0 },
             seq: i as u64,
         })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-    let job = stored_job(store.as_ref(), "bad", 1, &urls, recheck).await;
+    let job = stored_job(store.as_ref(), "bad", urlfleet_shared::Priority::High, &urls, recheck).await;
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, max_urls_lifted: 10, ttl: Duration::from_secs(600) };
     let lease = store.acquire_lease(&req).await.unwrap().unwrap();
     let now = urlfleet_shared::time::now_ms();
@@ -154,7 +152,7 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         o.error = None;
         o.status = Some(200);
         o.checked_at_ms = now;
-        ReportedResult { lease_id: lease.id, epoch: 1, url_id, outcome: o }
+        ReportedResult { lease_id: lease.id, epoch: lease.epoch, url_id, outcome: o }
     };
     let shutdown = CancellationToken::new();
     // A long flush delay puts every batch into one chunk.

@@ -18,13 +18,12 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
         .map(|i| PlannedUrl {
             url: format!("http://h{}.example/{i}", i % 40),
             host: format!("h{}.example", i % 40),
-            max_leases: 4,
-            lease_urls: 0,
+            budget: urlfleet_shared::LeaseBudget { max_leases: 4, lease_urls: 0 },
             seq: i as u64,
         })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
-    stored_job(a.as_ref(), "race", 2, &urls, recheck).await;
+    stored_job(a.as_ref(), "race", urlfleet_shared::Priority::Medium, &urls, recheck).await;
 
     let lease_all = |store: std::sync::Arc<dyn Store>, who: &'static str| async move {
         let mut got = Vec::new();

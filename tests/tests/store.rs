@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use urlfleet_coordinator::store::{
-    InvalidEntry, JobState, LeaseRequest, NewJob, PlannedUrl, RecheckPolicy, Seal, Store,
+    InvalidEntry, JobOptions, JobState, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority,
+    RecheckPolicy, Seal, Store,
 };
-use urlfleet_shared::convert::ReportedResult;
+use urlfleet_shared::ReportedResult;
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{CheckOutcome, OutcomeKind, policy};
 use urlfleet_tests::{Backend, TestDb};
@@ -42,6 +43,8 @@ on_both_stores!(
     higher_priority_work_is_leased_first,
     a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left,
     a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_changes_nothing,
+    results_under_no_granted_lease_or_a_stale_epoch_are_refused,
+    stored_options_read_back_as_submitted,
 );
 
 async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
@@ -51,18 +54,12 @@ async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
 }
 
 fn new_job(key: &str, _total: u64) -> NewJob {
-    NewJob {
-        name: format!("job {key}"),
-        priority: 1,
-        options: Vec::new(),
-        idempotency_key: None,
-        not_before_ms: 0,
-        trace_parent: None,
-    }
+    let options = JobOptions { name: format!("job {key}"), ..Default::default() };
+    NewJob { options, priority: Priority::High, not_before_ms: 0, trace_parent: None }
 }
 
 /// The seal of a submission of `total` distinct entries under `key`, at the job's priority.
-fn seal(key: &str, total: u64, priority: i16) -> Seal {
+fn seal(key: &str, total: u64, priority: Priority) -> Seal {
     Seal {
         unique_key: key.to_string(),
         unique_window: policy::DEFAULT_UNIQUE_WINDOW,
@@ -78,7 +75,8 @@ fn seal(key: &str, total: u64, priority: i16) -> Seal {
 async fn submit(store: &Arc<dyn Store>, key: &str, host: &str, window: Duration) -> (i64, i64, bool) {
     let (job, _) = store.create_job(new_job(key, 1)).await.unwrap();
     store.add_urls(job.id, &urls(host, 1), recheck()).await.unwrap();
-    let (sealed, dup) = store.seal_job(job.id, Seal { unique_window: window, ..seal(key, 1, 1) }).await.unwrap();
+    let (sealed, dup) =
+        store.seal_job(job.id, Seal { unique_window: window, ..seal(key, 1, Priority::High) }).await.unwrap();
     (job.id, sealed.id, dup)
 }
 
@@ -87,8 +85,7 @@ fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
         .map(|i| PlannedUrl {
             url: format!("http://{host}/{i}"),
             host: host.to_string(),
-            max_leases: 1,
-            lease_urls: 0,
+            budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
             seq: i as u64,
         })
         .collect()
@@ -106,12 +103,12 @@ fn lease_req(holder: &str) -> LeaseRequest {
     LeaseRequest { worker_id: holder.to_string(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_secs(30) }
 }
 
-fn result(lease: i64, url_id: i64, status: u16, checked_at: i64) -> ReportedResult {
+fn result(lease: &LeaseGrant, url_id: i64, status: u16, checked_at: i64) -> ReportedResult {
     let mut o = CheckOutcome::error(OutcomeKind::from_status(status, 0), "", 1);
     o.error = None;
     o.status = Some(status);
     o.checked_at_ms = checked_at;
-    ReportedResult { lease_id: lease, epoch: 1, url_id, outcome: o }
+    ReportedResult { lease_id: lease.id, epoch: lease.epoch, url_id, outcome: o }
 }
 
 async fn duplicate_submissions_return_the_existing_job(backend: Backend) {
@@ -136,7 +133,7 @@ async fn duplicate_submissions_return_the_existing_job(backend: Backend) {
 
     // An idempotency key finds its job at once, whatever follows.
     let mut keyed = new_job("k2", 1);
-    keyed.idempotency_key = Some("retry-me".into());
+    keyed.options.idempotency_key = Some("retry-me".into());
     let (k, dup) = store.create_job(keyed.clone()).await.unwrap();
     assert!(!dup);
     assert_eq!(k.state, JobState::Receiving);
@@ -197,8 +194,8 @@ async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(b
     let res: Vec<ReportedResult> = l1
         .urls
         .iter()
-        .map(|(id, _)| result(l1.id, *id, 200, now))
-        .chain(l2.urls.iter().map(|(id, _)| result(l2.id, *id, 404, now)))
+        .map(|(id, _)| result(&l1, *id, 200, now))
+        .chain(l2.urls.iter().map(|(id, _)| result(&l2, *id, 404, now)))
         .collect();
     let touched = store.ingest(&res).await.unwrap();
     assert_eq!(touched.jobs, vec![job.id]);
@@ -218,7 +215,7 @@ async fn replayed_results_change_nothing(backend: Backend) {
     store.seal_job(job.id, seal("replay", 4, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let now = now_ms();
-    let batch: Vec<ReportedResult> = lease.urls.iter().map(|(id, _)| result(lease.id, *id, 200, now)).collect();
+    let batch: Vec<ReportedResult> = lease.urls.iter().map(|(id, _)| result(&lease, *id, 200, now)).collect();
     store.ingest(&batch[..2]).await.unwrap();
     store.ingest(&batch[..2]).await.unwrap();
     let halfway = store.get_job(job.id).await.unwrap().unwrap();
@@ -244,11 +241,11 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let url_id = lease.urls[0].0;
     let t = now_ms();
-    store.ingest(&[result(lease.id, url_id, 404, t)]).await.unwrap();
-    store.ingest(&[result(lease.id, url_id, 200, t - 60_000)]).await.unwrap();
+    store.ingest(&[result(&lease, url_id, 404, t)]).await.unwrap();
+    store.ingest(&[result(&lease, url_id, 200, t - 60_000)]).await.unwrap();
     assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 404, "the newer result stays");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "both are history");
-    store.ingest(&[result(lease.id, url_id, 200, t + 1)]).await.unwrap();
+    store.ingest(&[result(&lease, url_id, 200, t + 1)]).await.unwrap();
     assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 200);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
@@ -259,7 +256,7 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
         [((500, t + 10), (410, t + 20), 410), ((301, t + 40), (503, t + 30), 301), ((502, t + 50), (404, t + 50), 502)];
     for (first, second, latest) in batches {
         store
-            .ingest(&[result(lease.id, url_id, first.0, first.1), result(lease.id, url_id, second.0, second.1)])
+            .ingest(&[result(&lease, url_id, first.0, first.1), result(&lease, url_id, second.0, second.1)])
             .await
             .unwrap();
         assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, latest);
@@ -276,8 +273,10 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     store.seal_job(job.id, seal("expire", 2, job.priority)).await.unwrap();
     let short =
         LeaseRequest { worker_id: "w".into(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_millis(1) };
+    let mut leases = Vec::new();
     for attempt in 1..=3 {
         let lease = store.acquire_lease(&short).await.unwrap().unwrap_or_else(|| panic!("lease {attempt}"));
+        leases.push(lease.clone());
         assert_eq!(lease.urls.len(), 2);
         assert!(store.acquire_lease(&short).await.unwrap().is_none(), "still leased before the reap");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -299,7 +298,7 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     assert!(rows.iter().all(|r| r.kind == Some(OutcomeKind::Failed) && r.error.is_some()));
 
     // A late report from an expired lease is recorded but cannot un-fail or double-count.
-    store.ingest(&[result(1, rows.len() as i64, 200, now_ms())]).await.unwrap();
+    store.ingest(&[result(&leases[0], leases[0].urls[1].0, 200, now_ms())]).await.unwrap();
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.failed, j.counts.checked), (2, 0));
 }
@@ -312,7 +311,7 @@ async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let now = now_ms();
     store
-        .ingest(&[result(lease.id, lease.urls[0].0, 200, now), result(lease.id, lease.urls[1].0, 500, now)])
+        .ingest(&[result(&lease, lease.urls[0].0, 200, now), result(&lease, lease.urls[1].0, 500, now)])
         .await
         .unwrap();
 
@@ -345,7 +344,7 @@ async fn cancelling_keeps_finished_results_and_releases_leases(backend: Backend)
     store.add_urls(job.id, &all, recheck()).await.unwrap();
     store.seal_job(job.id, seal("cancel", 6, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
-    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now_ms())]).await.unwrap();
+    store.ingest(&[result(&lease, lease.urls[0].0, 200, now_ms())]).await.unwrap();
     let (cancelled, revoked) = store.cancel_job(job.id).await.unwrap().unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert_eq!(revoked, vec![lease.id]);
@@ -373,7 +372,7 @@ async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
     // Paging crosses from URL rows into invalid entries.
     let page1 = store.list_results(job.id, &[], None, 2).await.unwrap();
     assert_eq!(page1.len(), 2);
-    let page2 = store.list_results(job.id, &[], Some(&page1[1].cursor), 2).await.unwrap();
+    let page2 = store.list_results(job.id, &[], Some(page1[1].cursor), 2).await.unwrap();
     assert_eq!(page2.len(), 1);
     assert_eq!(page2[0].url, "nope");
     let only_invalid = store.list_results(job.id, &[urlfleet_shared::OutcomeClass::Invalid], None, 10).await.unwrap();
@@ -384,8 +383,10 @@ async fn invalid_entries_are_listed_with_their_reasons(backend: Backend) {
 async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(backend: Backend) {
     let (_db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("shared", 500)).await.unwrap();
-    let own: Vec<PlannedUrl> =
-        urls("own.example", 500).into_iter().map(|u| PlannedUrl { max_leases: 3, ..u }).collect();
+    let own: Vec<PlannedUrl> = urls("own.example", 500)
+        .into_iter()
+        .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 3, ..u.budget }, ..u })
+        .collect();
     store.add_urls(job.id, &own, recheck()).await.unwrap();
     store.seal_job(job.id, seal("shared", 500, job.priority)).await.unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -402,7 +403,7 @@ async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(
     assert!(store.acquire_lease(&lease_req("w4")).await.unwrap().is_none(), "at most max_leases at once");
     let l = &leases[0];
     let now = now_ms();
-    store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+    store.ingest(&l.urls.iter().map(|(id, _)| result(l, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
     let next = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a finished lease frees a slot");
     assert!(next.urls.iter().all(|(id, _)| !seen.contains(id)));
 }
@@ -420,7 +421,7 @@ async fn a_url_leased_for_another_job_is_checked_once_for_both(backend: Backend)
     assert_eq!((b_now.counts.leased, b_now.counts.pending()), (1, 1), "the shared URL joined the running lease");
 
     let now = now_ms();
-    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now)]).await.unwrap();
+    store.ingest(&[result(&lease, lease.urls[0].0, 200, now)]).await.unwrap();
     for job in [a.id, b.id] {
         let j = store.get_job(job).await.unwrap().unwrap();
         assert_eq!((j.counts.checked, j.counts.leased), (1, 0), "job {job}");
@@ -447,15 +448,14 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
     let later = PlannedUrl {
         url: "http://s.example/later".into(),
         host: "s.example".into(),
-        max_leases: 1,
-        lease_urls: 0,
+        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
         seq: 0,
     };
     store.add_urls(c.id, &[later], recheck()).await.unwrap();
     store.seal_job(c.id, seal("c", 1, c.priority)).await.unwrap();
     assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(), "one lease at a time on a polite host");
 
-    store.ingest(&[result(lease.id, lease.urls[0].0, 200, now_ms())]).await.unwrap();
+    store.ingest(&[result(&lease, lease.urls[0].0, 200, now_ms())]).await.unwrap();
     let next = store.acquire_lease(&lease_req("w2")).await.unwrap().expect("the lease ended with its last URL");
     assert_eq!(next.urls.len(), 1);
     let done = store.get_job(a.id).await.unwrap().unwrap();
@@ -465,32 +465,31 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
 async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
     let (_db, store) = open(backend).await;
     let mut big = new_job("big", 300);
-    big.priority = 3;
+    big.priority = Priority::Low;
     let (big, _) = store.create_job(big).await.unwrap();
     store.add_urls(big.id, &urls("shared.example", 300), recheck()).await.unwrap();
-    store.seal_job(big.id, seal("big", 300, 3)).await.unwrap();
+    store.seal_job(big.id, seal("big", 300, Priority::Low)).await.unwrap();
     let first = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     assert_eq!(first.urls.len(), 100);
     store
-        .ingest(&first.urls.iter().map(|(id, _)| result(first.id, *id, 200, now_ms())).collect::<Vec<_>>())
+        .ingest(&first.urls.iter().map(|(id, _)| result(&first, *id, 200, now_ms())).collect::<Vec<_>>())
         .await
         .unwrap();
 
     // A job of the same priority arrives while the big one has 200 URLs left on the host.
     let mut late = new_job("late", 10);
-    late.priority = 3;
+    late.priority = Priority::Low;
     let (late, _) = store.create_job(late).await.unwrap();
     let late_urls: Vec<PlannedUrl> = (0..10)
         .map(|i| PlannedUrl {
             url: format!("http://shared.example/late/{i}"),
             host: "shared.example".into(),
-            max_leases: 1,
-            lease_urls: 0,
+            budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
             seq: i,
         })
         .collect();
     store.add_urls(late.id, &late_urls, recheck()).await.unwrap();
-    store.seal_job(late.id, seal("late", 10, 3)).await.unwrap();
+    store.seal_job(late.id, seal("late", 10, Priority::Low)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let (from_late, from_big): (Vec<_>, Vec<_>) = next.urls.iter().partition(|(_, u)| u.contains("/late/"));
     assert_eq!(from_late.len(), 10, "the late job's first URLs go with the big job's next ones, not after all of them");
@@ -513,8 +512,7 @@ async fn a_discarded_submission_gives_back_the_lease_its_urls_were_in(backend: B
     let again = PlannedUrl {
         url: "http://x.example/again".into(),
         host: "x.example".into(),
-        max_leases: 1,
-        lease_urls: 0,
+        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
         seq: 0,
     };
     store.add_urls(next.id, &[again], recheck()).await.unwrap();
@@ -526,7 +524,7 @@ async fn a_discarded_submission_gives_back_the_lease_its_urls_were_in(backend: B
 async fn higher_priority_work_is_leased_first(backend: Backend) {
     let (_db, store) = open(backend).await;
     let mut low = new_job("low", 300);
-    low.priority = 3;
+    low.priority = Priority::Low;
     let (low, _) = store.create_job(low).await.unwrap();
     for h in 0..30 {
         store.add_urls(low.id, &urls(&format!("low{h}.example"), 10), recheck()).await.unwrap();
@@ -544,7 +542,7 @@ async fn higher_priority_work_is_leased_first(backend: Backend) {
     // Within a lease the most urgent URLs come first, as the worker checks them in the order given:
     // here the ones added last, whose ids are the highest.
     let mut later = new_job("later", 5);
-    later.priority = 3;
+    later.priority = Priority::Low;
     let (later, _) = store.create_job(later).await.unwrap();
     store.add_urls(later.id, &urls("mixed.example", 5), recheck()).await.unwrap();
     store.seal_job(later.id, seal("later", 5, later.priority)).await.unwrap();
@@ -591,7 +589,11 @@ async fn a_job_cancelled_while_receiving_stays_cancelled_and_a_second_seal_chang
 async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(backend: Backend) {
     let (_db, store) = open(backend).await;
     let on_slow = |from: usize, n: usize, lease_urls: u32| -> Vec<PlannedUrl> {
-        urls("slow.example", from + n).split_off(from).into_iter().map(|u| PlannedUrl { lease_urls, ..u }).collect()
+        urls("slow.example", from + n)
+            .split_off(from)
+            .into_iter()
+            .map(|u| PlannedUrl { budget: LeaseBudget { lease_urls, ..u.budget }, ..u })
+            .collect()
     };
     let add = async |key: &str, urls: Vec<PlannedUrl>| {
         let (job, _) = store.create_job(new_job(key, urls.len() as u64)).await.unwrap();
@@ -601,7 +603,7 @@ async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(
     let lease_and_finish = async || {
         let l = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a lease");
         let now = now_ms();
-        store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+        store.ingest(&l.urls.iter().map(|(id, _)| result(&l, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
         l.urls.len()
     };
     // 12 URLs a lease; then a job whose budget is 4 joins while work is left, and one with no bound
@@ -613,7 +615,7 @@ async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(
     let mut sizes = Vec::new();
     while let Some(l) = store.acquire_lease(&lease_req("w")).await.unwrap() {
         let now = now_ms();
-        store.ingest(&l.urls.iter().map(|(id, _)| result(l.id, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+        store.ingest(&l.urls.iter().map(|(id, _)| result(&l, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
         sizes.push(l.urls.len());
     }
     assert_eq!(sizes.iter().sum::<usize>(), 38);
@@ -627,16 +629,56 @@ async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(
     // (nothing pending), opens no lease beside it.
     add("e", on_slow(70, 5, 12)).await;
     let polite = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a lease");
-    let lifted: Vec<PlannedUrl> = on_slow(75, 20, 0).into_iter().map(|u| PlannedUrl { max_leases: 4, ..u }).collect();
+    let lifted: Vec<PlannedUrl> = on_slow(75, 20, 0)
+        .into_iter()
+        .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 4, ..u.budget }, ..u })
+        .collect();
     add("f", lifted).await;
     assert!(
         store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(),
         "no second lease while the polite one is out"
     );
     let now = now_ms();
-    store
-        .ingest(&polite.urls.iter().map(|(id, _)| result(polite.id, *id, 200, now)).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    store.ingest(&polite.urls.iter().map(|(id, _)| result(&polite, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
     assert_eq!(lease_and_finish().await, 12, "the polite budget holds while the host has work");
+}
+
+async fn results_under_no_granted_lease_or_a_stale_epoch_are_refused(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("fenced", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("f.example", 2), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("fenced", 2, job.priority)).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let (a, b) = (lease.urls[0].0, lease.urls[1].0);
+    let stale = LeaseGrant { epoch: lease.epoch - 1, ..lease.clone() };
+    let forged = LeaseGrant { id: lease.id + 1_000, ..lease.clone() };
+    let touched = store.ingest(&[result(&stale, a, 404, now_ms()), result(&forged, b, 404, now_ms())]).await.unwrap();
+    assert_eq!(touched.refused, 2);
+    let j = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!((j.counts.checked, j.counts.broken, j.counts.leased), (0, 0, 2), "refused results change nothing");
+
+    // The honest path still works, in the same batch as a forged result.
+    let touched = store.ingest(&[result(&lease, a, 200, now_ms()), result(&forged, b, 404, now_ms())]).await.unwrap();
+    assert_eq!(touched.refused, 1);
+    let j = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!((j.counts.checked, j.counts.ok, j.counts.broken), (1, 1, 0));
+}
+
+async fn stored_options_read_back_as_submitted(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut options =
+        JobOptions { name: "opts".into(), force: true, priority: Some(Priority::Medium), ..Default::default() };
+    options.labels.insert("team".into(), "seo".into());
+    options.host_policies.insert(
+        "a.example".into(),
+        urlfleet_shared::job::PolicyOverride { concurrency: Some(4), interval_ms: Some(0) },
+    );
+    let new = NewJob { options: options.clone(), priority: Priority::Medium, not_before_ms: 0, trace_parent: None };
+    let (job, _) = store.create_job(new).await.unwrap();
+    assert_eq!(job.options, options);
+    assert_eq!(job.priority, Priority::Medium);
+    store.add_urls(job.id, &urls("a.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("opts", 1, job.priority)).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(lease.job_options, vec![options], "a lease carries its jobs' options as stored");
 }

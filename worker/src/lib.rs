@@ -2,12 +2,14 @@
 //! bounded concurrency and per-host politeness, and reports results until they are acknowledged.
 //!
 //! # Layout
+//! - [`direct`]: checking a list with no store or coordinator (`urlfleet check --no-store`).
 //! - [`engine`]: the HTTP check engine (politeness gate, retries, redirects, SSRF guard).
 //! - [`metrics`]: checks by outcome, latency, in-flight checks, host pauses.
 //! - [`session`]: the coordinator session (credits, leases, result batches, acks, reconnects).
 //! - [`config`]: the worker's typed configuration.
 
 pub mod config;
+pub mod direct;
 pub mod engine;
 pub mod metrics;
 pub mod session;

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 use urlfleet_shared::HostPolicy;
-use urlfleet_shared::convert::{ReportedResult, overlay_policy};
+use urlfleet_shared::ReportedResult;
+use urlfleet_shared::job::PolicyOverride;
 use urlfleet_shared::proto::v1::worker_service_client::WorkerServiceClient;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as In, worker_message::Msg as Out};
 
@@ -99,7 +100,16 @@ impl Worker {
 
     async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
-        let mut delay = RECONNECT_MIN;
+        use backon::BackoffBuilder;
+        let reconnect = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(RECONNECT_MIN)
+                .with_max_delay(RECONNECT_MAX)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = reconnect();
         info!(worker.id = %self.id, coordinator = %self.config.coordinator, "worker starting");
         loop {
             match self.connect_and_work(&mut shutdown).await {
@@ -109,12 +119,9 @@ impl Worker {
                 }
                 Ok(Ended::Lost(why)) => {
                     warn!(error = %why, unacked = self.unacked.len(), "coordinator session lost; reconnecting");
-                    delay = RECONNECT_MIN;
+                    backoff = reconnect();
                 }
-                Err(e) => {
-                    debug!(error = %format!("{e:#}"), "cannot reach the coordinator");
-                    delay = (delay * 2).min(RECONNECT_MAX);
-                }
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot reach the coordinator; retrying"),
             }
             if let Some(deadline) = self.stopping
                 && Instant::now() >= deadline + self.config.shutdown_grace
@@ -125,9 +132,9 @@ impl Worker {
                 );
                 return Ok(());
             }
-            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            let delay = backoff.next().unwrap_or(RECONNECT_MAX);
             tokio::select! {
-                () = tokio::time::sleep(delay + jitter) => {}
+                () = tokio::time::sleep(delay) => {}
                 () = &mut shutdown, if self.stopping.is_none() => self.begin_stop(),
             }
         }
@@ -285,7 +292,10 @@ impl Worker {
 
     fn start_lease(&mut self, lease: pb::Lease) {
         let token = CancellationToken::new();
-        let policy = overlay_policy(HostPolicy::default(), lease.policy.as_ref());
+        let policy = lease
+            .policy
+            .as_ref()
+            .map_or(HostPolicy::default(), |p| PolicyOverride::from(p).over(HostPolicy::default()));
         self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(lease.id, token.clone());
         self.outstanding.fetch_add(lease.urls.len(), Ordering::Relaxed);
         let span = info_span!(

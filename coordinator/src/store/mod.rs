@@ -1,20 +1,34 @@
-//! Persistence: the [`Store`] trait and its two implementations, PostgreSQL (the cluster store) and
-//! SQLite (the embedded default). Both run the same SQL where the dialects agree (see [`sql`]), so
-//! the same conformance tests hold for both.
+//! Persistence, by concern. [`Store`] is the interface the services use; [`SqlStore`] implements it
+//! on PostgreSQL (the cluster store) and SQLite (the embedded default) with the same statements,
+//! written once, so the same conformance tests hold for both.
+//!
+//! # Layout
+//! - [`db`]: the small interface to the two databases: statements, transactions, dialect differences.
+//! - `rows`: how domain values are laid out in columns (`FromRow` types, redirect hops).
+//! - `submission`: creating jobs, adding their URLs to the frontier, sealing and discarding them.
+//! - `leasing`: granting, renewing, expiring and reaping leases.
+//! - `ingest`: storing reported results — history, monotonic latest state, job progress.
+//! - `jobs`: reading, listing and cancelling jobs; job counters and completion.
+//! - `results`: a job's per-URL results, page by page; frontier statistics.
+//! - `postgres`, `sqlite`: connecting, migrations, and each database's bulk statements.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use urlfleet_shared::convert::ReportedResult;
-use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop};
+pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, LeaseBudget, Priority, RecheckPolicy};
+pub use urlfleet_shared::plan::{InvalidEntry, PlannedUrl};
+use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
+pub(crate) mod db;
+pub use db::is_transient;
+mod ingest;
+mod jobs;
+mod leasing;
 mod postgres;
-mod sql;
+mod results;
+mod rows;
 mod sqlite;
-
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+mod submission;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -46,71 +60,23 @@ pub enum StoreError {
     /// Results name URLs the store does not hold: storing them can never succeed.
     #[error("results for {0} unknown URL id(s)")]
     UnknownUrls(usize),
+    /// URLs were added to a job that is not receiving them any more (gone, or ended).
+    #[error("job {0} is not receiving URLs")]
+    NotReceiving(i64),
 }
 
 /// Result alias of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Lifecycle state of a job, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    /// Its URLs are arriving (and those that arrived are being leased).
-    Receiving,
-    /// Accepted, nothing leased yet.
-    Scheduled,
-    /// Some URL leased, not all resolved.
-    Running,
-    /// Every URL resolved.
-    Completed,
-    /// Cancelled by a client.
-    Cancelled,
-}
-
-impl JobState {
-    /// Stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Receiving => "receiving",
-            Self::Scheduled => "scheduled",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the job has ended.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Cancelled)
-    }
-
-    fn parse(s: &str) -> StoreResult<Self> {
-        Ok(match s {
-            "receiving" => Self::Receiving,
-            "scheduled" => Self::Scheduled,
-            "running" => Self::Running,
-            "completed" => Self::Completed,
-            "cancelled" => Self::Cancelled,
-            other => return Err(StoreError::Corrupt(format!("job state {other:?}"))),
-        })
-    }
-}
-
-/// Scheduling priority (1 high, 2 medium, 3 low).
-pub type Priority = i16;
 
 /// A job to create. Its URLs follow in batches ([`Store::add_urls`]) and are leased as they arrive;
 /// [`Store::seal_job`] then settles what the submission turned out to be (until then the job is
 /// `receiving`, and it cannot complete).
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    /// Display name.
-    pub name: String,
+    /// The options as submitted (name and idempotency key included).
+    pub options: JobOptions,
     /// Priority while the URLs arrive (the final one may be higher, see [`Seal::priority`]).
     pub priority: Priority,
-    /// Encoded options (protobuf `JobOptions`), kept as submitted.
-    pub options: Vec<u8>,
-    /// Client idempotency key.
-    pub idempotency_key: Option<String>,
     /// Earliest lease time while the URLs arrive (`i64::MAX` holds them all until the seal).
     pub not_before_ms: i64,
     /// W3C `traceparent` of the submission, so that the job's leases join its trace.
@@ -147,8 +113,8 @@ pub struct JobRecord {
     pub state: JobState,
     /// Priority.
     pub priority: Priority,
-    /// Encoded options.
-    pub options: Vec<u8>,
+    /// The options as submitted.
+    pub options: JobOptions,
     /// Earliest lease time.
     pub not_before_ms: i64,
     /// Counters.
@@ -159,88 +125,6 @@ pub struct JobRecord {
     pub sealed_at_ms: Option<i64>,
     /// When the job ended.
     pub finished_at_ms: Option<i64>,
-}
-
-/// Counters of a job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JobCounts {
-    /// Entries received.
-    pub received: u64,
-    /// Distinct entries.
-    pub total: u64,
-    /// Collapsed duplicates.
-    pub duplicates: u64,
-    /// Leased right now.
-    pub leased: u64,
-    /// Checked by this job.
-    pub checked: u64,
-    /// Skipped by the re-check policy.
-    pub fresh: u64,
-    /// Invalid entries.
-    pub invalid: u64,
-    /// Given up after expired leases.
-    pub failed: u64,
-    /// Left unresolved by a cancellation.
-    pub cancelled: u64,
-    /// Outcome classes of checked and fresh URLs.
-    pub ok: u64,
-    /// See `ok`.
-    pub redirected: u64,
-    /// See `ok`.
-    pub broken: u64,
-    /// See `ok` (includes failed).
-    pub error: u64,
-}
-
-impl JobCounts {
-    /// URLs not resolved yet (waiting or leased).
-    pub fn unresolved(&self) -> u64 {
-        self.total.saturating_sub(self.checked + self.fresh + self.invalid + self.failed + self.cancelled)
-    }
-
-    /// URLs waiting for a lease.
-    pub fn pending(&self) -> u64 {
-        self.unresolved().saturating_sub(self.leased)
-    }
-}
-
-/// A valid URL of a job, ready to persist.
-#[derive(Debug, Clone)]
-pub struct PlannedUrl {
-    /// Normalized URL.
-    pub url: String,
-    /// Its host key.
-    pub host: String,
-    /// Leases the host may have at once: 1 for a polite host, more when its limits were lifted.
-    pub max_leases: u32,
-    /// URLs one lease of the host may hold: about a lease span of requests at its pace (0: no bound
-    /// beyond the worker's request, as for a host whose limits were lifted).
-    pub lease_urls: u32,
-    /// Position among the submission's distinct URLs, in arrival order. A host's URLs of one
-    /// priority and class are leased by it, so jobs of equal priority sharing a host advance in turn
-    /// (the k-th URL of each before the (k+1)-th of any), and a job that arrives late is not queued
-    /// behind everything an earlier one still has.
-    pub seq: u64,
-}
-
-/// The re-check policy applied when URLs are added to a job.
-#[derive(Debug, Clone, Copy)]
-pub struct RecheckPolicy {
-    /// Check everything.
-    pub force: bool,
-    /// A healthy URL checked more recently than this is fresh.
-    pub recheck_after: Duration,
-    /// A URL with stored status >= 400 checked more recently than this is fresh.
-    pub recheck_broken_after: Duration,
-}
-
-/// An invalid input entry.
-#[derive(Debug, Clone)]
-pub struct InvalidEntry {
-    /// The input as given.
-    pub input: String,
-    /// Why it is invalid.
-    pub reason: String,
 }
 
 /// What a lease request asks for.
@@ -262,18 +146,18 @@ pub struct LeaseRequest {
 pub struct LeaseGrant {
     /// Lease id.
     pub id: i64,
-    /// Fencing epoch of the host.
+    /// Fencing epoch of the host: results must carry it.
     pub epoch: i64,
     /// Host.
     pub host: String,
-    /// (url id, url).
+    /// (url id, url), in the order to check them.
     pub urls: Vec<(i64, String)>,
     /// Deadline, ms since epoch.
     pub deadline_ms: i64,
     /// Jobs the URLs belong to.
     pub jobs: Vec<i64>,
-    /// Encoded options of those jobs (for politeness), deduplicated.
-    pub job_options: Vec<Vec<u8>>,
+    /// Options of those jobs (for politeness), deduplicated.
+    pub job_options: Vec<JobOptions>,
     /// W3C `traceparent` of the first of those jobs that has one.
     pub trace_parent: Option<String>,
 }
@@ -285,6 +169,8 @@ pub struct Touched {
     pub jobs: Vec<i64>,
     /// Leases that expired (reaping only).
     pub expired_leases: u64,
+    /// Results refused because their lease id and epoch name no lease that was granted (ingest only).
+    pub refused: u64,
 }
 
 /// The frontier at a glance.
@@ -296,11 +182,42 @@ pub struct FrontierStats {
     pub pending: i64,
 }
 
+/// Where a page of results starts: after a URL row, or after an invalid entry (which come last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultCursor {
+    /// After the URL with this id.
+    Url(i64),
+    /// After the invalid entry with this sequence number.
+    Invalid(i64),
+}
+
+impl std::fmt::Display for ResultCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(id) => write!(f, "u{id}"),
+            Self::Invalid(seq) => write!(f, "i{seq}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ResultCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("malformed cursor {s:?}");
+        let n = s.get(1..).and_then(|n| n.parse::<i64>().ok()).ok_or_else(bad)?;
+        match s.as_bytes().first() {
+            Some(b'u') => Ok(Self::Url(n)),
+            Some(b'i') => Ok(Self::Invalid(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// A stored result of one URL of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultRow {
     /// Paging cursor.
-    pub cursor: String,
+    pub cursor: ResultCursor,
     /// URL (or raw input for invalid entries).
     pub url: String,
     /// Outcome kind; `None` while unresolved.
@@ -327,8 +244,9 @@ pub struct ResultRow {
     pub error: Option<String>,
 }
 
-/// The persistence interface of a coordinator. Every write is idempotent; see the module docs of the
-/// implementations for the SQL.
+/// The persistence interface of a coordinator. Writes are idempotent where a retry can repeat them:
+/// a replayed result, a re-sent heartbeat, a seal or discard tried again. `add_urls` is one
+/// transaction, so a batch retried after a failure was not stored before.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a `receiving` job, or returns the job with the same idempotency key; the flag is true
@@ -364,6 +282,8 @@ pub trait Store: Send + Sync + 'static {
     /// `max_attempts` times.
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
     /// Persists reported results: latest state (monotonic), history (idempotent), job progress.
+    /// Results whose lease id and epoch name no granted lease are refused (counted in
+    /// [`Touched::refused`]) and change nothing.
     async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched>;
     /// Active leases and frontier depth, for metrics.
     async fn frontier_stats(&self) -> StoreResult<FrontierStats>;
@@ -372,34 +292,85 @@ pub trait Store: Send + Sync + 'static {
         &self,
         job_id: i64,
         classes: &[OutcomeClass],
-        after: Option<&str>,
+        after: Option<ResultCursor>,
         limit: u32,
     ) -> StoreResult<Vec<ResultRow>>;
 }
 
-/// The migrations of one dialect, embedded in the binary (so a single file is the whole program).
-fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
-    use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(
-        migrations
-            .iter()
-            .map(|(version, name, sql)| {
-                Migration::new(*version, (*name).into(), MigrationType::Simple, (*sql).into_sql_str(), false)
-            })
-            .collect(),
-    )
+/// The store on either database: one implementation of every concern, running the same statements.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: db::Db,
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create_job(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
+        self.create_job_impl(job).await
+    }
+    async fn add_urls(&self, job_id: i64, urls: &[PlannedUrl], policy: RecheckPolicy) -> StoreResult<()> {
+        self.add_urls_impl(job_id, urls, policy).await
+    }
+    async fn add_invalid(&self, job_id: i64, first_seq: i64, entries: &[InvalidEntry]) -> StoreResult<()> {
+        self.add_invalid_impl(job_id, first_seq, entries).await
+    }
+    async fn seal_job(&self, job_id: i64, seal: Seal) -> StoreResult<(JobRecord, bool)> {
+        self.seal_job_impl(job_id, &seal).await
+    }
+    async fn discard_job(&self, job_id: i64) -> StoreResult<()> {
+        self.discard_job_impl(job_id).await
+    }
+    async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64> {
+        self.discard_abandoned_impl(before_ms).await
+    }
+    async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+        self.get_job_impl(id).await
+    }
+    async fn list_jobs(&self, states: &[JobState], before: Option<i64>, limit: u32) -> StoreResult<Vec<JobRecord>> {
+        self.list_jobs_impl(states, before, limit).await
+    }
+    async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
+        self.cancel_job_impl(id).await
+    }
+    async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
+        self.acquire_lease_impl(req).await
+    }
+    async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
+        self.renew_leases_impl(worker_id, lease_ids, ttl).await
+    }
+    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()> {
+        self.expire_worker_leases_impl(worker_id).await
+    }
+    async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched> {
+        self.reap_expired_impl(max_attempts).await
+    }
+    async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
+        self.ingest_impl(results).await
+    }
+    async fn frontier_stats(&self) -> StoreResult<FrontierStats> {
+        self.frontier_stats_impl().await
+    }
+    async fn list_results(
+        &self,
+        job_id: i64,
+        classes: &[OutcomeClass],
+        after: Option<ResultCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<ResultRow>> {
+        self.list_results_impl(job_id, classes, after, limit).await
+    }
 }
 
 /// Opens the store a database URL names, creating an SQLite file when missing, and migrates it.
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PgStore::connect(url).await?))
+    let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        db::Db::Pg(postgres::connect(url).await?)
     } else if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::connect(url).await?))
+        db::Db::Lite(sqlite::connect(url).await?)
     } else {
-        Err(StoreError::UnsupportedUrl(mask_password(url)))
-    }
+        return Err(StoreError::UnsupportedUrl(mask_password(url)));
+    };
+    Ok(std::sync::Arc::new(SqlStore { db }))
 }
 
 /// The URL with its password replaced by `***`, for messages and logs.
@@ -415,98 +386,6 @@ pub fn mask_password(url: &str) -> String {
     }
 }
 
-/// Aggregated counter changes per job, built while applying a write.
-#[derive(Debug, Default)]
-pub(crate) struct CounterDelta(BTreeMap<i64, [i64; 9]>);
-
-/// Index of each counter in a [`CounterDelta`] row.
-pub(crate) mod delta {
-    pub const LEASED: usize = 0;
-    pub const CHECKED: usize = 1;
-    pub const FRESH: usize = 2;
-    pub const FAILED: usize = 3;
-    pub const OK: usize = 4;
-    pub const REDIRECTED: usize = 5;
-    pub const BROKEN: usize = 6;
-    pub const ERROR: usize = 7;
-    pub const CANCELLED: usize = 8;
-}
-
-impl CounterDelta {
-    pub(crate) fn add(&mut self, job: i64, idx: usize, n: i64) {
-        self.0.entry(job).or_default()[idx] += n;
-    }
-
-    pub(crate) fn add_class(&mut self, job: i64, class: OutcomeClass) {
-        let idx = match class {
-            OutcomeClass::Ok => delta::OK,
-            OutcomeClass::Redirected => delta::REDIRECTED,
-            OutcomeClass::Broken => delta::BROKEN,
-            OutcomeClass::Error | OutcomeClass::Invalid => delta::ERROR,
-        };
-        self.add(job, idx, 1);
-    }
-
-    pub(crate) fn jobs(&self) -> Vec<i64> {
-        self.0.keys().copied().collect()
-    }
-
-    pub(crate) fn rows(&self) -> impl Iterator<Item = (i64, &[i64; 9])> {
-        self.0.iter().map(|(k, v)| (*k, v))
-    }
-}
-
-/// An outcome as the `urls` and `checks` columns hold it: the one place that maps the domain value to
-/// column types (unsigned values clamped into `BIGINT`, hops encoded).
-pub(crate) struct OutcomeRow<'a> {
-    pub kind: &'static str,
-    pub status: Option<i32>,
-    pub final_url: Option<&'a str>,
-    pub redirects: Option<String>,
-    pub attempts: i32,
-    pub response_ms: i64,
-    pub content_type: Option<&'a str>,
-    pub content_length: Option<i64>,
-    pub error: Option<&'a str>,
-    pub checked_at: i64,
-}
-
-impl<'a> OutcomeRow<'a> {
-    pub(crate) fn of(o: &'a urlfleet_shared::CheckOutcome) -> Self {
-        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        Self {
-            kind: o.kind.as_str(),
-            status: o.status.map(i32::from),
-            final_url: o.final_url.as_deref(),
-            redirects: encode_redirects(&o.redirects),
-            attempts: i32::try_from(o.attempts).unwrap_or(i32::MAX),
-            response_ms: clamp(o.response_time_ms),
-            content_type: o.content_type.as_deref(),
-            content_length: o.content_length.map(clamp),
-            error: o.error.as_deref(),
-            checked_at: o.checked_at_ms,
-        }
-    }
-}
-
-/// Redirect hops as stored: one `status url` pair per line.
-pub(crate) fn encode_redirects(hops: &[RedirectHop]) -> Option<String> {
-    if hops.is_empty() {
-        return None;
-    }
-    Some(hops.iter().map(|h| format!("{} {}", h.status, h.url)).collect::<Vec<_>>().join("\n"))
-}
-
-pub(crate) fn decode_redirects(s: Option<&str>) -> Vec<RedirectHop> {
-    s.unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (st, url) = l.split_once(' ')?;
-            Some(RedirectHop { url: url.to_string(), status: st.parse().ok()? })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,12 +398,12 @@ mod tests {
     }
 
     #[test]
-    fn redirects_round_trip() {
-        let hops = vec![
-            RedirectHop { url: "http://a.example/x y".into(), status: 301 },
-            RedirectHop { url: "http://b.example/".into(), status: 308 },
-        ];
-        assert_eq!(decode_redirects(encode_redirects(&hops).as_deref()), hops);
-        assert!(encode_redirects(&[]).is_none());
+    fn cursors_round_trip_and_malformed_ones_are_refused() {
+        for c in [ResultCursor::Url(42), ResultCursor::Invalid(0)] {
+            assert_eq!(c.to_string().parse::<ResultCursor>().unwrap(), c);
+        }
+        for bad in ["", "u", "x1", "uabc", "i-"] {
+            assert!(bad.parse::<ResultCursor>().is_err(), "{bad:?}");
+        }
     }
 }

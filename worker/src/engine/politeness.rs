@@ -24,8 +24,7 @@ pub const PENALTY_START: Duration = Duration::from_millis(500);
 pub const PENALTY_MAX: Duration = Duration::from_secs(60);
 /// Added to every non-zero spacing, with [`margin`]: the server measures arrivals, which jitter by a
 /// connection set-up or a scheduling hiccup on either side; the margin keeps a polite client polite by
-/// the server's clock (measured on a loaded two-core machine: a 102 ms client spacing arrived 99 ms
-/// apart, and a 107 ms one 98 ms apart).
+/// the server's clock, also on a busy machine.
 pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
 
 /// The safety margin added to a spacing: 10 % of it plus [`INTERVAL_MARGIN`] (12 ms at 100 ms).

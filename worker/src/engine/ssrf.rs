@@ -7,50 +7,33 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// An IP network in CIDR notation.
+use ipnet::IpNet;
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare address is a network of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Whether `ip` lies in this network (IPv4-mapped IPv6 addresses match IPv4 networks).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.trim_matches(['[', ']']).parse().map_err(|_| format!("{s:?} is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("bad prefix in {s:?}"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
+        let bare = s.trim_matches(['[', ']']);
+        bare.parse::<IpNet>()
+            .or_else(|_| bare.parse::<IpAddr>().map(IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("{s:?} is not an IP network"))
     }
 }
 
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -72,11 +55,29 @@ impl AddressPolicy {
     }
 }
 
-/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+/// An IPv6 address that carries an IPv4 address is judged as that IPv4 address: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64
+/// (`64:ff9b::a.b.c.d`, `64:ff9b:1::/48`) and 6to4 (`2002:aabb:ccdd::`). A gateway on the path may
+/// deliver such an address to the IPv4 host it names.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    match s {
+        // IPv4-compatible (deprecated): ::a.b.c.d, but not :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => low(hi, lo),
+        // IPv4-translated (SIIT): ::ffff:0:a.b.c.d.
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => low(hi, lo),
+        // NAT64 well-known prefix 64:ff9b::/96.
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => low(hi, lo),
+        // NAT64 local-use prefix 64:ff9b:1::/48: the IPv4 address sits in the last 32 bits.
+        [0x64, 0xff9b, 1, _, _, _, hi, lo] => low(hi, lo),
+        // 6to4 2002::/16: the IPv4 address follows the prefix.
+        [0x2002, hi, lo, ..] => low(hi, lo),
+        _ => ip,
     }
 }
 
@@ -142,10 +143,26 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::7f00:1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:7f00:1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
         ] {
             assert!(!p.permits(ip(blocked)), "{blocked} must be blocked");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "64:ff9b::101:101",
+            "2002:101:101::",
+        ] {
             assert!(p.permits(ip(public)), "{public} must be allowed");
         }
     }
@@ -167,5 +184,8 @@ mod tests {
         assert!("nope".parse::<Cidr>().is_err());
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(ip("8.8.8.8")));
+        let one: Cidr = "[::1]".parse().unwrap();
+        assert!(one.contains(ip("::1")) && !one.contains(ip("::2")));
+        assert_eq!("127.0.0.1".parse::<Cidr>().unwrap().to_string(), "127.0.0.1/32");
     }
 }

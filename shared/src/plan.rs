@@ -8,12 +8,34 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use prost::Message;
+use crate::job::{JobOptions, LeaseBudget, Priority};
+use crate::url::NormalizedUrl;
 use sha2::{Digest, Sha256};
-use urlfleet_shared::NormalizedUrl;
-use urlfleet_shared::proto::v1 as pb;
 
-use crate::store::{InvalidEntry, PlannedUrl, Priority};
+/// A distinct valid URL of a submission, ready to persist or check.
+#[derive(Debug, Clone)]
+pub struct PlannedUrl {
+    /// Normalized URL.
+    pub url: String,
+    /// Its host key.
+    pub host: String,
+    /// The leases this job's politeness gives the host.
+    pub budget: LeaseBudget,
+    /// Position among the submission's distinct URLs, in arrival order. A host's URLs of one
+    /// priority and class are leased by it, so jobs of equal priority sharing a host advance in turn
+    /// (the k-th URL of each before the (k+1)-th of any), and a job that arrives late is not queued
+    /// behind everything an earlier one still has.
+    pub seq: u64,
+}
+
+/// An input entry that is not a checkable URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEntry {
+    /// The input as given.
+    pub input: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
 
 /// Hashes keys that are digests already: their low 64 bits are the hash.
 #[derive(Debug, Default)]
@@ -65,27 +87,6 @@ pub struct Plan {
     pub unique_key: String,
 }
 
-/// The optional delay of a job by its size: < 500 URLs 1 min, < 2,000 5 min, < 5,000 15 min, else
-/// 30 min.
-pub fn delay_for_size(n: u64) -> std::time::Duration {
-    let min = match n {
-        0..500 => 1,
-        500..2_000 => 5,
-        2_000..5_000 => 15,
-        _ => 30,
-    };
-    std::time::Duration::from_secs(60 * min)
-}
-
-/// Priority derived from a job's size: < 500 URLs high, < 5,000 medium, otherwise low.
-pub fn priority_for_size(n: u64) -> Priority {
-    match n {
-        0..500 => 1,
-        500..5_000 => 2,
-        _ => 3,
-    }
-}
-
 /// The lane of a host (FNV-1a of its name).
 fn lane_of(host: &str, lanes: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -95,21 +96,11 @@ fn lane_of(host: &str, lanes: usize) -> usize {
     (h % lanes as u64) as usize
 }
 
-/// The priority the options ask for, if any.
-pub fn explicit_priority(options: &pb::JobOptions) -> Option<Priority> {
-    match pb::Priority::try_from(options.priority).unwrap_or(pb::Priority::Unspecified) {
-        pb::Priority::High => Some(1),
-        pb::Priority::Medium => Some(2),
-        pb::Priority::Low => Some(3),
-        pb::Priority::Unspecified => None,
-    }
-}
-
 impl Planner {
     /// A planner that applies the options' normalization settings and splits URLs into `lanes` by
     /// host: batches of different lanes share no host, so writers working on them in parallel never
     /// wait for each other's rows of the host frontier.
-    pub fn new(options: &pb::JobOptions, lanes: usize) -> Self {
+    pub fn new(options: &JobOptions, lanes: usize) -> Self {
         Self {
             strip_tracking: options.strip_tracking_params,
             ready: (0..lanes.max(1)).map(|_| Vec::new()).collect(),
@@ -137,8 +128,7 @@ impl Planner {
                     self.ready[lane].push(PlannedUrl {
                         url: u.as_str().into(),
                         host: u.host().into(),
-                        max_leases: 1,
-                        lease_urls: 0,
+                        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
                         seq,
                     });
                 } else {
@@ -185,10 +175,10 @@ impl Planner {
     }
 
     /// Finishes the plan; every URL must have been taken.
-    pub fn finish(self, options: &pb::JobOptions) -> Plan {
+    pub fn finish(self, options: &JobOptions) -> Plan {
         debug_assert!(self.ready.iter().all(Vec::is_empty), "URLs left untaken");
         let total = (self.seen.len() + self.invalid.len()) as u64;
-        let priority = explicit_priority(options).unwrap_or_else(|| priority_for_size(total));
+        let priority = options.priority.unwrap_or_else(|| Priority::for_size(total));
         let mut digests: Vec<u128> = self.seen.into_iter().collect();
         digests.sort_unstable();
         let unique_key = unique_key(&digests, &self.invalid, options);
@@ -205,13 +195,9 @@ impl Planner {
 
 /// SHA-256 of the check options (without name, labels and idempotency key, which do not change what
 /// is checked), the sorted digests of the URL set and the sorted invalid entries.
-fn unique_key(digests: &[u128], invalid: &[InvalidEntry], options: &pb::JobOptions) -> String {
-    let mut o = options.clone();
-    o.name.clear();
-    o.labels.clear();
-    o.idempotency_key.clear();
+fn unique_key(digests: &[u128], invalid: &[InvalidEntry], options: &JobOptions) -> String {
     let mut h = Sha256::new();
-    h.update(o.encode_to_vec());
+    h.update(options.check_fingerprint());
     for d in digests {
         h.update(d.to_le_bytes());
     }
@@ -231,12 +217,12 @@ mod tests {
 
     #[test]
     fn duplicates_collapse_and_invalid_entries_are_kept_with_reasons() {
-        let mut p = Planner::new(&pb::JobOptions::default(), 1);
+        let mut p = Planner::new(&JobOptions::default(), 1);
         for e in ["http://a.example/x", "HTTP://A.example:80/x#f", "", "ftp://b.example/", "nope", "nope"] {
             p.push(e);
         }
         let urls = p.take(0, 10);
-        let plan = p.finish(&pb::JobOptions::default());
+        let plan = p.finish(&JobOptions::default());
         assert_eq!(plan.received, 5);
         assert_eq!(plan.duplicates, 2);
         assert_eq!(urls.len(), 1);
@@ -244,28 +230,28 @@ mod tests {
         assert_eq!(plan.invalid.len(), 2);
         assert!(plan.invalid[0].reason.contains("scheme"));
         assert_eq!(plan.total, 3);
-        assert_eq!(plan.priority, 1);
+        assert_eq!(plan.priority, Priority::High);
     }
 
     #[test]
     fn unique_key_ignores_order_and_names_but_not_options() {
-        let plan_of = |urls: &[&str], o: &pb::JobOptions| {
-            let mut p = Planner::new(&pb::JobOptions::default(), 1);
+        let plan_of = |urls: &[&str], o: &JobOptions| {
+            let mut p = Planner::new(&JobOptions::default(), 1);
             urls.iter().for_each(|u| p.push(u));
             p.take(0, usize::MAX);
             p.finish(o).unique_key
         };
-        let a = plan_of(&["http://a.example/", "http://b.example/"], &pb::JobOptions::default());
-        let named = pb::JobOptions { name: "x".into(), ..Default::default() };
+        let a = plan_of(&["http://a.example/", "http://b.example/"], &JobOptions::default());
+        let named = JobOptions { name: "x".into(), ..Default::default() };
         let b = plan_of(&["http://b.example/", "http://a.example/"], &named);
         assert_eq!(a, b);
-        let forced = pb::JobOptions { force: true, ..Default::default() };
+        let forced = JobOptions { force: true, ..Default::default() };
         assert_ne!(a, plan_of(&["http://a.example/", "http://b.example/"], &forced));
     }
 
     #[test]
     fn tracking_parameters_collapse_when_asked() {
-        let o = pb::JobOptions { strip_tracking_params: true, ..Default::default() };
+        let o = JobOptions { strip_tracking_params: true, ..Default::default() };
         let mut p = Planner::new(&o, 1);
         p.push("https://a.example/x?utm_source=mail");
         p.push("https://a.example/x?utm_source=feed&fbclid=1");
@@ -273,22 +259,6 @@ mod tests {
         let urls = p.take(0, 10);
         let plan = p.finish(&o);
         assert_eq!((urls.len(), plan.duplicates), (1, 2));
-    }
-
-    #[test]
-    fn delay_follows_size() {
-        assert_eq!(delay_for_size(10).as_secs(), 60);
-        assert_eq!(delay_for_size(1_999).as_secs(), 300);
-        assert_eq!(delay_for_size(4_999).as_secs(), 900);
-        assert_eq!(delay_for_size(5_000).as_secs(), 1_800);
-    }
-
-    #[test]
-    fn priority_follows_size() {
-        assert_eq!(priority_for_size(499), 1);
-        assert_eq!(priority_for_size(500), 2);
-        assert_eq!(priority_for_size(4_999), 2);
-        assert_eq!(priority_for_size(5_000), 3);
     }
 }
 
@@ -298,7 +268,7 @@ mod lane_tests {
 
     #[test]
     fn a_host_keeps_to_one_lane_and_every_url_is_taken_once() {
-        let mut p = Planner::new(&pb::JobOptions::default(), 3);
+        let mut p = Planner::new(&JobOptions::default(), 3);
         for i in 0..300 {
             p.push(&format!("http://h{}.example/{i}", i % 7));
         }

@@ -1,0 +1,247 @@
+//! The benchmark scenarios. Each runs the tools side by side in one run and adds rows to the report.
+//!
+//! # Layout
+//! - `throughput`: one fast host, politeness off — urlfleet's paths against lychee and `wrk`.
+//! - `politeness`: strict rate limiters, and workers scaling out on a slow target.
+//! - `ingest`: result rows into PostgreSQL through the store, against `COPY`.
+//! - `bigjob`: a million-URL submission through the client API.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::Connection;
+use urlfleet_shared::proto::v1 as pb;
+use urlfleet_tests::Fixture;
+
+use crate::proc::{self, Measured, Service};
+
+mod bigjob;
+mod ingest;
+mod politeness;
+mod throughput;
+
+pub use bigjob::bigjob;
+pub use ingest::ingest;
+pub use politeness::{polite, scaling};
+pub use throughput::throughput;
+
+/// Shared settings of a run.
+pub struct Ctx {
+    smoke: bool,
+    database_url: String,
+    urlfleet: PathBuf,
+    lychee: Option<PathBuf>,
+    wrk: Option<PathBuf>,
+    nginx: Option<PathBuf>,
+    dir: PathBuf,
+}
+
+impl Ctx {
+    /// Finds the tools and makes a scratch directory.
+    pub fn new(smoke: bool, database_url: String) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("urlfleet-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            smoke,
+            database_url,
+            urlfleet: proc::sibling("urlfleet")?,
+            lychee: proc::which("lychee"),
+            wrk: proc::which("wrk"),
+            nginx: proc::which("nginx"),
+            dir,
+        })
+    }
+
+    fn size(&self, full: usize, smoke: usize) -> usize {
+        if self.smoke { smoke } else { full }
+    }
+
+    /// A fresh PostgreSQL database for one scenario.
+    async fn fresh_db(&self, label: &str) -> Result<String> {
+        let name = format!("urlfleet_bench_{label}");
+        let mut c = sqlx::PgConnection::connect(&self.database_url).await.context("connecting to PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"))).execute(&mut c).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
+        Ok(urlfleet_tests::db::with_database(&self.database_url, &name))
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// The table being built.
+#[derive(Default)]
+pub struct Report {
+    text: String,
+}
+
+impl Report {
+    /// Machine and run description.
+    pub fn header(&mut self, ctx: &Ctx) {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb / 1024 / 1024)
+            .unwrap_or(0);
+        let _ = writeln!(
+            self.text,
+            "machine: {cpus} cores, {mem} GiB; mode: {}; lychee: {}; wrk: {}; nginx: {}\n",
+            if ctx.smoke { "smoke (tiny sizes; figures mean nothing)" } else { "full" },
+            ctx.lychee.as_ref().map(|_| "yes").unwrap_or("not installed"),
+            ctx.wrk.as_ref().map(|_| "yes").unwrap_or("not installed"),
+            ctx.nginx.as_ref().map(|_| "yes").unwrap_or("not installed"),
+        );
+    }
+
+    fn section(&mut self, title: &str, columns: &[&str]) {
+        let _ = writeln!(
+            self.text,
+            "\n### {title}\n\n| {} |\n|{}|",
+            columns.join(" | "),
+            vec!["---"; columns.len()].join("|")
+        );
+    }
+
+    fn row(&mut self, cells: &[String]) {
+        let _ = writeln!(self.text, "| {} |", cells.join(" | "));
+        eprintln!("{}", cells.join("  "));
+    }
+
+    fn note(&mut self, s: &str) {
+        let _ = writeln!(self.text, "\n{s}");
+    }
+
+    /// The Markdown text.
+    pub fn render(&self) -> String {
+        self.text.clone()
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / 1024.0 / 1024.0)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn write_list(path: &Path, urls: impl Iterator<Item = String>) -> Result<usize> {
+    let mut s = String::new();
+    let mut n = 0;
+    for u in urls {
+        s.push_str(&u);
+        s.push('\n');
+        n += 1;
+    }
+    std::fs::write(path, s)?;
+    Ok(n)
+}
+
+/// Starts nginx answering 200 to everything on a free loopback port.
+async fn start_nginx(ctx: &Ctx) -> Result<Option<(Service, u16)>> {
+    let Some(nginx) = &ctx.nginx else { return Ok(None) };
+    let port = proc::free_port()?;
+    let root = ctx.file("nginx");
+    std::fs::create_dir_all(root.join("logs"))?;
+    let conf = root.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            root = root.display()
+        ),
+    )?;
+    let svc = Service::start(
+        "nginx",
+        nginx,
+        &["-p".into(), root.display().to_string(), "-c".into(), conf.display().to_string()],
+        &[],
+    )?;
+    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).await?;
+    Ok(Some((svc, port)))
+}
+
+/// Arguments of `urlfleet check` on `list` with loopback allowed: stored in `db`, or with no store.
+fn urlfleet_check_args(list: &Path, db: Option<&str>, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["check".into(), list.display().to_string()];
+    match db {
+        Some(db) => a.extend(["--db".to_string(), db.to_string()]),
+        None => a.push("--no-store".into()),
+    }
+    a.extend(["--allow".to_string(), "127.0.0.0/8".to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn lychee_args(list: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--no-progress".into(), "--max-retries".into(), "0".into()];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.push(list.display().to_string());
+    a
+}
+
+fn expect_all_ok(m: &Measured, n: usize, what: &str) -> Result<()> {
+    let want = format!("{n} URLs in");
+    if m.code != 0 || !m.stdout.contains(&want) {
+        bail!("{what} did not check every URL successfully (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
+    }
+    Ok(())
+}
+
+/// Starts a coordinator process on a free loopback port; returns it and its `http://` address.
+async fn start_coordinator(ctx: &Ctx, db: &str, extra: &[&str]) -> Result<(Service, String)> {
+    let port = proc::free_port()?;
+    let mut args: Vec<String> =
+        vec!["coordinator".into(), "--listen".into(), format!("127.0.0.1:{port}"), "--db".into(), db.into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let coordinator = Service::start("coordinator", &ctx.urlfleet, &args, &[])?;
+    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await?;
+    Ok((coordinator, format!("http://127.0.0.1:{port}")))
+}
+
+/// Starts a worker process for the coordinator at `addr`, loopback allowed.
+fn start_worker(ctx: &Ctx, addr: &str, extra: &[&str]) -> Result<Service> {
+    let mut args: Vec<String> =
+        vec!["worker".into(), "--coordinator".into(), addr.into(), "--allow".into(), "127.0.0.0/8".into()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Service::start("worker", &ctx.urlfleet, &args, &[])
+}
+
+/// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).
+async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duration, u64, u64)> {
+    let db = ctx.fresh_db("throughput").await?;
+    let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "500"]).await?;
+    let worker = start_worker(ctx, &addr, &["--retries", "0"])?;
+    let submit = proc::measure(
+        &ctx.urlfleet,
+        &[
+            "submit".into(),
+            list.display().to_string(),
+            "--watch".into(),
+            "--host-concurrency".into(),
+            "128".into(),
+            "--host-interval".into(),
+            "0ms".into(),
+            "--coordinator".into(),
+            addr,
+        ],
+    )
+    .await?;
+    if submit.code != 0 || !submit.stdout.contains(&format!("{n} ok")) {
+        bail!("cluster run failed (exit {}):\n{}\n{}", submit.code, submit.stdout, submit.stderr);
+    }
+    let peaks = (coordinator.peak_rss(), worker.peak_rss());
+    worker.stop().await?;
+    coordinator.stop().await?;
+    Ok((submit.wall, peaks.0, peaks.1))
+}

@@ -1,0 +1,307 @@
+//! The small interface between the store's logic and its two databases. Statements are written once,
+//! with `$N` placeholders (both PostgreSQL and SQLite read them), and run on either database through
+//! [`Sql`]; what the dialects do differently is named in [`Dialect`]. The few statements that only one
+//! database can run (PostgreSQL's array parameters, SQLite's long `VALUES` lists) live in that
+//! database's module and reach its driver through [`Tx::Pg`] / [`Tx::Lite`].
+//!
+//! sqlx's own generic route (`fn f<DB: Database>`) needs every bound type's `Encode`/`Decode` bound
+//! restated on every function; a value that knows how to bind itself to either driver keeps the logic
+//! plain Rust.
+
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments, Encode, FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Type};
+
+use super::StoreResult;
+
+/// What the two databases spell differently in the statements they share.
+#[derive(Debug)]
+pub(crate) struct Dialect {
+    /// Claims rows another transaction has not locked (PostgreSQL), so concurrent coordinators
+    /// take different hosts; nothing on SQLite, whose single writer serializes everything.
+    pub skip_locked: &'static str,
+    /// Locks the rows read until the transaction ends.
+    pub for_update: &'static str,
+    /// A lock that excludes a `FOR UPDATE` (a discard) but not updates of non-key columns (counters).
+    pub for_key_share: &'static str,
+    /// Settings a transaction that picks few rows by key out of large tables starts with.
+    pub keyed_plans: &'static str,
+    /// Opens and closes a membership test against a subquery: an array built once on PostgreSQL
+    /// (the planner keeps an index's order), `IN (…)` on SQLite.
+    pub in_subquery: (&'static str, &'static str),
+}
+
+/// A value that binds to either database.
+pub(crate) trait Bind: Send {
+    fn bind_pg(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError>;
+    fn bind_lite(self: Box<Self>, args: &mut SqliteArguments) -> Result<(), BoxDynError>;
+}
+
+impl<T> Bind for T
+where
+    T: for<'q> Encode<'q, Postgres> + Type<Postgres> + for<'q> Encode<'q, Sqlite> + Type<Sqlite> + Send,
+{
+    fn bind_pg(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(*self)
+    }
+
+    fn bind_lite(self: Box<Self>, args: &mut SqliteArguments) -> Result<(), BoxDynError> {
+        args.add(*self)
+    }
+}
+
+/// A row type that both drivers decode (anything `#[derive(sqlx::FromRow)]`, tuples of columns).
+pub(crate) trait Decoded: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+impl<T> Decoded for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+
+/// The database of a store.
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Pg(PgPool),
+    Lite(SqlitePool),
+}
+
+/// A transaction on either database.
+pub(crate) enum Tx {
+    Pg(sqlx::Transaction<'static, Postgres>),
+    Lite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// A connection a statement runs on.
+pub(crate) enum Conn<'c> {
+    Pg(&'c mut PgConnection),
+    Lite(&'c mut SqliteConnection),
+}
+
+/// Something a statement can run on: a transaction, or a connection taken from the pool.
+pub(crate) trait Executor: Send {
+    fn conn(&mut self) -> Conn<'_>;
+}
+
+impl Executor for Tx {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Pg(t) => Conn::Pg(t),
+            Self::Lite(t) => Conn::Lite(t),
+        }
+    }
+}
+
+/// A connection taken from the pool, for statements that need no transaction.
+pub(crate) enum Pooled {
+    Pg(sqlx::pool::PoolConnection<Postgres>),
+    Lite(sqlx::pool::PoolConnection<Sqlite>),
+}
+
+impl Executor for Pooled {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Pg(c) => Conn::Pg(c),
+            Self::Lite(c) => Conn::Lite(c),
+        }
+    }
+}
+
+static POSTGRES: Dialect = Dialect {
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+    for_update: " FOR UPDATE",
+    for_key_share: " FOR KEY SHARE",
+    keyed_plans: super::postgres::KEYED_PLANS,
+    in_subquery: ("= ANY(ARRAY(", "))"),
+};
+
+static SQLITE: Dialect =
+    Dialect { skip_locked: "", for_update: "", for_key_share: "", keyed_plans: "", in_subquery: ("IN (", ")") };
+
+impl Db {
+    /// How this database spells what the dialects do differently.
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self {
+            Self::Pg(_) => &POSTGRES,
+            Self::Lite(_) => &SQLITE,
+        }
+    }
+
+    /// Starts a transaction.
+    pub(crate) async fn begin(&self) -> StoreResult<Tx> {
+        Ok(match self {
+            Self::Pg(p) => Tx::Pg(p.begin().await?),
+            Self::Lite(p) => Tx::Lite(p.begin().await?),
+        })
+    }
+
+    /// Starts a transaction for statements that pick few rows by key (see [`Dialect::keyed_plans`]).
+    pub(crate) async fn begin_keyed(&self) -> StoreResult<Tx> {
+        let mut tx = self.begin().await?;
+        if let Tx::Pg(t) = &mut tx {
+            sqlx::raw_sql(POSTGRES.keyed_plans).execute(&mut **t).await?;
+        }
+        Ok(tx)
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn acquire(&self) -> StoreResult<Pooled> {
+        Ok(match self {
+            Self::Pg(p) => Pooled::Pg(p.acquire().await?),
+            Self::Lite(p) => Pooled::Lite(p.acquire().await?),
+        })
+    }
+}
+
+impl Tx {
+    /// Commits.
+    pub(crate) async fn commit(self) -> StoreResult<()> {
+        match self {
+            Self::Pg(t) => t.commit().await?,
+            Self::Lite(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A statement and its parameters, built once and run on either database.
+pub(crate) struct Sql<'a> {
+    text: String,
+    args: Vec<Box<dyn Bind + 'a>>,
+}
+
+/// A statement whose text is complete; parameters follow with [`Sql::bind`].
+pub(crate) fn sql<'a>(text: impl Into<String>) -> Sql<'a> {
+    Sql { text: text.into(), args: Vec::new() }
+}
+
+impl<'a> Sql<'a> {
+    /// Binds the next `$N` parameter of the text.
+    pub(crate) fn bind<T: Bind + 'a>(mut self, value: T) -> Self {
+        self.args.push(Box::new(value));
+        self
+    }
+
+    /// Appends text.
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends a placeholder for `value` and binds it.
+    pub(crate) fn push_bind<T: Bind + 'a>(&mut self, value: T) -> &mut Self {
+        self.args.push(Box::new(value));
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Appends `v1, v2, …` as placeholders, each bound.
+    pub(crate) fn push_list<T: Bind + 'a>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self {
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.push_bind(v);
+        }
+        self
+    }
+
+    fn pg_args(args: Vec<Box<dyn Bind + 'a>>) -> Result<PgArguments, sqlx::Error> {
+        let mut a = PgArguments::default();
+        for v in args {
+            v.bind_pg(&mut a).map_err(sqlx::Error::Encode)?;
+        }
+        Ok(a)
+    }
+
+    fn lite_args(args: Vec<Box<dyn Bind + 'a>>) -> Result<SqliteArguments, sqlx::Error> {
+        let mut a = SqliteArguments::default();
+        for v in args {
+            v.bind_lite(&mut a).map_err(sqlx::Error::Encode)?;
+        }
+        Ok(a)
+    }
+
+    /// Every row, decoded.
+    pub(crate) async fn fetch_all<T: Decoded>(self, ex: &mut impl Executor) -> StoreResult<Vec<T>> {
+        let text = sqlx::AssertSqlSafe(self.text);
+        Ok(match ex.conn() {
+            Conn::Pg(c) => sqlx::query_as_with::<Postgres, T, _>(text, Self::pg_args(self.args)?).fetch_all(c).await?,
+            Conn::Lite(c) => {
+                sqlx::query_as_with::<Sqlite, T, _>(text, Self::lite_args(self.args)?).fetch_all(c).await?
+            }
+        })
+    }
+
+    /// The first row, decoded, if there is one.
+    pub(crate) async fn fetch_optional<T: Decoded>(self, ex: &mut impl Executor) -> StoreResult<Option<T>> {
+        let text = sqlx::AssertSqlSafe(self.text);
+        Ok(match ex.conn() {
+            Conn::Pg(c) => {
+                sqlx::query_as_with::<Postgres, T, _>(text, Self::pg_args(self.args)?).fetch_optional(c).await?
+            }
+            Conn::Lite(c) => {
+                sqlx::query_as_with::<Sqlite, T, _>(text, Self::lite_args(self.args)?).fetch_optional(c).await?
+            }
+        })
+    }
+
+    /// The first row, decoded; an error when there is none.
+    pub(crate) async fn fetch_one<T: Decoded>(self, ex: &mut impl Executor) -> StoreResult<T> {
+        self.fetch_optional(ex).await?.ok_or(super::StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// The first column of the first row, if there is a row.
+    pub(crate) async fn scalar<T>(self, ex: &mut impl Executor) -> StoreResult<Option<T>>
+    where
+        (T,): Decoded,
+    {
+        Ok(self.fetch_optional::<(T,)>(ex).await?.map(|(v,)| v))
+    }
+
+    /// Runs the statement; returns the rows it changed.
+    pub(crate) async fn execute(self, ex: &mut impl Executor) -> StoreResult<u64> {
+        let text = sqlx::AssertSqlSafe(self.text);
+        Ok(match ex.conn() {
+            Conn::Pg(c) => {
+                sqlx::query_with::<Postgres, _>(text, Self::pg_args(self.args)?).execute(c).await?.rows_affected()
+            }
+            Conn::Lite(c) => {
+                sqlx::query_with::<Sqlite, _>(text, Self::lite_args(self.args)?).execute(c).await?.rows_affected()
+            }
+        })
+    }
+}
+
+/// Runs a transaction again while it fails in a way a new attempt can get past ([`is_transient`], or
+/// `also`): a few attempts, with jittered exponential back-off from 10 ms.
+pub(crate) async fn retry_transient<T, F, Fut>(
+    what: &'static str,
+    attempt: F,
+    also: impl Fn(&super::StoreError) -> bool,
+) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(10))
+        .with_max_delay(std::time::Duration::from_secs(1))
+        .with_max_times(4)
+        .with_jitter();
+    attempt
+        .retry(backoff)
+        .when(|e| is_transient(e) || also(e))
+        .notify(|e, wait| tracing::debug!(error = %e, ?wait, transaction = what, "retrying a transaction"))
+        .await
+}
+
+/// Whether an error is one that trying the transaction again can get past: a deadlock or a
+/// serialization failure (PostgreSQL), or a change that raced the transaction.
+pub fn is_transient(e: &super::StoreError) -> bool {
+    match e {
+        super::StoreError::Conflict => true,
+        super::StoreError::Query(sqlx::Error::Database(e)) => {
+            matches!(e.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,165 @@
+//! Jobs: reading, listing and cancelling them, and the counters and completion every write that
+//! moves a job's URLs ends with.
+
+use std::collections::BTreeMap;
+
+use urlfleet_shared::job::{CountsDelta, JobState};
+use urlfleet_shared::time::now_ms;
+
+use super::db::{Executor, Tx, sql};
+use super::rows::{JOB_COLUMNS, JobRow};
+use super::{JobRecord, SqlStore, StoreError, StoreResult};
+
+/// Counter changes per job, applied in ascending job id order: a fixed lock order keeps concurrent
+/// transactions on PostgreSQL from deadlocking on job rows.
+#[derive(Debug, Default)]
+pub(crate) struct JobDeltas(BTreeMap<i64, CountsDelta>);
+
+impl JobDeltas {
+    /// The change of one job's counters.
+    pub(crate) fn of(&mut self, job: i64) -> &mut CountsDelta {
+        self.0.entry(job).or_default()
+    }
+
+    /// The jobs changed, in id order.
+    pub(crate) fn jobs(&self) -> Vec<i64> {
+        self.0.keys().copied().collect()
+    }
+
+    /// Adds every change to its job's row. Job rows are the most contended: writes touch them last.
+    pub(crate) async fn apply(&self, tx: &mut Tx) -> StoreResult<()> {
+        for (job, d) in &self.0 {
+            sql("UPDATE jobs SET leased = leased + $2, checked = checked + $3, fresh = fresh + $4, \
+                 failed = failed + $5, cancelled = cancelled + $6, n_ok = n_ok + $7, \
+                 n_redirected = n_redirected + $8, n_broken = n_broken + $9, n_error = n_error + $10 WHERE id = $1")
+            .bind(*job)
+            .bind(d.leased)
+            .bind(d.checked)
+            .bind(d.fresh)
+            .bind(d.failed)
+            .bind(d.cancelled)
+            .bind(d.ok)
+            .bind(d.redirected)
+            .bind(d.broken)
+            .bind(d.error)
+            .execute(tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// One job as stored.
+pub(crate) async fn fetch_job(ex: &mut impl Executor, id: i64) -> StoreResult<Option<JobRecord>> {
+    let row: Option<JobRow> =
+        sql(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")).bind(id).fetch_optional(ex).await?;
+    row.map(JobRecord::try_from).transpose()
+}
+
+/// One job that must exist (the caller holds it).
+pub(crate) async fn require_job(ex: &mut impl Executor, id: i64) -> StoreResult<JobRecord> {
+    fetch_job(ex, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))
+}
+
+/// Completes the jobs whose every URL is resolved.
+pub(crate) async fn complete_if_done(tx: &mut Tx, jobs: &[i64], now: i64) -> StoreResult<()> {
+    for job in jobs {
+        sql("UPDATE jobs SET state = 'completed', finished_at = $2, unique_active = FALSE \
+             WHERE id = $1 AND sealed_at IS NOT NULL AND state IN ('scheduled', 'running') \
+             AND checked + fresh + invalid + failed + cancelled >= total")
+        .bind(*job)
+        .bind(now)
+        .execute(tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds pending work to hosts' frontier counters (negative to remove).
+pub(crate) async fn add_host_pending(tx: &mut Tx, per_host: &BTreeMap<String, i64>) -> StoreResult<()> {
+    for (host, n) in per_host.iter().filter(|(_, n)| **n != 0) {
+        sql("UPDATE hosts SET pending = pending + $2 WHERE host = $1").bind(host.as_str()).bind(*n).execute(tx).await?;
+    }
+    Ok(())
+}
+
+/// Cancels a job's pending URLs and takes them off the frontier; returns how many.
+pub(crate) async fn cancel_pending(tx: &mut Tx, job_id: i64) -> StoreResult<i64> {
+    let hosts: Vec<(String,)> =
+        sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host")
+            .bind(job_id)
+            .fetch_all(tx)
+            .await?;
+    let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
+    for (h,) in &hosts {
+        *per_host.entry(h.clone()).or_default() -= 1;
+    }
+    add_host_pending(tx, &per_host).await?;
+    Ok(hosts.len() as i64)
+}
+
+impl SqlStore {
+    pub(crate) async fn get_job_impl(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+        fetch_job(&mut self.db.acquire().await?, id).await
+    }
+
+    pub(crate) async fn list_jobs_impl(
+        &self,
+        states: &[JobState],
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>> {
+        let mut q = sql(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id < "));
+        q.push_bind(before.unwrap_or(i64::MAX));
+        if !states.is_empty() {
+            q.push(" AND state IN (").push_list(states.iter().map(|s| s.as_str())).push(")");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows: Vec<JobRow> = q.fetch_all(&mut self.db.acquire().await?).await?;
+        rows.into_iter().map(JobRecord::try_from).collect()
+    }
+
+    pub(crate) async fn cancel_job_impl(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
+        let now = now_ms();
+        let mut tx = self.db.begin().await?;
+        let Some(job) = fetch_job(&mut tx, id).await? else { return Ok(None) };
+        if job.state.is_final() {
+            return Ok(Some((job, Vec::new())));
+        }
+        let pending = cancel_pending(&mut tx, id).await?;
+        // RETURNING yields new values, so read the lease ids before clearing them.
+        let leased: Vec<(Option<i64>,)> = sql(format!(
+            "SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'{}",
+            self.db.dialect().for_update
+        ))
+        .bind(id)
+        .fetch_all(&mut tx)
+        .await?;
+        sql("UPDATE job_urls SET state = 'cancelled', lease_id = NULL WHERE job_id = $1 AND state = 'leased'")
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+        let mut per_lease: BTreeMap<i64, i64> = BTreeMap::new();
+        for l in leased.iter().filter_map(|(l,)| *l) {
+            *per_lease.entry(l).or_default() += 1;
+        }
+        let mut revoked = Vec::new();
+        for (lease, n) in per_lease {
+            // A lease that still holds URLs of other jobs keeps running for them.
+            if super::leasing::close_lease_urls(&mut tx, lease, n, 0).await? {
+                revoked.push(lease);
+            }
+        }
+        sql("UPDATE jobs SET state = 'cancelled', finished_at = $2, unique_active = FALSE, \
+             cancelled = cancelled + $3, leased = leased - $4 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .bind(pending + leased.len() as i64)
+        .bind(leased.len() as i64)
+        .execute(&mut tx)
+        .await?;
+        let job = require_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some((job, revoked)))
+    }
+}

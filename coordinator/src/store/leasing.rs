@@ -1,0 +1,260 @@
+//! Leases: granting a host's next batch of URLs, renewing and expiring leases, and returning the URLs
+//! of expired ones to the frontier.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use urlfleet_shared::job::{FRONTIER_ORDERS_PER_PRIORITY, JobOptions, JobUrlState};
+use urlfleet_shared::time::{ms, now_ms};
+
+use super::db::{Tx, sql};
+use super::jobs::{JobDeltas, complete_if_done};
+use super::{LeaseGrant, LeaseRequest, SqlStore, StoreResult, Touched};
+
+/// Rows per `IN (…)` list: under both databases' bind-parameter limits.
+const IDS_PER_STATEMENT: usize = 4_000;
+
+/// Hosts looked at per lease request: the first may turn out to have nothing ready.
+const CANDIDATE_HOSTS: i64 = 4;
+
+/// Expired leases reaped per transaction.
+const REAP_BATCH: i64 = 100;
+
+/// A host that may be leased now.
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    host: String,
+    epoch: i64,
+    max_leases: i32,
+    lease_urls: i32,
+}
+
+/// Takes `closed` URLs off a lease's open count and ends the lease when none is left: the host gets
+/// the slot back and stays paused until `not_before`. Returns whether the lease ended.
+pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, not_before: i64) -> StoreResult<bool> {
+    // The update locks the lease row, as a submission joining a URL to the lease does before counting
+    // it in: the two are serialized, and this one sees the joined count.
+    let ended: Option<(String, bool)> = sql(
+        "UPDATE leases SET open = open - $2, active = open - $2 > 0 WHERE id = $1 AND active RETURNING host, active",
+    )
+    .bind(lease_id)
+    .bind(closed)
+    .fetch_optional(tx)
+    .await?;
+    let Some((host, false)) = ended else { return Ok(false) };
+    sql("UPDATE hosts SET active_leases = active_leases - 1, \
+         next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END WHERE host = $1")
+    .bind(host)
+    .bind(not_before)
+    .execute(tx)
+    .await?;
+    Ok(true)
+}
+
+impl SqlStore {
+    pub(crate) async fn acquire_lease_impl(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
+        let now = now_ms();
+        let dialect = self.db.dialect();
+        let mut tx = self.db.begin_keyed().await?;
+        let candidates: Vec<Candidate> = sql(format!(
+            "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 AND active_leases < max_leases \
+             AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT $2{}",
+            dialect.skip_locked
+        ))
+        .bind(now)
+        .bind(CANDIDATE_HOSTS)
+        .fetch_all(&mut tx)
+        .await?;
+        for c in candidates {
+            let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
+            // A polite host's lease holds about a lease span of work at its pace.
+            let max_urls = match u32::try_from(c.lease_urls) {
+                Ok(n) if n > 0 => max_urls.min(n),
+                _ => max_urls,
+            };
+            // The frontier index read in order, up to the lease's size. The jobs whose URLs may go are
+            // computed once by the subquery, not joined to every frontier row (a join makes the
+            // planner collect the host's whole frontier and sort it), and `job_id + 0` keeps the
+            // primary key's index (every row of the job) out of it.
+            let (open, close) = dialect.in_subquery;
+            let rows: Vec<(i64,)> = sql(format!(
+                "SELECT url_id FROM job_urls WHERE host = $1 AND waiting AND job_id + 0 {open}\
+                 SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $2{close} \
+                 ORDER BY url_order, seq, url_id LIMIT $3"
+            ))
+            .bind(c.host.as_str())
+            .bind(now)
+            .bind(i64::from(max_urls.max(1)))
+            .fetch_all(&mut tx)
+            .await?;
+            // In frontier order, each URL once (a URL pending for two jobs comes up twice): the worker
+            // checks a lease's URLs in the order given, so the most urgent go first.
+            let mut seen = HashSet::with_capacity(rows.len());
+            let ids: Vec<i64> = rows.into_iter().map(|(id,)| id).filter(|id| seen.insert(*id)).collect();
+            if ids.is_empty() {
+                // The counter drifted or the host's work waits for `not_before`: recount and look
+                // again a little later.
+                sql("UPDATE hosts SET next_allowed_at = $2, pending = \
+                     (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND waiting) WHERE host = $1")
+                .bind(c.host.as_str())
+                .bind(now + 1_000)
+                .execute(&mut tx)
+                .await?;
+                continue;
+            }
+            let grant = self.grant(&mut tx, c, ids, req, now).await?;
+            tx.commit().await?;
+            return Ok(Some(grant));
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// Writes a lease of `ids` on the candidate host: the lease row, its URLs' rows (across jobs: a
+    /// URL pending in two jobs is checked once and counts for both), the host's frontier row and the
+    /// jobs' counters.
+    async fn grant(
+        &self,
+        tx: &mut Tx,
+        c: Candidate,
+        ids: Vec<i64>,
+        req: &LeaseRequest,
+        now: i64,
+    ) -> StoreResult<LeaseGrant> {
+        let epoch = c.epoch + 1;
+        let deadline = now + ms(req.ttl);
+        let lease_id: i64 = sql("INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) \
+                                 VALUES ($1, $2, $3, $4, $5, TRUE) RETURNING id")
+        .bind(c.host.as_str())
+        .bind(epoch)
+        .bind(req.worker_id.as_str())
+        .bind(now)
+        .bind(deadline)
+        .fetch_one::<(i64,)>(tx)
+        .await?
+        .0;
+        let mut deltas = JobDeltas::default();
+        let mut n_rows = 0i64;
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
+            q.push_bind(lease_id).push(" WHERE state = 'pending' AND url_id IN (").push_list(chunk.iter().copied());
+            q.push(") RETURNING job_id");
+            for (job,) in q.fetch_all::<(i64,)>(tx).await? {
+                deltas.of(job).leased += 1;
+                n_rows += 1;
+            }
+        }
+        sql("UPDATE leases SET open = $2 WHERE id = $1").bind(lease_id).bind(n_rows).execute(tx).await?;
+        sql("UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, \
+             priority = COALESCE((SELECT url_order / $4 FROM job_urls WHERE host = $1 \
+             AND waiting ORDER BY url_order LIMIT 1), 9) WHERE host = $1")
+        .bind(c.host.as_str())
+        .bind(epoch)
+        .bind(n_rows)
+        .bind(FRONTIER_ORDERS_PER_PRIORITY)
+        .execute(tx)
+        .await?;
+        deltas.apply(tx).await?;
+        let jobs = deltas.jobs();
+        let mut job_options: Vec<JobOptions> = Vec::new();
+        let mut trace_parent = None;
+        for job in &jobs {
+            sql("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'")
+                .bind(*job)
+                .execute(tx)
+                .await?;
+            let (options, tp): (String, Option<String>) =
+                sql("SELECT options, trace_parent FROM jobs WHERE id = $1").bind(*job).fetch_one(tx).await?;
+            let options: JobOptions = serde_json::from_str(&options)
+                .map_err(|e| super::StoreError::Corrupt(format!("job {job}: options: {e}")))?;
+            trace_parent = trace_parent.or(tp);
+            if !job_options.contains(&options) {
+                job_options.push(options);
+            }
+        }
+        let mut text: HashMap<i64, String> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let mut q = sql("SELECT id, url FROM urls WHERE id IN (");
+            q.push_list(chunk.iter().copied()).push(")");
+            text.extend(q.fetch_all::<(i64, String)>(tx).await?);
+        }
+        let urls = ids.iter().filter_map(|id| text.remove(id).map(|url| (*id, url))).collect();
+        Ok(LeaseGrant {
+            id: lease_id,
+            epoch,
+            host: c.host,
+            urls,
+            deadline_ms: deadline,
+            jobs,
+            job_options,
+            trace_parent,
+        })
+    }
+
+    pub(crate) async fn renew_leases_impl(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
+        let until = now_ms() + ms(ttl);
+        let mut conn = self.db.acquire().await?;
+        for chunk in lease_ids.chunks(IDS_PER_STATEMENT) {
+            let mut q = sql("UPDATE leases SET expires_at = ");
+            q.push_bind(until).push(" WHERE holder = ").push_bind(worker_id.to_string());
+            q.push(" AND active AND id IN (").push_list(chunk.iter().copied()).push(")");
+            q.execute(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn expire_worker_leases_impl(&self, worker_id: &str) -> StoreResult<()> {
+        sql("UPDATE leases SET expires_at = 0 WHERE holder = $1 AND active")
+            .bind(worker_id.to_string())
+            .execute(&mut self.db.acquire().await?)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn reap_expired_impl(&self, max_attempts: u32) -> StoreResult<Touched> {
+        let now = now_ms();
+        let mut tx = self.db.begin().await?;
+        let expired: Vec<(String, i64)> = sql(format!(
+            "SELECT host, id FROM leases WHERE active AND expires_at < $1 ORDER BY id LIMIT $2{}",
+            self.db.dialect().skip_locked
+        ))
+        .bind(now)
+        .bind(REAP_BATCH)
+        .fetch_all(&mut tx)
+        .await?;
+        let mut deltas = JobDeltas::default();
+        for (host, lease_id) in &expired {
+            let rows: Vec<(i64, String)> = sql("UPDATE job_urls SET attempts = attempts + 1, lease_id = NULL, \
+                 state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE 'pending' END, \
+                 kind = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE kind END \
+                 WHERE lease_id = $1 AND state = 'leased' RETURNING job_id, state")
+            .bind(*lease_id)
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut tx)
+            .await?;
+            let mut back = 0i64;
+            for (job, state) in &rows {
+                let d = deltas.of(*job);
+                d.leased -= 1;
+                if state.parse() == Ok(JobUrlState::Failed) {
+                    d.failed += 1;
+                    d.error += 1;
+                } else {
+                    back += 1;
+                }
+            }
+            sql("UPDATE leases SET active = FALSE WHERE id = $1").bind(*lease_id).execute(&mut tx).await?;
+            sql("UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2 WHERE host = $1")
+                .bind(host.as_str())
+                .bind(back)
+                .execute(&mut tx)
+                .await?;
+            tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
+        }
+        deltas.apply(&mut tx).await?;
+        let jobs = deltas.jobs();
+        complete_if_done(&mut tx, &jobs, now).await?;
+        tx.commit().await?;
+        Ok(Touched { jobs, expired_leases: expired.len() as u64, refused: 0 })
+    }
+}

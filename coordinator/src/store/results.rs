@@ -1,0 +1,127 @@
+//! Reading results: a job's per-URL results page by page (URL rows by id, then invalid entries), and
+//! the frontier at a glance for metrics.
+
+use urlfleet_shared::job::JobUrlState;
+use urlfleet_shared::{OutcomeClass, OutcomeKind};
+
+use super::db::sql;
+use super::rows::{decode_redirects, parse_kind};
+use super::{FrontierStats, ResultCursor, ResultRow, SqlStore, StoreResult};
+
+/// Why a URL whose leases kept expiring has no result.
+const GAVE_UP: &str = "gave up: the URL's leases expired too many times";
+
+/// A job's URL row joined with the URL's latest state.
+#[derive(sqlx::FromRow)]
+struct UrlResultRow {
+    id: i64,
+    url: String,
+    kind: Option<String>,
+    state: String,
+    status: Option<i32>,
+    final_url: Option<String>,
+    redirects: Option<String>,
+    attempts: Option<i32>,
+    response_ms: Option<i64>,
+    content_type: Option<String>,
+    content_length: Option<i64>,
+    checked_at: Option<i64>,
+    error: Option<String>,
+}
+
+impl UrlResultRow {
+    fn into_result(self) -> StoreResult<ResultRow> {
+        let state: JobUrlState =
+            self.state.parse().map_err(|_| super::StoreError::Corrupt(format!("job_urls state {:?}", self.state)))?;
+        // A URL's latest state is shown only once the job has it (fresh, checked, or given up).
+        let resolved = state.is_resolved();
+        Ok(ResultRow {
+            cursor: ResultCursor::Url(self.id),
+            url: self.url,
+            kind: self.kind.as_deref().map(parse_kind).transpose()?,
+            fresh: state == JobUrlState::Fresh,
+            status: self.status.filter(|_| resolved).and_then(|s| u16::try_from(s).ok()),
+            final_url: self.final_url.filter(|_| resolved),
+            redirects: if resolved { decode_redirects(self.redirects.as_deref()) } else { Vec::new() },
+            attempts: self.attempts.unwrap_or(0).max(0) as u32,
+            response_time_ms: self.response_ms.unwrap_or(0).max(0) as u64,
+            content_type: self.content_type,
+            content_length: self.content_length.map(|l| l.max(0) as u64),
+            checked_at_ms: self.checked_at,
+            error: if state == JobUrlState::Failed { Some(GAVE_UP.into()) } else { self.error },
+        })
+    }
+}
+
+impl SqlStore {
+    pub(crate) async fn list_results_impl(
+        &self,
+        job_id: i64,
+        classes: &[OutcomeClass],
+        after: Option<ResultCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<ResultRow>> {
+        let kinds: Vec<OutcomeKind> = classes.iter().flat_map(|c| c.kinds()).collect();
+        let want_urls = classes.is_empty() || kinds.iter().any(|k| *k != OutcomeKind::Invalid);
+        let want_invalid = classes.is_empty() || classes.contains(&OutcomeClass::Invalid);
+        let mut conn = self.db.acquire().await?;
+        let mut out = Vec::new();
+        if want_urls && !matches!(after, Some(ResultCursor::Invalid(_))) {
+            let after_id = match after {
+                Some(ResultCursor::Url(id)) => id,
+                _ => 0,
+            };
+            let mut q = sql("SELECT u.id, u.url, ju.kind, ju.state, u.status, u.final_url, u.redirects, u.attempts, \
+                             u.response_ms, u.content_type, u.content_length, u.checked_at, u.error \
+                             FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = ");
+            q.push_bind(job_id).push(" AND ju.url_id > ").push_bind(after_id);
+            if !classes.is_empty() {
+                q.push(" AND ju.kind IN (").push_list(kinds.iter().map(|k| k.as_str())).push(")");
+            }
+            q.push(" ORDER BY ju.url_id LIMIT ").push_bind(i64::from(limit));
+            for row in q.fetch_all::<UrlResultRow>(&mut conn).await? {
+                out.push(row.into_result()?);
+            }
+        }
+        let remaining = i64::from(limit) - out.len() as i64;
+        if want_invalid && remaining > 0 {
+            let after_seq = match after {
+                Some(ResultCursor::Invalid(seq)) => seq,
+                _ => -1,
+            };
+            let rows: Vec<(i64, String, String)> = sql("SELECT seq, input, reason FROM job_invalid \
+                                                        WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(job_id)
+            .bind(after_seq)
+            .bind(remaining)
+            .fetch_all(&mut conn)
+            .await?;
+            out.extend(rows.into_iter().map(|(seq, input, reason)| ResultRow {
+                cursor: ResultCursor::Invalid(seq),
+                url: input,
+                kind: Some(OutcomeKind::Invalid),
+                fresh: false,
+                status: None,
+                final_url: None,
+                redirects: Vec::new(),
+                attempts: 0,
+                response_time_ms: 0,
+                content_type: None,
+                content_length: None,
+                checked_at_ms: None,
+                error: Some(reason),
+            }));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn frontier_stats_impl(&self) -> StoreResult<FrontierStats> {
+        let mut conn = self.db.acquire().await?;
+        let (active_leases,): (i64,) = sql("SELECT COUNT(*) FROM leases WHERE active").fetch_one(&mut conn).await?;
+        let pending: Option<i64> = sql("SELECT CAST(SUM(pending) AS BIGINT) FROM hosts WHERE pending > 0")
+            .scalar::<Option<i64>>(&mut conn)
+            .await?
+            .flatten();
+        Ok(FrontierStats { active_leases, pending: pending.unwrap_or(0) })
+    }
+}

@@ -1,0 +1,466 @@
+//! Submissions: creating a job, adding its URLs to the frontier as they arrive, sealing it (or
+//! finding it is a duplicate) and discarding one that failed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use urlfleet_shared::job::{
+    CheckReason, CountsDelta, JobUrlState, LeaseBudget, Priority, Recheck, StoredCheck, frontier_order,
+};
+use urlfleet_shared::time::{ms, now_ms};
+
+use super::db::{Tx, retry_transient, sql};
+use super::jobs::{JobDeltas, add_host_pending, cancel_pending, complete_if_done, require_job};
+use super::rows::{options_json, parse_kind};
+use super::{InvalidEntry, JobRecord, NewJob, PlannedUrl, RecheckPolicy, Seal, SqlStore, StoreError, StoreResult};
+
+/// Rows per multi-row statement: under both bind-parameter limits (SQLite 32,766, PostgreSQL 65,535)
+/// for the widest statement here (7 columns): floor(32,766 / 7 × 0.9) = 4,212, rounded down.
+pub(crate) const CHUNK_ROWS: usize = 4_000;
+
+/// What is stored about a URL, read or written while it is added to a job.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StoredUrl {
+    pub url: String,
+    pub id: i64,
+    pub kind: Option<String>,
+    pub status: Option<i32>,
+    pub checked_at: Option<i64>,
+    /// Inserted by this transaction: no lease can hold it yet.
+    pub new: bool,
+}
+
+impl StoredUrl {
+    fn check(&self) -> StoreResult<Option<StoredCheck>> {
+        let Some(checked_at_ms) = self.checked_at else { return Ok(None) };
+        Ok(Some(StoredCheck {
+            kind: self.kind.as_deref().map(parse_kind).transpose()?,
+            status: self.status.and_then(|s| u16::try_from(s).ok()),
+            checked_at_ms,
+        }))
+    }
+}
+
+/// A `job_urls` row to insert.
+#[derive(Debug)]
+pub(crate) struct PlannedRow<'a> {
+    pub url_id: i64,
+    pub host: &'a str,
+    pub state: JobUrlState,
+    pub url_order: i16,
+    /// The stored kind of a fresh URL (it counts as the job's result).
+    pub kind: Option<&'a str>,
+    pub seq: i32,
+}
+
+/// A host's new work from one submission batch.
+#[derive(Debug, Clone, Copy)]
+struct HostWork {
+    pending: i64,
+    budget: LeaseBudget,
+}
+
+/// A frontier row as a submission merges into it.
+#[derive(sqlx::FromRow)]
+struct FrontierRow {
+    host: String,
+    pending: i64,
+    active_leases: i32,
+    max_leases: i32,
+    lease_urls: i32,
+    priority: i16,
+}
+
+impl SqlStore {
+    pub(crate) async fn create_job_impl(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
+        let now = now_ms();
+        let mut tx = self.db.begin().await?;
+        // Unique key and counts come with the seal; until then the job absorbs no duplicates.
+        let id: Option<i64> = sql("INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
+                                   idempotency_key, not_before, created_at, trace_parent) \
+                                   VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, $5, $6, $7) \
+                                   ON CONFLICT DO NOTHING RETURNING id")
+        .bind(job.options.name.clone())
+        .bind(job.priority.rank())
+        .bind(options_json(&job.options))
+        .bind(job.options.idempotency_key.clone())
+        .bind(job.not_before_ms)
+        .bind(now)
+        .bind(job.trace_parent)
+        .scalar(&mut tx)
+        .await?;
+        let (id, existing) = match id {
+            Some(id) => (id, false),
+            None => {
+                // Only the idempotency key's unique index can conflict here.
+                let id: Option<i64> = sql("SELECT id FROM jobs WHERE idempotency_key = $1")
+                    .bind(job.options.idempotency_key)
+                    .scalar(&mut tx)
+                    .await?;
+                (id.ok_or_else(|| StoreError::Corrupt("job insert conflicted with no visible job".into()))?, true)
+            }
+        };
+        let rec = require_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((rec, existing))
+    }
+
+    pub(crate) async fn add_urls_impl(
+        &self,
+        job_id: i64,
+        urls: &[PlannedUrl],
+        policy: RecheckPolicy,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let dialect = self.db.dialect();
+        let mut tx = self.db.begin().await?;
+        // Shared with the other batches of the submission and with the counter updates of leases and
+        // ingest on the job's row, exclusive of a discard: no row is written for a job going away.
+        let priority: Option<i16> =
+            sql(format!("SELECT priority FROM jobs WHERE id = $1 AND state <> 'completed'{}", dialect.for_key_share))
+                .bind(job_id)
+                .scalar(&mut tx)
+                .await?;
+        let priority = priority.and_then(Priority::from_rank).ok_or(StoreError::NotReceiving(job_id))?;
+        let mut delta = CountsDelta::default();
+        let mut per_host: BTreeMap<&str, HostWork> = BTreeMap::new();
+        for chunk in urls.chunks(CHUNK_ROWS) {
+            let stored = match &mut tx {
+                Tx::Pg(t) => super::postgres::upsert_urls(t, chunk).await?,
+                Tx::Lite(t) => super::sqlite::upsert_urls(t, chunk).await?,
+            };
+            let stored: HashMap<&str, &StoredUrl> = stored.iter().map(|s| (s.url.as_str(), s)).collect();
+            let mut planned = Vec::with_capacity(chunk.len());
+            let mut joinable = Vec::new();
+            for u in chunk {
+                let s = stored
+                    .get(u.url.as_str())
+                    .ok_or_else(|| StoreError::Corrupt(format!("url {} not stored", u.url)))?;
+                let check = s.check()?;
+                let (state, reason) = match policy.judge(check.as_ref(), now) {
+                    Recheck::Check(reason) => (JobUrlState::Pending, reason),
+                    Recheck::Fresh => (JobUrlState::Fresh, CheckReason::Stale),
+                };
+                if state == JobUrlState::Fresh {
+                    delta.fresh += 1;
+                    delta.add_class(
+                        check.and_then(|c| c.kind).map_or(urlfleet_shared::OutcomeClass::Error, |k| k.class()),
+                    );
+                } else {
+                    let w = per_host.entry(u.host.as_str()).or_insert(HostWork { pending: 0, budget: u.budget });
+                    w.pending += 1;
+                    if !s.new {
+                        joinable.push(s.id);
+                    }
+                }
+                planned.push(PlannedRow {
+                    url_id: s.id,
+                    host: u.host.as_str(),
+                    state,
+                    url_order: frontier_order(priority, reason),
+                    kind: if state == JobUrlState::Fresh { s.kind.as_deref() } else { None },
+                    seq: i32::try_from(u.seq).unwrap_or(i32::MAX),
+                });
+            }
+            match &mut tx {
+                Tx::Pg(t) => super::postgres::insert_job_urls(t, job_id, &planned).await?,
+                Tx::Lite(t) => super::sqlite::insert_job_urls(t, job_id, &planned).await?,
+            }
+            for host in self.join_running_leases(&mut tx, job_id, &joinable).await? {
+                if let Some(w) = per_host.get_mut(host.as_str()) {
+                    w.pending -= 1;
+                    delta.leased += 1;
+                }
+            }
+        }
+        self.add_frontier(&mut tx, &per_host, priority).await?;
+        let mut deltas = JobDeltas::default();
+        *deltas.of(job_id) = delta;
+        deltas.apply(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A URL another job has leased right now joins that lease: it is checked once, and its result
+    /// counts for both jobs. Returns the host of each URL that joined. Usually there is none, and a
+    /// lookup by URL id says so.
+    async fn join_running_leases(&self, tx: &mut Tx, job_id: i64, url_ids: &[i64]) -> StoreResult<Vec<String>> {
+        if url_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sql("SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id IN (");
+        q.push_list(url_ids.iter().copied()).push(") GROUP BY url_id");
+        let running: Vec<(i64, Option<i64>)> = q.fetch_all(tx).await?;
+        let mut joined = Vec::new();
+        for (url_id, lease_id) in running {
+            let Some(lease_id) = lease_id else { continue };
+            // Only a lease that is still active, locked until this transaction ends so it cannot end
+            // unseen meanwhile.
+            let active: Option<i64> =
+                sql(format!("SELECT id FROM leases WHERE id = $1 AND active{}", self.db.dialect().for_update))
+                    .bind(lease_id)
+                    .scalar(tx)
+                    .await?;
+            if active.is_none() {
+                continue;
+            }
+            let host: Option<String> = sql("UPDATE job_urls SET state = 'leased', lease_id = $3 \
+                                            WHERE job_id = $1 AND url_id = $2 AND state = 'pending' RETURNING host")
+            .bind(job_id)
+            .bind(url_id)
+            .bind(lease_id)
+            .scalar(tx)
+            .await?;
+            if let Some(host) = host {
+                sql("UPDATE leases SET open = open + 1 WHERE id = $1").bind(lease_id).execute(tx).await?;
+                joined.push(host);
+            }
+        }
+        Ok(joined)
+    }
+
+    /// Adds a batch's new pending work to its hosts' frontier rows, with the lease budget the job
+    /// gives each host. While a host has work left (pending, or out in a lease) the stricter budget
+    /// of the stored one and the new one holds ([`LeaseBudget::stricter`]), and so does the better
+    /// priority; a host with nothing left takes the new job's. The rows are read locked, in host
+    /// order, and written back in one statement.
+    async fn add_frontier(
+        &self,
+        tx: &mut Tx,
+        per_host: &BTreeMap<&str, HostWork>,
+        priority: Priority,
+    ) -> StoreResult<()> {
+        let hosts: Vec<&str> = per_host.keys().copied().collect();
+        for chunk in hosts.chunks(CHUNK_ROWS) {
+            let mut q = sql("INSERT INTO hosts (host) VALUES ");
+            for (i, h) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" }).push_bind(*h).push(")");
+            }
+            q.push(" ON CONFLICT (host) DO NOTHING");
+            q.execute(tx).await?;
+            let mut q =
+                sql("SELECT host, pending, active_leases, max_leases, lease_urls, priority FROM hosts WHERE host IN (");
+            q.push_list(chunk.iter().copied()).push(") ORDER BY host").push(self.db.dialect().for_update);
+            let rows: Vec<FrontierRow> = q.fetch_all(tx).await?;
+            let mut q = sql("WITH v(host, pending, max_leases, lease_urls, priority) AS (VALUES ");
+            for (i, row) in rows.iter().enumerate() {
+                let work = per_host
+                    .get(row.host.as_str())
+                    .ok_or_else(|| StoreError::Corrupt(format!("host {} read but not asked for", row.host)))?;
+                let busy = row.pending > 0 || row.active_leases > 0;
+                let stored = LeaseBudget {
+                    max_leases: u32::try_from(row.max_leases).unwrap_or(1),
+                    lease_urls: u32::try_from(row.lease_urls).unwrap_or(0),
+                };
+                let budget = if busy { stored.stricter(work.budget) } else { work.budget };
+                let rank = if row.pending > 0 { row.priority.min(priority.rank()) } else { priority.rank() };
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.push_bind(row.host.clone()).push(", ").push_bind(work.pending).push(", ");
+                q.push_bind(i32::try_from(budget.max_leases).unwrap_or(i32::MAX)).push(", ");
+                q.push_bind(i32::try_from(budget.lease_urls).unwrap_or(i32::MAX)).push(", ").push_bind(rank).push(")");
+            }
+            q.push(
+                ") UPDATE hosts SET pending = hosts.pending + v.pending, max_leases = v.max_leases, \
+                 lease_urls = v.lease_urls, priority = v.priority FROM v WHERE hosts.host = v.host",
+            );
+            q.execute(tx).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn add_invalid_impl(
+        &self,
+        job_id: i64,
+        first_seq: i64,
+        entries: &[InvalidEntry],
+    ) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        let mut inserted = 0u64;
+        for (ci, chunk) in entries.chunks(CHUNK_ROWS).enumerate() {
+            let base = first_seq + (ci * CHUNK_ROWS) as i64;
+            let mut q = sql("INSERT INTO job_invalid (job_id, seq, input, reason) VALUES ");
+            for (i, e) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" }).push_bind(job_id).push(", ").push_bind(base + i as i64);
+                q.push(", ").push_bind(e.input.as_str()).push(", ").push_bind(e.reason.as_str()).push(")");
+            }
+            q.push(" ON CONFLICT DO NOTHING");
+            inserted += q.execute(&mut tx).await?;
+        }
+        sql("UPDATE jobs SET invalid = invalid + $2 WHERE id = $1")
+            .bind(job_id)
+            .bind(inserted as i64)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await
+    }
+
+    pub(crate) async fn seal_job_impl(&self, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
+        // A twin sealing at the same moment makes the activation fail on the unique index once the
+        // twin commits, and a lease or an ingest may deadlock with it: the next attempt finds the
+        // twin, or gets through.
+        retry_transient(
+            "seal",
+            || self.seal_once(job_id, seal),
+            |e| matches!(e, StoreError::Query(sqlx::Error::Database(d)) if d.is_unique_violation()),
+        )
+        .await
+    }
+
+    /// One attempt at the seal, in one transaction.
+    async fn seal_once(&self, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
+        let now = now_ms();
+        let mut tx = self.db.begin().await?;
+        // The job's row is locked last, as leasing and ingest do: they lock frontier and URL rows
+        // first and the job's counters at the end.
+        let current: Option<(String, i16)> =
+            sql("SELECT state, priority FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&mut tx).await?;
+        let Some((state, provisional)) = current else {
+            return Err(StoreError::Corrupt(format!("job {job_id} vanished while receiving")));
+        };
+        match state.as_str() {
+            "receiving" => {}
+            "cancelled" => {
+                // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
+                // after the cancellation. A second seal finds it sealed and changes nothing.
+                let late = cancel_pending(&mut tx, job_id).await?;
+                sql("UPDATE jobs SET cancelled = cancelled + $2, received = $3, duplicates = $4, total = $5, \
+                     sealed_at = $6 WHERE id = $1 AND sealed_at IS NULL")
+                .bind(job_id)
+                .bind(late)
+                .bind(seal.received as i64)
+                .bind(seal.duplicates as i64)
+                .bind(seal.total as i64)
+                .bind(now)
+                .execute(&mut tx)
+                .await?;
+                let rec = require_job(&mut tx, job_id).await?;
+                tx.commit().await?;
+                return Ok((rec, false));
+            }
+            // Sealed already (an earlier attempt committed): nothing to do again.
+            _ => {
+                let rec = require_job(&mut tx, job_id).await?;
+                tx.commit().await?;
+                return Ok((rec, false));
+            }
+        }
+        // An active job older than the uniqueness window no longer absorbs duplicates.
+        sql("UPDATE jobs SET unique_active = FALSE WHERE unique_key = $1 AND unique_active AND created_at < $2")
+            .bind(seal.unique_key.as_str())
+            .bind(now - ms(seal.unique_window))
+            .execute(&mut tx)
+            .await?;
+        let twin: Option<i64> = sql("SELECT id FROM jobs WHERE unique_key = $1 AND unique_active ORDER BY id LIMIT 1")
+            .bind(seal.unique_key.as_str())
+            .scalar(&mut tx)
+            .await?;
+        if let Some(twin) = twin {
+            self.discard_receiving(&mut tx, job_id).await?;
+            let rec = require_job(&mut tx, twin).await?;
+            tx.commit().await?;
+            return Ok((rec, true));
+        }
+        let priority = seal.priority.rank().min(provisional);
+        if priority < provisional {
+            // Known small only now: its waiting URLs move up (a small job, so few rows).
+            sql("UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
+                 (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')")
+            .bind(job_id)
+            .bind(priority)
+            .execute(&mut tx)
+            .await?;
+            sql("UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'")
+                .bind(job_id)
+                .bind((provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
+                .execute(&mut tx)
+                .await?;
+        }
+        let sealed = sql("UPDATE jobs SET state = CASE WHEN leased > 0 OR checked > 0 OR failed > 0 THEN 'running' \
+                          ELSE 'scheduled' END, unique_key = $2, unique_active = TRUE, received = $3, \
+                          duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 \
+                          WHERE id = $1 AND state = 'receiving'")
+        .bind(job_id)
+        .bind(seal.unique_key.as_str())
+        .bind(seal.received as i64)
+        .bind(seal.duplicates as i64)
+        .bind(seal.total as i64)
+        .bind(priority)
+        .bind(seal.not_before_ms)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        if sealed == 0 {
+            // Cancelled meanwhile: the next attempt takes the cancelled path.
+            return Err(StoreError::Conflict);
+        }
+        complete_if_done(&mut tx, &[job_id], now).await?;
+        let rec = require_job(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok((rec, false))
+    }
+
+    pub(crate) async fn discard_job_impl(&self, job_id: i64) -> StoreResult<()> {
+        // The job's row is locked first here, and last by an ingest finishing its leased URLs: a
+        // deadlock between the two is retried.
+        retry_transient(
+            "discard",
+            || async {
+                let mut tx = self.db.begin().await?;
+                self.discard_receiving(&mut tx, job_id).await?;
+                tx.commit().await
+            },
+            |_| false,
+        )
+        .await
+    }
+
+    pub(crate) async fn discard_abandoned_impl(&self, before_ms: i64) -> StoreResult<u64> {
+        let ids: Vec<(i64,)> = sql("SELECT id FROM jobs WHERE state = 'receiving' AND created_at < $1")
+            .bind(before_ms)
+            .fetch_all(&mut self.db.acquire().await?)
+            .await?;
+        for (id,) in &ids {
+            tracing::warn!(job.id = id, "discarding a job whose submission never ended");
+            self.discard_job_impl(*id).await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
+    /// Removes a `receiving` job and everything written for it, taking its waiting URLs off the
+    /// frontier counters and its leased ones off their leases (a lease left with none ends).
+    async fn discard_receiving(&self, tx: &mut Tx, job_id: i64) -> StoreResult<()> {
+        let state: Option<String> =
+            sql(format!("SELECT state FROM jobs WHERE id = $1{}", self.db.dialect().for_update))
+                .bind(job_id)
+                .scalar(tx)
+                .await?;
+        if state.as_deref() != Some(urlfleet_shared::JobState::Receiving.as_str()) {
+            return Ok(());
+        }
+        let waiting: Vec<(String, i64)> = sql("SELECT host, COUNT(*) FROM job_urls WHERE job_id = $1 \
+                                               AND state = 'pending' GROUP BY host ORDER BY host")
+        .bind(job_id)
+        .fetch_all(tx)
+        .await?;
+        add_host_pending(tx, &waiting.into_iter().map(|(h, n)| (h, -n)).collect()).await?;
+        let leased: Vec<(Option<i64>, i64)> = sql("SELECT lease_id, COUNT(*) FROM job_urls WHERE job_id = $1 \
+                                                   AND state = 'leased' GROUP BY lease_id ORDER BY lease_id")
+        .bind(job_id)
+        .fetch_all(tx)
+        .await?;
+        sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
+        for (lease, n) in leased {
+            if let Some(lease) = lease {
+                super::leasing::close_lease_urls(tx, lease, n, 0).await?;
+            }
+        }
+        sql("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(tx).await?;
+        sql("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(tx).await?;
+        Ok(())
+    }
+}
+
+/// The URLs of a chunk that are not in `stored` yet (by text), in chunk order.
+pub(crate) fn not_stored<'a>(chunk: &'a [PlannedUrl], stored: &[StoredUrl]) -> Vec<&'a str> {
+    let new: HashSet<&str> = stored.iter().map(|s| s.url.as_str()).collect();
+    chunk.iter().map(|u| u.url.as_str()).filter(|u| !new.contains(u)).collect()
+}

@@ -1,0 +1,129 @@
+//! Checking a list with no store: the entries are planned as a submission would be (normalized,
+//! deduplicated, invalid ones set aside), then each host's URLs go to the check engine with the
+//! politeness a lease of that host would carry, as many hosts at once as the engine has slots (a host
+//! waiting for its interval holds no slot another host could use). Only failures are kept in memory.
+//! Nothing is written anywhere: this is the verdict a CI gate needs, on the same rules as a stored run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use urlfleet_shared::job::{CountsDelta, JobCounts, JobOptions, PolicyOverride};
+use urlfleet_shared::plan::{InvalidEntry, Planner};
+use urlfleet_shared::{CheckOutcome, HostPolicy};
+
+use crate::engine::{Engine, EngineConfig, EngineError};
+
+/// What a store-less check runs with.
+#[derive(Debug, Clone)]
+pub struct DirectCheck {
+    /// The check engine's settings.
+    pub engine: EngineConfig,
+    /// The job's options (politeness, normalization).
+    pub options: JobOptions,
+    /// Politeness of every host unless something says otherwise.
+    pub base: HostPolicy,
+    /// Politeness per host, between the job's default and its own per-host setting.
+    pub site_policies: Vec<(String, PolicyOverride)>,
+}
+
+/// A URL whose check failed, with its outcome.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The normalized URL.
+    pub url: String,
+    /// Its outcome.
+    pub outcome: CheckOutcome,
+}
+
+/// The verdict on a list.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Counts, as a job's would be (nothing is fresh: there is no stored state).
+    pub counts: JobCounts,
+    /// Failed URLs (broken or errors), sorted by URL.
+    pub failed: Vec<Failed>,
+    /// Entries that are not checkable URLs, in input order.
+    pub invalid: Vec<InvalidEntry>,
+    /// Whether the run was cancelled before every URL was checked.
+    pub interrupted: bool,
+}
+
+/// Checks every entry of `entries` (blank entries are ignored). Cancelling `cancel` stops the checks
+/// in progress: their URLs are reported as errors.
+pub async fn check_list<E>(
+    entries: impl Stream<Item = Result<String, E>>,
+    check: &DirectCheck,
+    cancel: &CancellationToken,
+) -> Result<Report, DirectError<E>> {
+    let mut planner = Planner::new(&check.options, 1);
+    futures::pin_mut!(entries);
+    while let Some(entry) = entries.next().await {
+        planner.push(&entry.map_err(DirectError::Input)?);
+    }
+    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in planner.take(0, usize::MAX) {
+        by_host.entry(u.host).or_default().push(u.url);
+    }
+    let plan = planner.finish(&check.options);
+    let engine = Arc::new(Engine::new(check.engine.clone()).map_err(DirectError::Engine)?);
+    let hosts = futures::stream::iter(by_host)
+        .map(|(host, urls)| {
+            let site = check.site_policies.iter().find(|(h, _)| *h == host).map(|(_, p)| p);
+            let policy = check.options.politeness_for(&host, check.base, site);
+            let engine = engine.clone();
+            async move {
+                futures::stream::iter(urls)
+                    .map(|url| {
+                        let engine = engine.clone();
+                        async move {
+                            let outcome = engine.check(&url, policy, cancel).await;
+                            Failed { url, outcome }
+                        }
+                    })
+                    .buffer_unordered(policy.concurrency.max(1) as usize)
+                    .collect::<Vec<_>>()
+                    .await
+            }
+        })
+        .buffer_unordered(check.engine.concurrency.max(1));
+    futures::pin_mut!(hosts);
+    let mut delta = CountsDelta::default();
+    let mut failed = Vec::new();
+    while let Some(results) = hosts.next().await {
+        for r in results {
+            delta.checked += 1;
+            delta.add_class(r.outcome.kind.class());
+            if r.outcome.kind.class().is_failure() {
+                failed.push(r);
+            }
+        }
+    }
+    failed.sort_by(|a, b| a.url.cmp(&b.url));
+    let n = |v: i64| v.max(0) as u64;
+    let counts = JobCounts {
+        received: plan.received,
+        total: plan.total,
+        duplicates: plan.duplicates,
+        checked: n(delta.checked),
+        invalid: plan.invalid.len() as u64,
+        ok: n(delta.ok),
+        redirected: n(delta.redirected),
+        broken: n(delta.broken),
+        error: n(delta.error),
+        ..JobCounts::default()
+    };
+    Ok(Report { counts, failed, invalid: plan.invalid, interrupted: cancel.is_cancelled() })
+}
+
+/// Why a store-less check could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError<E> {
+    /// Reading the entries failed.
+    #[error("reading the URL list: {0}")]
+    Input(E),
+    /// The engine could not be built (TLS setup).
+    #[error(transparent)]
+    Engine(EngineError),
+}
