@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use urlfleet_shared::HostPolicy;
-use urlfleet_shared::job::{JobOptions, LeaseBudget, PolicyOverride};
+use urlfleet_shared::LeaseBudget;
+use urlfleet_shared::job::{JobOptions, PolicyOverride};
 use urlfleet_shared::policy;
 
 /// Configuration of a coordinator.

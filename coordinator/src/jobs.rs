@@ -12,14 +12,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, warn};
-use urlfleet_shared::job::{JobOptions, JobState, LeaseBudget, Priority, RecheckPolicy, delay_for_size};
+use urlfleet_shared::LeaseBudget;
+use urlfleet_shared::job::{JobOptions, JobState, Priority, RecheckPolicy, delay_for_size};
 use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
 use urlfleet_shared::time::{ms, now_ms};
 use urlfleet_shared::{OutcomeClass, telemetry};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
-use crate::store::{JobRecord, NewJob, PlannedUrl, ResultCursor, ResultRow, Seal, Store, StoreError};
+use crate::store::{JobRecord, NewJob, PlannedUrl, ResultCursor, ResultPage, ResultRow, Seal, Store, StoreError};
 use urlfleet_shared::plan::Planner;
 
 /// URLs persisted per store call while a submission is written.
@@ -227,7 +228,8 @@ impl JobService for JobApi {
             let mut left = if req.limit == 0 { u64::MAX } else { req.limit };
             while left > 0 {
                 let page = RESULTS_PAGE.min(u32::try_from(left).unwrap_or(u32::MAX));
-                let rows = match store.list_results(req.job_id, &classes, after, page).await {
+                let query = ResultPage { job_id: req.job_id, classes: classes.clone(), after, limit: page };
+                let rows = match store.list_results(&query).await {
                     Ok(rows) => rows,
                     Err(e) => {
                         let _ = tx.send(Err(store_status(e))).await;

@@ -4,12 +4,12 @@
 //! # Layout
 //! - [`proto`]: code generated from `proto/urlfleet/v1` (tonic + prost) and the reflection descriptor.
 //! - [`url`]: URL normalization — the one place that decides what "the same URL" means.
-//! - [`job`]: the domain core of jobs — options, priority, states, counters, the re-check policy and
-//!   the lease budget — with no wire type in it.
+//! - [`job`]: the domain core of jobs — options, priority, states, counters, the re-check policy —
+//!   with no wire type in it.
 //! - [`outcome`]: the outcome of a check as data, its classes, and a result as a worker reports it.
 //! - [`plan`]: planning a submission as it streams in: normalize, collapse duplicates, set invalid
 //!   entries aside, derive the priority and the unique key.
-//! - [`policy`]: politeness settings and the defaults every role shares.
+//! - [`policy`]: politeness: defaults, host policies and the strictest of two, lease budgets.
 //! - [`convert`]: proto ↔ domain conversions, so wire types stay at the edge.
 //! - [`telemetry`]: logs, OpenTelemetry traces and W3C context propagation.
 //! - [`metrics`]: Prometheus text rendering and the `/metrics` endpoint.
@@ -28,7 +28,7 @@ pub mod telemetry;
 pub mod time;
 pub mod url;
 
-pub use job::{JobCounts, JobOptions, JobState, JobUrlState, LeaseBudget, Priority, RecheckPolicy};
+pub use job::{JobCounts, JobOptions, JobState, JobUrlState, Priority, RecheckPolicy};
 pub use outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
-pub use policy::HostPolicy;
+pub use policy::{HostPolicy, LeaseBudget};
 pub use url::{NormalizedUrl, UrlError};

@@ -1,19 +1,10 @@
 //! The outcome of a URL check, as data. A failed check is not an `Err`: timeouts, DNS failures and
 //! blocked targets are answers a user wants to see, counted and stored like any status code.
 
+use strum::{Display, EnumString, IntoStaticStr, VariantArray};
+
 /// What happened when a URL was checked. Stored and shown by its lowercase name (`too_many_redirects`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Display, EnumString, IntoStaticStr, VariantArray)]
 #[strum(serialize_all = "snake_case", parse_err_fn = unknown_kind, parse_err_ty = String)]
 #[non_exhaustive]
 pub enum OutcomeKind {
@@ -50,18 +41,7 @@ fn unknown_kind(s: &str) -> String {
 }
 
 /// Coarse class of an outcome, used for counts, filters and exit codes.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Display, EnumString, IntoStaticStr, VariantArray)]
 #[strum(serialize_all = "lowercase", parse_err_fn = unknown_class, parse_err_ty = String)]
 pub enum OutcomeClass {
     /// 2xx without redirects.
@@ -83,7 +63,7 @@ fn unknown_class(s: &str) -> String {
 
 impl OutcomeKind {
     /// Every kind, in a stable order.
-    pub const ALL: &[OutcomeKind] = <Self as strum::VariantArray>::VARIANTS;
+    pub const ALL: &[OutcomeKind] = <Self as VariantArray>::VARIANTS;
 
     /// Stable lowercase name, as stored.
     pub fn as_str(self) -> &'static str {
@@ -118,7 +98,7 @@ impl OutcomeClass {
     }
 
     /// Every class.
-    pub const ALL: &[OutcomeClass] = <Self as strum::VariantArray>::VARIANTS;
+    pub const ALL: &[OutcomeClass] = <Self as VariantArray>::VARIANTS;
 
     /// Whether a link-checking gate should fail on this class.
     pub fn is_failure(self) -> bool {

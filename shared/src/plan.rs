@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::job::{JobOptions, LeaseBudget, Priority};
+use crate::job::{JobOptions, Priority};
+use crate::policy::LeaseBudget;
 use crate::url::NormalizedUrl;
 use sha2::{Digest, Sha256};
 

@@ -1,4 +1,5 @@
-//! Politeness settings and the defaults every role shares (see `DESIGN.md` for their sources).
+//! Politeness: the defaults every role shares (see `DESIGN.md` for their sources), a host's policy
+//! and the strictest of two, and the lease budget a host's policy gives it.
 
 use std::time::Duration;
 
@@ -61,5 +62,73 @@ impl HostPolicy {
             concurrency: concurrency.filter(|c| *c > 0).unwrap_or(self.concurrency),
             interval: interval.unwrap_or(self.interval),
         }
+    }
+}
+
+/// The leases one host gets: how many at once and how many URLs each may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseBudget {
+    /// Leases the host may have at once: 1 for a polite host, more when its limits were lifted.
+    pub max_leases: u32,
+    /// URLs one lease may hold; 0 is no bound of its own (the request's bound holds).
+    pub lease_urls: u32,
+}
+
+impl LeaseBudget {
+    /// The budget of a host with `policy`: a polite host is leased to one worker at a time, in leases
+    /// of about `span` of requests at its pace (no bound of its own when `span` is zero); a host
+    /// whose limits are lifted may be leased `lifted_leases` times at once.
+    pub fn for_policy(policy: &HostPolicy, span: Duration, lifted_leases: u32) -> Self {
+        if policy.interval.is_zero() {
+            return Self { max_leases: lifted_leases.max(1), lease_urls: 0 };
+        }
+        if span.is_zero() {
+            return Self { max_leases: 1, lease_urls: 0 };
+        }
+        let at_pace = span.as_nanos() / policy.interval.as_nanos();
+        Self { max_leases: 1, lease_urls: u32::try_from(at_pace).unwrap_or(u32::MAX).max(1) }
+    }
+
+    /// The stricter of two budgets, field by field: the fewest leases at once and the smallest
+    /// leases (a bound beats no bound). While a host has work of several jobs, this holds.
+    pub fn stricter(self, other: Self) -> Self {
+        let lease_urls = match (self.lease_urls, other.lease_urls) {
+            (0, n) | (n, 0) => n,
+            (a, b) => a.min(b),
+        };
+        Self { max_leases: self.max_leases.min(other.max_leases).max(1), lease_urls }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_polite_host_is_leased_a_span_of_work_at_its_pace() {
+        let span = Duration::from_secs(5);
+        let at = |ms: u64| {
+            let b =
+                LeaseBudget::for_policy(&HostPolicy { concurrency: 2, interval: Duration::from_millis(ms) }, span, 8);
+            (b.max_leases, b.lease_urls)
+        };
+        assert_eq!(at(100), (1, 50), "the default pace: 50 URLs for 5 s");
+        assert_eq!(at(1_000), (1, 5));
+        assert_eq!(at(7_000), (1, 1), "at least one URL");
+        assert_eq!(at(0), (8, 0), "lifted limits: several leases, no bound of their own");
+        let polite = HostPolicy { concurrency: 2, interval: Duration::from_millis(100) };
+        assert_eq!(LeaseBudget::for_policy(&polite, Duration::ZERO, 8), LeaseBudget { max_leases: 1, lease_urls: 0 });
+    }
+
+    #[test]
+    fn the_stricter_budget_wins_field_by_field() {
+        let polite = LeaseBudget { max_leases: 1, lease_urls: 50 };
+        let lifted = LeaseBudget { max_leases: 8, lease_urls: 0 };
+        let slow = LeaseBudget { max_leases: 1, lease_urls: 5 };
+        assert_eq!(polite.stricter(lifted), polite);
+        assert_eq!(lifted.stricter(polite), polite);
+        assert_eq!(polite.stricter(slow), slow);
+        assert_eq!(lifted.stricter(lifted), lifted);
+        assert_eq!(LeaseBudget { max_leases: 1, lease_urls: 0 }.stricter(slow), slow);
     }
 }

@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`fixture`]: the fixture HTTP server.
 //! - [`db`]: a fresh SQLite file or PostgreSQL database per test.
+//! - [`conformance`]: helpers of the store conformance suite, which runs every rule on both stores.
 //! - [`cluster`]: coordinators and workers on port 0, a client, and [`cluster::eventually`].
 
 pub mod cluster;
+pub mod conformance;
 pub mod db;
 pub mod fixture;
 

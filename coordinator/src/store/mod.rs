@@ -15,7 +15,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, LeaseBudget, Priority, RecheckPolicy};
+pub use urlfleet_shared::LeaseBudget;
+pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, Priority, RecheckPolicy};
 pub use urlfleet_shared::plan::{InvalidEntry, PlannedUrl};
 use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
@@ -213,6 +214,19 @@ impl std::str::FromStr for ResultCursor {
     }
 }
 
+/// Which page of a job's results to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultPage {
+    /// The job.
+    pub job_id: i64,
+    /// Only these classes; all when empty.
+    pub classes: Vec<OutcomeClass>,
+    /// Start after this result; from the first when `None`.
+    pub after: Option<ResultCursor>,
+    /// At most this many results.
+    pub limit: u32,
+}
+
 /// A stored result of one URL of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultRow {
@@ -287,14 +301,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched>;
     /// Active leases and frontier depth, for metrics.
     async fn frontier_stats(&self) -> StoreResult<FrontierStats>;
-    /// A page of a job's results after `after`, filtered by class (all when empty).
-    async fn list_results(
-        &self,
-        job_id: i64,
-        classes: &[OutcomeClass],
-        after: Option<ResultCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<ResultRow>>;
+    /// A page of a job's results.
+    async fn list_results(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>>;
 }
 
 /// The store on either database: one implementation of every concern, running the same statements.
@@ -350,14 +358,8 @@ impl Store for SqlStore {
     async fn frontier_stats(&self) -> StoreResult<FrontierStats> {
         self.frontier_stats_impl().await
     }
-    async fn list_results(
-        &self,
-        job_id: i64,
-        classes: &[OutcomeClass],
-        after: Option<ResultCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<ResultRow>> {
-        self.list_results_impl(job_id, classes, after, limit).await
+    async fn list_results(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>> {
+        self.list_results_impl(page).await
     }
 }
 

@@ -6,7 +6,7 @@ use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
 use super::db::sql;
 use super::rows::{decode_redirects, parse_kind};
-use super::{FrontierStats, ResultCursor, ResultRow, SqlStore, StoreResult};
+use super::{FrontierStats, ResultCursor, ResultPage, ResultRow, SqlStore, StoreResult};
 
 /// Why a URL whose leases kept expiring has no result.
 const GAVE_UP: &str = "gave up: the URL's leases expired too many times";
@@ -54,13 +54,8 @@ impl UrlResultRow {
 }
 
 impl SqlStore {
-    pub(crate) async fn list_results_impl(
-        &self,
-        job_id: i64,
-        classes: &[OutcomeClass],
-        after: Option<ResultCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<ResultRow>> {
+    pub(crate) async fn list_results_impl(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>> {
+        let ResultPage { job_id, ref classes, after, limit } = *page;
         let kinds: Vec<OutcomeKind> = classes.iter().flat_map(|c| c.kinds()).collect();
         let want_urls = classes.is_empty() || kinds.iter().any(|k| *k != OutcomeKind::Invalid);
         let want_invalid = classes.is_empty() || classes.contains(&OutcomeClass::Invalid);

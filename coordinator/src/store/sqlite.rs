@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite};
-use urlfleet_shared::ReportedResult;
+use urlfleet_shared::{CheckOutcome, ReportedResult};
 
 use super::ingest::Finished;
 use super::rows::OutcomeRow;
@@ -91,23 +91,10 @@ pub(crate) async fn record_results(
     newest: &[&ReportedResult],
 ) -> StoreResult<Vec<Finished>> {
     for chunk in newest.chunks(INGEST_ROWS) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "WITH v(id, kind, status, final_url, redirects, attempts, response_ms, content_type, \
-             content_length, error, checked_at) AS (",
-        );
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("WITH v(id, {OUTCOME_COLUMNS}) AS ("));
         qb.push_values(chunk, |mut b, r| {
-            let o = OutcomeRow::of(&r.outcome);
-            b.push_bind(r.url_id)
-                .push_bind(o.kind)
-                .push_bind(o.status)
-                .push_bind(o.final_url)
-                .push_bind(o.redirects)
-                .push_bind(o.attempts)
-                .push_bind(o.response_ms)
-                .push_bind(o.content_type)
-                .push_bind(o.content_length)
-                .push_bind(o.error)
-                .push_bind(o.checked_at);
+            b.push_bind(r.url_id);
+            push_outcome(&mut b, &r.outcome);
         });
         qb.push(
             ") UPDATE urls SET kind = v.kind, status = v.status, final_url = v.final_url, redirects = v.redirects, \
@@ -118,24 +105,10 @@ pub(crate) async fn record_results(
         qb.build().execute(&mut **tx).await?;
     }
     for chunk in results.chunks(INGEST_ROWS) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
-             response_ms, content_type, content_length, error) ",
-        );
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("INSERT INTO checks (url_id, lease_id, {OUTCOME_COLUMNS}) "));
         qb.push_values(chunk, |mut b, r| {
-            let o = OutcomeRow::of(&r.outcome);
-            b.push_bind(r.url_id)
-                .push_bind(o.checked_at)
-                .push_bind(r.lease_id)
-                .push_bind(o.kind)
-                .push_bind(o.status)
-                .push_bind(o.final_url)
-                .push_bind(o.redirects)
-                .push_bind(o.attempts)
-                .push_bind(o.response_ms)
-                .push_bind(o.content_type)
-                .push_bind(o.content_length)
-                .push_bind(o.error);
+            b.push_bind(r.url_id).push_bind(r.lease_id);
+            push_outcome(&mut b, &r.outcome);
         });
         qb.push(" ON CONFLICT (url_id, checked_at) DO NOTHING");
         qb.build().execute(&mut **tx).await?;
@@ -154,4 +127,23 @@ pub(crate) async fn record_results(
         finished.extend(qb.build_query_as::<Finished>().fetch_all(&mut **tx).await?);
     }
     Ok(finished)
+}
+
+/// The outcome columns of `urls` and `checks`, in the order [`push_outcome`] binds them.
+const OUTCOME_COLUMNS: &str =
+    "kind, status, final_url, redirects, attempts, response_ms, content_type, content_length, error, checked_at";
+
+/// Binds an outcome's columns ([`OUTCOME_COLUMNS`]) to a row of a `VALUES` list.
+fn push_outcome(b: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, o: &CheckOutcome) {
+    let o = OutcomeRow::of(o);
+    b.push_bind(o.kind)
+        .push_bind(o.status)
+        .push_bind(o.final_url)
+        .push_bind(o.redirects)
+        .push_bind(o.attempts)
+        .push_bind(o.response_ms)
+        .push_bind(o.content_type)
+        .push_bind(o.content_length)
+        .push_bind(o.error)
+        .push_bind(o.checked_at);
 }

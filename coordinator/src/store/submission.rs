@@ -3,9 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use urlfleet_shared::job::{
-    CheckReason, CountsDelta, JobUrlState, LeaseBudget, Priority, Recheck, StoredCheck, frontier_order,
-};
+use urlfleet_shared::LeaseBudget;
+use urlfleet_shared::job::{CheckReason, CountsDelta, JobUrlState, Priority, Recheck, StoredCheck, frontier_order};
 use urlfleet_shared::time::{ms, now_ms};
 
 use super::db::{Tx, retry_transient, sql};
