@@ -29,6 +29,14 @@ pub struct PlannedUrl {
     pub seq: u64,
 }
 
+impl PlannedUrl {
+    /// A URL of `host` at position `seq`, with a polite host's budget (one lease at a time, no bound
+    /// of its own) until the submission sets the job's.
+    pub fn new(url: impl Into<String>, host: impl Into<String>, seq: u64) -> Self {
+        Self { url: url.into(), host: host.into(), budget: LeaseBudget { max_leases: 1, lease_urls: 0 }, seq }
+    }
+}
+
 /// An input entry that is not a checkable URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidEntry {
@@ -126,12 +134,7 @@ impl Planner {
                         self.ready.push(Vec::new());
                     }
                     let lane = lane_of(u.host(), self.ready.len());
-                    self.ready[lane].push(PlannedUrl {
-                        url: u.as_str().into(),
-                        host: u.host().into(),
-                        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
-                        seq,
-                    });
+                    self.ready[lane].push(PlannedUrl::new(u.as_str(), u.host(), seq));
                 } else {
                     self.duplicates += 1;
                 }

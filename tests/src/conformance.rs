@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use urlfleet_coordinator::store::{
-    JobOptions, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, RecheckPolicy, ResultCursor,
-    ResultPage, Seal, Store,
+    JobOptions, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, RecheckPolicy, ResultCursor, ResultPage, Seal,
+    Store,
 };
 use urlfleet_shared::{CheckOutcome, OutcomeClass, OutcomeKind, ReportedResult, policy};
 
@@ -65,14 +65,7 @@ pub async fn submit(store: &Arc<dyn Store>, key: &str, host: &str, window: Durat
 
 /// `n` distinct URLs of `host`, polite (one lease at a time, no bound of their own).
 pub fn urls(host: &str, n: usize) -> Vec<PlannedUrl> {
-    (0..n)
-        .map(|i| PlannedUrl {
-            url: format!("http://{host}/{i}"),
-            host: host.to_string(),
-            budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
-            seq: i as u64,
-        })
-        .collect()
+    (0..n).map(|i| PlannedUrl::new(format!("http://{host}/{i}"), host.to_string(), i as u64)).collect()
 }
 
 /// The default re-check policy.

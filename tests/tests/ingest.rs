@@ -19,12 +19,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
     let db = TestDb::fresh(backend).await;
     let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
     let urls: Vec<PlannedUrl> = (0..N)
-        .map(|i| PlannedUrl {
-            url: format!("http://h{}.example/{i}", i % 50),
-            host: format!("h{}.example", i % 50),
-            budget: urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 0 },
-            seq: i as u64,
-        })
+        .map(|i| PlannedUrl::new(format!("http://h{}.example/{i}", i % 50), format!("h{}.example", i % 50), i as u64))
         .collect();
     let recheck = RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     let job = stored_job(store.as_ref(), "many", urlfleet_shared::Priority::Low, &urls, recheck).await;
@@ -134,14 +129,8 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
 async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend: Backend) {
     let db = TestDb::fresh(backend).await;
     let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
-    let urls: Vec<PlannedUrl> = (0..4)
-        .map(|i| PlannedUrl {
-            url: format!("http://a.example/{i}"),
-            host: "a.example".into(),
-            budget: urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 0 },
-            seq: i as u64,
-        })
-        .collect();
+    let urls: Vec<PlannedUrl> =
+        (0..4).map(|i| PlannedUrl::new(format!("http://a.example/{i}"), "a.example", i as u64)).collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     let job = stored_job(store.as_ref(), "bad", urlfleet_shared::Priority::High, &urls, recheck).await;
     let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, max_urls_lifted: 10, ttl: Duration::from_secs(600) };

@@ -16,10 +16,8 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
     let b = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
     let urls: Vec<PlannedUrl> = (0..4_000)
         .map(|i| PlannedUrl {
-            url: format!("http://h{}.example/{i}", i % 40),
-            host: format!("h{}.example", i % 40),
             budget: urlfleet_shared::LeaseBudget { max_leases: 4, lease_urls: 0 },
-            seq: i as u64,
+            ..PlannedUrl::new(format!("http://h{}.example/{i}", i % 40), format!("h{}.example", i % 40), i as u64)
         })
         .collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };

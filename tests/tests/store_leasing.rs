@@ -157,12 +157,7 @@ async fn a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open(backend: B
     let (_, revoked) = store.cancel_job(b.id).await.unwrap().unwrap();
     assert!(revoked.is_empty(), "the lease still holds job a's URL");
     let (c, _) = store.create_job(new_job("c", 1)).await.unwrap();
-    let later = PlannedUrl {
-        url: "http://s.example/later".into(),
-        host: "s.example".into(),
-        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
-        seq: 0,
-    };
+    let later = PlannedUrl::new("http://s.example/later", "s.example", 0);
     store.add_urls(c.id, &[later], recheck()).await.unwrap();
     store.seal_job(c.id, seal("c", 1, c.priority)).await.unwrap();
     assert!(store.acquire_lease(&lease_req("w2")).await.unwrap().is_none(), "one lease at a time on a polite host");
@@ -192,14 +187,8 @@ async fn jobs_of_equal_priority_on_one_host_advance_in_turn(backend: Backend) {
     let mut late = new_job("late", 10);
     late.priority = Priority::Low;
     let (late, _) = store.create_job(late).await.unwrap();
-    let late_urls: Vec<PlannedUrl> = (0..10)
-        .map(|i| PlannedUrl {
-            url: format!("http://shared.example/late/{i}"),
-            host: "shared.example".into(),
-            budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
-            seq: i,
-        })
-        .collect();
+    let late_urls: Vec<PlannedUrl> =
+        (0..10).map(|i| PlannedUrl::new(format!("http://shared.example/late/{i}"), "shared.example", i)).collect();
     store.add_urls(late.id, &late_urls, recheck()).await.unwrap();
     store.seal_job(late.id, seal("late", 10, Priority::Low)).await.unwrap();
     let next = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();

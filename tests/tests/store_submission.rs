@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use urlfleet_coordinator::store::{
-    InvalidEntry, JobOptions, JobState, LeaseBudget, NewJob, PlannedUrl, Priority, RecheckPolicy,
-};
+use urlfleet_coordinator::store::{InvalidEntry, JobOptions, JobState, NewJob, PlannedUrl, Priority, RecheckPolicy};
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeKind, policy};
 use urlfleet_tests::Backend;
@@ -173,12 +171,7 @@ async fn a_discarded_submission_gives_back_the_lease_its_urls_were_in(backend: B
     assert!(store.get_job(broken.id).await.unwrap().is_none());
 
     let (next, _) = store.create_job(new_job("next", 1)).await.unwrap();
-    let again = PlannedUrl {
-        url: "http://x.example/again".into(),
-        host: "x.example".into(),
-        budget: LeaseBudget { max_leases: 1, lease_urls: 0 },
-        seq: 0,
-    };
+    let again = PlannedUrl::new("http://x.example/again", "x.example", 0);
     store.add_urls(next.id, &[again], recheck()).await.unwrap();
     store.seal_job(next.id, seal("next", 1, next.priority)).await.unwrap();
     let l = store.acquire_lease(&lease_req("w")).await.unwrap().expect("the discarded job's lease ended with it");

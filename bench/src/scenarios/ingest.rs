@@ -11,12 +11,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let db = ctx.fresh_db("ingest").await?;
     let store = urlfleet_coordinator::store::connect(&db).await?;
     let urls: Vec<PlannedUrl> = (0..n)
-        .map(|i| PlannedUrl {
-            url: format!("http://h{}.example/{i}", i % 100),
-            host: format!("h{}.example", i % 100),
-            budget: urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 0 },
-            seq: i as u64,
-        })
+        .map(|i| PlannedUrl::new(format!("http://h{}.example/{i}", i % 100), format!("h{}.example", i % 100), i as u64))
         .collect();
     let (job, _) = store
         .create_job(NewJob {
