@@ -73,6 +73,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     // One worker on the same machine: leases may be large and their TTL short.
     config.lease_size = 2_000;
     config.lease_size_lifted = 2_000;
+    config.max_host_concurrency = config.max_host_concurrency.max(args.concurrency as u32);
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(urlfleet_coordinator::run(listener, store, config, async {
         let _ = coordinator_stopped.await;
@@ -81,7 +82,6 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let mut worker_config = WorkerConfig::new(addr.clone());
     worker_config.worker_id = Some(format!("check-{}", std::process::id()));
     worker_config.concurrency = args.concurrency;
-    worker_config.credits = (args.concurrency as u32).saturating_mul(64).max(4096);
     worker_config.timeout = args.timeout;
     worker_config.retries = args.retries;
     worker_config.backoff_base = args.backoff_base;

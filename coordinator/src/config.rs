@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use urlfleet_shared::HostPolicy;
-use urlfleet_shared::LeaseBudget;
 use urlfleet_shared::job::{JobOptions, PolicyOverride};
 use urlfleet_shared::policy;
+use urlfleet_shared::{LeaseBudget, SitePoliteness};
+
+/// The most concurrent requests to one host a job may ask for, by default.
+pub const DEFAULT_MAX_HOST_CONCURRENCY: u32 = 1_024;
 
 /// Configuration of a coordinator.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +56,15 @@ pub struct CoordinatorConfig {
     /// (repeatable). A job's own per-host setting wins over it.
     #[arg(long = "host-policy", env = "URLFLEET_HOST_POLICIES", value_delimiter = ',', value_parser = urlfleet_shared::convert::parse_host_policy)]
     pub host_policies: Vec<(String, PolicyOverride)>,
+    /// The shortest interval between requests to one host that a job may ask for.
+    #[arg(long, env = "URLFLEET_MIN_HOST_INTERVAL", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub min_host_interval: Duration,
+    /// The longest interval between requests to one host that a job may ask for.
+    #[arg(long, env = "URLFLEET_MAX_HOST_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_host_interval: Duration,
+    /// The most concurrent requests to one host that a job may ask for.
+    #[arg(long, env = "URLFLEET_MAX_HOST_CONCURRENCY", default_value_t = DEFAULT_MAX_HOST_CONCURRENCY)]
+    pub max_host_concurrency: u32,
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
@@ -84,9 +96,45 @@ impl CoordinatorConfig {
     /// The politeness a lease of `host` gets from one job's options: the coordinator's default,
     /// then the job's default, then the coordinator's setting for the host, then the job's.
     pub fn host_policy(&self, host: &str, job: &JobOptions) -> HostPolicy {
-        let base = HostPolicy { concurrency: self.host_concurrency.max(1), interval: self.host_interval };
-        let site = self.host_policies.iter().find(|(h, _)| h == host).map(|(_, p)| p);
-        job.politeness_for(host, base, site)
+        self.site_politeness().for_job(host, job)
+    }
+
+    /// Whether a job's politeness stays within this coordinator's bounds; the error names the limit.
+    pub fn check_bounds(&self, job: &JobOptions) -> Result<(), String> {
+        let all = std::iter::once((None, &job.politeness)).chain(job.host_policies.iter().map(|(h, p)| (Some(h), p)));
+        for (host, p) in all {
+            let what = host.map_or_else(|| "politeness".to_string(), |h| format!("host_policies[{h:?}]"));
+            if let Some(c) = p.concurrency.filter(|c| *c > self.max_host_concurrency) {
+                return Err(format!(
+                    "{what}.concurrency {c} is above this coordinator's --max-host-concurrency {}",
+                    self.max_host_concurrency
+                ));
+            }
+            if let Some(ms) = p.interval_ms {
+                let interval = Duration::from_millis(ms);
+                if interval < self.min_host_interval {
+                    return Err(format!(
+                        "{what}.interval_ms {ms} is below this coordinator's --min-host-interval {}",
+                        humantime::format_duration(self.min_host_interval)
+                    ));
+                }
+                if interval > self.max_host_interval {
+                    return Err(format!(
+                        "{what}.interval_ms {ms} is above this coordinator's --max-host-interval {}",
+                        humantime::format_duration(self.max_host_interval)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This coordinator's politeness settings.
+    pub fn site_politeness(&self) -> SitePoliteness {
+        SitePoliteness {
+            base: HostPolicy { concurrency: self.host_concurrency.max(1), interval: self.host_interval },
+            hosts: self.host_policies.clone(),
+        }
     }
 
     /// The leases a host with `policy` gets (see [`LeaseBudget::for_policy`]).
@@ -107,6 +155,9 @@ impl CoordinatorConfig {
             max_leases_per_host: 8,
             reap_interval: Duration::from_secs(1),
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            min_host_interval: Duration::ZERO,
+            max_host_interval: Duration::from_secs(60),
+            max_host_concurrency: DEFAULT_MAX_HOST_CONCURRENCY,
             host_concurrency: policy::DEFAULT_HOST_CONCURRENCY,
             host_interval: policy::DEFAULT_HOST_INTERVAL,
             host_policies: Vec::new(),
@@ -115,5 +166,35 @@ impl CoordinatorConfig {
             ingest_writers: 2,
             ingest_max_backlog: 200_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urlfleet_shared::job::PolicyOverride;
+
+    #[test]
+    fn politeness_beyond_the_bounds_is_refused_naming_the_limit() {
+        let config = CoordinatorConfig {
+            min_host_interval: Duration::from_millis(50),
+            ..CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:")
+        };
+        let with = |concurrency, interval_ms| JobOptions {
+            politeness: PolicyOverride { concurrency, interval_ms },
+            ..Default::default()
+        };
+        assert!(config.check_bounds(&with(Some(4), Some(100))).is_ok());
+        assert!(config.check_bounds(&JobOptions::default()).is_ok(), "unset inherits the coordinator's");
+        let e = config.check_bounds(&with(None, Some(u64::MAX))).unwrap_err();
+        assert!(e.contains("--max-host-interval"), "{e}");
+        let e = config.check_bounds(&with(None, Some(10))).unwrap_err();
+        assert!(e.contains("--min-host-interval"), "{e}");
+        let e = config.check_bounds(&with(Some(5_000), None)).unwrap_err();
+        assert!(e.contains("--max-host-concurrency"), "{e}");
+        let mut per_host = JobOptions::default();
+        per_host.host_policies.insert("a.example".into(), PolicyOverride { concurrency: None, interval_ms: Some(0) });
+        let e = config.check_bounds(&per_host).unwrap_err();
+        assert!(e.contains("a.example") && e.contains("--min-host-interval"), "{e}");
     }
 }

@@ -265,7 +265,9 @@ impl JobApi {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let options = match stream.message().await? {
             Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => {
-                JobOptions::try_from(&o).map_err(|e| Status::invalid_argument(e.to_string()))?
+                let options = JobOptions::try_from(&o).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.config.check_bounds(&options).map_err(Status::invalid_argument)?;
+                options
             }
             Some(_) => return Err(Status::invalid_argument("the first SubmitJob message must carry options")),
             None => return Err(Status::invalid_argument("empty SubmitJob stream: no options and no URLs")),

@@ -18,13 +18,17 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
-use urlfleet_shared::{HostPolicy, ReportedResult, telemetry};
+use urlfleet_shared::{ReportedResult, telemetry};
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
 use crate::ingest::{Ingestor, NotCommitted};
 use crate::store::Touched;
 use crate::store::{LeaseGrant, LeaseRequest, Store};
+
+/// Hosts leased per store transaction: a worker with credits for thousands of polite hosts gets them
+/// in a few transactions, not one per host.
+const LEASES_PER_CALL: usize = 64;
 
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -214,15 +218,32 @@ impl Session {
         Ok(())
     }
 
+    /// Leases what the worker's credits allow, up to [`LEASES_PER_CALL`] hosts in one transaction, and
+    /// sends the leases. False when nothing was ready (or the worker is gone).
     async fn lease(&mut self) -> Result<bool, crate::store::StoreError> {
+        let config = &self.api.config;
         let req = LeaseRequest {
             worker_id: self.holder.clone(),
-            max_urls: self.credits.min(u64::from(self.api.config.lease_size)) as u32,
-            max_urls_lifted: self.credits.min(u64::from(self.api.config.lease_size_lifted)) as u32,
-            ttl: self.api.config.lease_ttl,
+            max_urls: config.lease_size,
+            max_urls_lifted: config.lease_size_lifted,
+            ttl: config.lease_ttl,
+            politeness: Some(config.site_politeness()),
         };
-        let Some(grant) = self.api.store.acquire_lease(&req).await? else { return Ok(false) };
-        self.credits -= grant.urls.len() as u64;
+        let grants = self.api.store.acquire_leases(&req, self.credits, LEASES_PER_CALL).await?;
+        if grants.is_empty() {
+            return Ok(false);
+        }
+        for grant in grants {
+            self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
+            if !self.send_lease(grant).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends one granted lease to the worker; false when the worker is gone.
+    async fn send_lease(&mut self, grant: LeaseGrant) -> bool {
         self.api.metrics.leases_granted.inc();
         debug!(lease.id = grant.id, server.address = %grant.host, urls = grant.urls.len(), "lease granted");
         for job in &grant.jobs {
@@ -244,10 +265,7 @@ impl Session {
         }
         let trace_context = span.in_scope(telemetry::current_context_map);
         let lease = lease_to_pb(&self.api.config, grant, trace_context);
-        if self.tx.send(Ok(out(Out::Lease(lease)))).await.is_err() {
-            return Ok(false);
-        }
-        Ok(true)
+        self.tx.send(Ok(out(Out::Lease(lease)))).await.is_ok()
     }
 
     /// Hands a batch to the ingest pipeline; the ack goes out when it is committed, while the session
@@ -288,23 +306,12 @@ impl Session {
     }
 }
 
-/// The politeness of a lease: the strictest of the jobs its URLs belong to, so that sharing a URL
-/// between jobs never makes a host's limits looser than any of them asked for.
-fn lease_policy(config: &CoordinatorConfig, grant: &LeaseGrant) -> HostPolicy {
-    grant
-        .job_options
-        .iter()
-        .map(|o| config.host_policy(&grant.host, o))
-        .reduce(HostPolicy::strictest)
-        .unwrap_or_else(|| config.host_policy(&grant.host, &Default::default()))
-}
-
 fn lease_to_pb(
     config: &CoordinatorConfig,
     grant: LeaseGrant,
     trace_context: std::collections::BTreeMap<String, String>,
 ) -> pb::Lease {
-    let policy = lease_policy(config, &grant);
+    let policy = config.site_politeness().for_lease(&grant.host, &grant.job_options);
     pb::Lease {
         id: grant.id,
         epoch: grant.epoch,

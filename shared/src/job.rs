@@ -279,6 +279,33 @@ impl JobOptions {
     }
 }
 
+/// How a coordinator judges politeness: its default for every host and its settings per host, under
+/// each job's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SitePoliteness {
+    /// Politeness of every host unless something says otherwise.
+    pub base: HostPolicy,
+    /// Per-host settings, between a job's default and the job's own per-host setting.
+    pub hosts: Vec<(String, PolicyOverride)>,
+}
+
+impl SitePoliteness {
+    /// The politeness one job gets for `host`.
+    pub fn for_job(&self, host: &str, job: &JobOptions) -> HostPolicy {
+        let site = self.hosts.iter().find(|(h, _)| h == host).map(|(_, p)| p);
+        job.politeness_for(host, self.base, site)
+    }
+
+    /// The politeness of a lease of `host` whose URLs belong to `jobs`: the strictest of theirs, so
+    /// sharing a URL between jobs never makes a host's limits looser than any of them asked for.
+    pub fn for_lease(&self, host: &str, jobs: &[JobOptions]) -> HostPolicy {
+        jobs.iter()
+            .map(|o| self.for_job(host, o))
+            .reduce(HostPolicy::strictest)
+            .unwrap_or_else(|| self.for_job(host, &JobOptions::default()))
+    }
+}
+
 /// The optional delay of a job by its size: < 500 URLs 1 min, < 2,000 5 min, < 5,000 15 min, else
 /// 30 min.
 pub fn delay_for_size(n: u64) -> Duration {

@@ -28,7 +28,7 @@ pub mod telemetry;
 pub mod time;
 pub mod url;
 
-pub use job::{JobCounts, JobOptions, JobState, JobUrlState, Priority, RecheckPolicy};
+pub use job::{JobCounts, JobOptions, JobState, JobUrlState, Priority, RecheckPolicy, SitePoliteness};
 pub use outcome::{CheckOutcome, OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 pub use policy::{HostPolicy, LeaseBudget};
 pub use url::{NormalizedUrl, UrlError};

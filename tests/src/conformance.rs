@@ -79,7 +79,13 @@ pub fn recheck() -> RecheckPolicy {
 
 /// A lease request of `holder` for up to 100 URLs, TTL 30 s.
 pub fn lease_req(holder: &str) -> LeaseRequest {
-    LeaseRequest { worker_id: holder.to_string(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_secs(30) }
+    LeaseRequest {
+        worker_id: holder.to_string(),
+        max_urls: 100,
+        max_urls_lifted: 100,
+        ttl: Duration::from_secs(30),
+        politeness: None,
+    }
 }
 
 /// A result of `url_id` under `lease`, with `status`, checked at `checked_at`.

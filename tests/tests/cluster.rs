@@ -174,6 +174,24 @@ async fn bad_input_gets_clear_answers() {
         .unwrap_err();
     assert_eq!(no_options.code(), tonic::Code::InvalidArgument);
 
+    // Politeness beyond the coordinator's bounds: refused, naming the limit; within them, accepted.
+    let frozen = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: None, interval_ms: Some(u64::MAX) }),
+        ..Default::default()
+    };
+    let refused = submit(&mut client, &["http://a.example/".to_string()], frozen).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("--max-host-interval"), "{refused:?}");
+    let mut flood = pb::JobOptions::default();
+    flood.host_policies.insert("a.example".into(), pb::HostPolicy { concurrency: Some(100_000), interval_ms: None });
+    let refused = submit(&mut client, &["http://a.example/".to_string()], flood).await.unwrap_err();
+    assert!(refused.message().contains("--max-host-concurrency"), "{refused:?}");
+    let fine = pb::JobOptions {
+        politeness: Some(pb::HostPolicy { concurrency: Some(4), interval_ms: Some(250) }),
+        ..Default::default()
+    };
+    submit(&mut client, &["http://a.example/".to_string()], fine).await.expect("within the bounds");
+
     let missing = client.get_job(pb::GetJobRequest { id: 424_242 }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let missing = client.cancel_job(pb::CancelJobRequest { id: 424_242 }).await.unwrap_err();

@@ -24,8 +24,13 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
     let recheck = RecheckPolicy { force: false, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     let job = stored_job(store.as_ref(), "many", urlfleet_shared::Priority::Low, &urls, recheck).await;
     let mut leased = Vec::new();
-    let req =
-        LeaseRequest { worker_id: "w".into(), max_urls: 2_000, max_urls_lifted: 2_000, ttl: Duration::from_secs(600) };
+    let req = LeaseRequest {
+        worker_id: "w".into(),
+        max_urls: 2_000,
+        max_urls_lifted: 2_000,
+        ttl: Duration::from_secs(600),
+        politeness: None,
+    };
     while let Some(l) = store.acquire_lease(&req).await.unwrap() {
         leased.extend(l.urls.iter().map(|(id, _)| (l.id, l.epoch, *id)));
     }
@@ -133,7 +138,13 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         (0..4).map(|i| PlannedUrl::new(format!("http://a.example/{i}"), "a.example", i as u64)).collect();
     let recheck = RecheckPolicy { force: true, recheck_after: Duration::ZERO, recheck_broken_after: Duration::ZERO };
     let job = stored_job(store.as_ref(), "bad", urlfleet_shared::Priority::High, &urls, recheck).await;
-    let req = LeaseRequest { worker_id: "w".into(), max_urls: 10, max_urls_lifted: 10, ttl: Duration::from_secs(600) };
+    let req = LeaseRequest {
+        worker_id: "w".into(),
+        max_urls: 10,
+        max_urls_lifted: 10,
+        ttl: Duration::from_secs(600),
+        politeness: None,
+    };
     let lease = store.acquire_lease(&req).await.unwrap().unwrap();
     let now = urlfleet_shared::time::now_ms();
     let result = |url_id: i64| {

@@ -31,6 +31,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
                 max_urls: 25,
                 max_urls_lifted: 25,
                 ttl: Duration::from_secs(600),
+                politeness: None,
             };
             match store.acquire_lease(&req).await.unwrap() {
                 Some(l) => got.extend(l.urls.into_iter().map(|(id, _)| id)),

@@ -18,6 +18,8 @@ urlfleet_tests::on_both_stores!(
     jobs_of_equal_priority_on_one_host_advance_in_turn,
     higher_priority_work_is_leased_first,
     a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left,
+    a_polite_host_s_next_lease_keeps_its_spacing_from_the_last_one,
+    many_hosts_are_leased_in_one_call_within_the_credits,
 );
 
 async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(backend: Backend) {
@@ -60,8 +62,13 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     let (job, _) = store.create_job(new_job("expire", 2)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
     store.seal_job(job.id, seal("expire", 2, job.priority)).await.unwrap();
-    let short =
-        LeaseRequest { worker_id: "w".into(), max_urls: 100, max_urls_lifted: 100, ttl: Duration::from_millis(1) };
+    let short = LeaseRequest {
+        worker_id: "w".into(),
+        max_urls: 100,
+        max_urls_lifted: 100,
+        ttl: Duration::from_millis(1),
+        politeness: None,
+    };
     let mut leases = Vec::new();
     for attempt in 1..=3 {
         let lease = store.acquire_lease(&short).await.unwrap().unwrap_or_else(|| panic!("lease {attempt}"));
@@ -293,4 +300,45 @@ async fn a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left(
     let now = now_ms();
     store.ingest(&polite.urls.iter().map(|(id, _)| result(&polite, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
     assert_eq!(lease_and_finish().await, 12, "the polite budget holds while the host has work");
+}
+
+async fn a_polite_host_s_next_lease_keeps_its_spacing_from_the_last_one(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("spaced", 4)).await.unwrap();
+    let budget = urlfleet_shared::LeaseBudget { max_leases: 1, lease_urls: 2 };
+    let urls: Vec<PlannedUrl> = urls("p.example", 4).into_iter().map(|u| PlannedUrl { budget, ..u }).collect();
+    store.add_urls(job.id, &urls, recheck()).await.unwrap();
+    store.seal_job(job.id, seal("spaced", 4, job.priority)).await.unwrap();
+    let interval = Duration::from_millis(400);
+    let site = urlfleet_shared::SitePoliteness {
+        base: urlfleet_shared::HostPolicy { concurrency: 2, interval },
+        hosts: Vec::new(),
+    };
+    let req = LeaseRequest { politeness: Some(site), ..lease_req("w1") };
+    let first = store.acquire_lease(&req).await.unwrap().expect("a lease");
+    let now = now_ms();
+    store.ingest(&first.urls.iter().map(|(id, _)| result(&first, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
+    // The lease ended with its last result; another worker taking the host over waits for the spacing.
+    assert!(store.acquire_lease(&LeaseRequest { worker_id: "w2".into(), ..req.clone() }).await.unwrap().is_none());
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    let second = store.acquire_lease(&LeaseRequest { worker_id: "w2".into(), ..req }).await.unwrap();
+    assert_eq!(second.expect("after the spacing").urls.len(), 2);
+}
+
+async fn many_hosts_are_leased_in_one_call_within_the_credits(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("wide", 200)).await.unwrap();
+    for h in 0..20 {
+        store.add_urls(job.id, &urls(&format!("w{h}.example"), 10), recheck()).await.unwrap();
+    }
+    store.seal_job(job.id, seal("wide", 200, job.priority)).await.unwrap();
+    let grants = store.acquire_leases(&lease_req("w"), 95, 64).await.unwrap();
+    let hosts: std::collections::HashSet<&str> = grants.iter().map(|g| g.host.as_str()).collect();
+    assert_eq!(hosts.len(), grants.len(), "one lease per host");
+    assert_eq!(grants.iter().map(|g| g.urls.len()).sum::<usize>(), 95, "the credits bound the URLs");
+    assert_eq!(grants.len(), 10, "nine whole hosts and part of a tenth");
+    let rest = store.acquire_leases(&lease_req("w"), 1_000, 4).await.unwrap();
+    assert_eq!(rest.len(), 4, "at most the leases asked for");
+    let epochs: Vec<i64> = rest.iter().map(|g| g.epoch).collect();
+    assert!(epochs.iter().all(|e| *e == 1), "each host's first lease: {epochs:?}");
 }

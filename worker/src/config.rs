@@ -6,6 +6,9 @@ use urlfleet_shared::policy;
 
 use crate::engine::{self, Cidr, EngineConfig};
 
+/// URLs a worker holds by default: enough for a few thousand polite hosts' leases at once.
+pub const DEFAULT_CREDITS: u32 = 65_536;
+
 /// Configuration of a worker.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
@@ -19,8 +22,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "URLFLEET_CONCURRENCY", default_value_t = policy::DEFAULT_WORKER_CONCURRENCY as usize)]
     pub concurrency: usize,
     /// URLs the worker holds at most (leased and not finished). Politeness throttles each host, so
-    /// keeping many hosts in hand is what keeps the slots busy.
-    #[arg(long, env = "URLFLEET_CREDITS", default_value_t = 2048)]
+    /// keeping many hosts in hand is what keeps the slots busy; a URL in hand is a queue entry, not a
+    /// slot or a task, so holding many is cheap.
+    #[arg(long, env = "URLFLEET_CREDITS", default_value_t = DEFAULT_CREDITS)]
     pub credits: u32,
     /// Connect timeout of one request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -65,7 +69,7 @@ impl WorkerConfig {
             coordinator: coordinator.into(),
             worker_id: None,
             concurrency: policy::DEFAULT_WORKER_CONCURRENCY as usize,
-            credits: 2048,
+            credits: DEFAULT_CREDITS,
             connect_timeout: engine::DEFAULT_CONNECT_TIMEOUT,
             timeout: engine::DEFAULT_REQUEST_TIMEOUT,
             retries: engine::DEFAULT_RETRIES,

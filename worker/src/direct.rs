@@ -1,13 +1,15 @@
 //! Checking a list with no store: the entries are planned as a submission would be (normalized,
 //! deduplicated, invalid ones set aside), then each host's URLs go to the check engine with the
-//! politeness a lease of that host would carry, as many hosts at once as the engine has slots (a host
-//! waiting for its interval holds no slot another host could use). Only failures are kept in memory.
+//! politeness a lease of that host would carry, every host at once (a host waiting for its interval
+//! holds no slot another host could use). Only failures are kept in memory.
 //! Nothing is written anywhere: this is the verdict a CI gate needs, on the same rules as a stored run.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
+
+use crate::engine::check_batch;
 use tokio_util::sync::CancellationToken;
 use urlfleet_shared::job::{CountsDelta, JobCounts, JobOptions, PolicyOverride};
 use urlfleet_shared::plan::{InvalidEntry, Planner};
@@ -67,39 +69,29 @@ pub async fn check_list<E>(
         by_host.entry(u.host).or_default().push(u.url);
     }
     let plan = planner.finish(&check.options);
-    let engine = Arc::new(Engine::new(check.engine.clone()).map_err(DirectError::Engine)?);
-    let hosts = futures::stream::iter(by_host)
-        .map(|(host, urls)| {
-            let site = check.site_policies.iter().find(|(h, _)| *h == host).map(|(_, p)| p);
-            let policy = check.options.politeness_for(&host, check.base, site);
-            let engine = engine.clone();
-            async move {
-                futures::stream::iter(urls)
-                    .map(|url| {
-                        let engine = engine.clone();
-                        async move {
-                            let outcome = engine.check(&url, policy, cancel).await;
-                            Failed { url, outcome }
-                        }
-                    })
-                    .buffer_unordered(policy.concurrency.max(1) as usize)
-                    .collect::<Vec<_>>()
-                    .await
-            }
-        })
-        .buffer_unordered(check.engine.concurrency.max(1));
-    futures::pin_mut!(hosts);
-    let mut delta = CountsDelta::default();
-    let mut failed = Vec::new();
-    while let Some(results) = hosts.next().await {
-        for r in results {
-            delta.checked += 1;
-            delta.add_class(r.outcome.kind.class());
-            if r.outcome.kind.class().is_failure() {
-                failed.push(r);
-            }
+    let engine = Engine::new(check.engine.clone()).map_err(DirectError::Engine)?;
+    // Every host at once: a host waiting for its interval holds no slot (see `check_batch`), so the
+    // engine's bound on requests in flight, and each host's pace, are the only limits.
+    let tally = Mutex::new((CountsDelta::default(), Vec::new()));
+    let hosts = by_host.into_iter().map(|(host, urls)| {
+        let site = check.site_policies.iter().find(|(h, _)| *h == host).map(|(_, p)| p);
+        let policy = check.options.politeness_for(&host, check.base, site);
+        let (engine, tally) = (&engine, &tally);
+        async move {
+            let urls = urls.into_iter().map(|u| (u.clone(), u)).collect();
+            check_batch(engine, urls, policy, cancel, |url, outcome| {
+                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                t.0.checked += 1;
+                t.0.add_class(outcome.kind.class());
+                if outcome.kind.class().is_failure() {
+                    t.1.push(Failed { url, outcome });
+                }
+            })
+            .await;
         }
-    }
+    });
+    futures::future::join_all(hosts).await;
+    let (delta, mut failed) = tally.into_inner().unwrap_or_else(|e| e.into_inner());
     failed.sort_by(|a, b| a.url.cmp(&b.url));
     let n = |v: i64| v.max(0) as u64;
     let counts = JobCounts {

@@ -321,25 +321,16 @@ impl Worker {
         let (lease_id, epoch) = (lease.id, lease.epoch);
         tokio::spawn(
             async move {
-                let mut checks = tokio::task::JoinSet::new();
-                for u in lease.urls {
-                    let engine = engine.clone();
-                    let token = token.clone();
-                    let finished = finished.clone();
-                    let outstanding = outstanding.clone();
-                    checks.spawn(
-                        async move {
-                            let outcome = engine.check(&u.url, policy, &token).await;
-                            let result = (!token.is_cancelled()).then(|| {
-                                pb::CheckResult::from(&ReportedResult { lease_id, epoch, url_id: u.url_id, outcome })
-                            });
-                            outstanding.fetch_sub(1, Ordering::Relaxed);
-                            let _ = finished.send(result);
-                        }
-                        .in_current_span(),
-                    );
-                }
-                while checks.join_next().await.is_some() {}
+                // One task per lease: its URLs wait as data, at most the host's concurrency of them
+                // under way (see `check_batch`).
+                let urls = lease.urls.into_iter().map(|u| (u.url_id, u.url)).collect();
+                crate::engine::check_batch(&engine, urls, policy, &token, |url_id, outcome| {
+                    let result = (!token.is_cancelled())
+                        .then(|| pb::CheckResult::from(&ReportedResult { lease_id, epoch, url_id, outcome }));
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    let _ = finished.send(result);
+                })
+                .await;
                 if let Ok(mut l) = leases.lock() {
                     l.remove(&lease_id);
                 }

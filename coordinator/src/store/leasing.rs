@@ -17,6 +17,10 @@ const IDS_PER_STATEMENT: usize = 4_000;
 /// Hosts looked at per lease request: the first may turn out to have nothing ready.
 const CANDIDATE_HOSTS: i64 = 4;
 
+/// Added to a polite lease's spacing at the hand-over: the coordinator's clock, not the server's,
+/// decides when the next lease may start, and the last request may have arrived late.
+pub(crate) const HAND_OVER_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Expired leases reaped per transaction.
 const REAP_BATCH: i64 = 100;
 
@@ -34,14 +38,15 @@ struct Candidate {
 pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, not_before: i64) -> StoreResult<bool> {
     // The update locks the lease row, as a submission joining a URL to the lease does before counting
     // it in: the two are serialized, and this one sees the joined count.
-    let ended: Option<(String, bool)> = sql(
-        "UPDATE leases SET open = open - $2, active = open - $2 > 0 WHERE id = $1 AND active RETURNING host, active",
-    )
+    let ended: Option<(String, bool, i64)> = sql("UPDATE leases SET open = open - $2, active = open - $2 > 0 \
+                                                  WHERE id = $1 AND active RETURNING host, active, spacing_ms")
     .bind(lease_id)
     .bind(closed)
     .fetch_optional(tx)
     .await?;
-    let Some((host, false)) = ended else { return Ok(false) };
+    let Some((host, false, spacing)) = ended else { return Ok(false) };
+    // The host's next lease keeps the spacing from this one's last request, whoever holds it.
+    let not_before = not_before.max(now_ms() + spacing);
     sql("UPDATE hosts SET active_leases = active_leases - 1, \
          next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END WHERE host = $1")
     .bind(host)
@@ -52,9 +57,15 @@ pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, no
 }
 
 impl SqlStore {
-    pub(crate) async fn acquire_lease_impl(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
+    pub(crate) async fn acquire_leases_impl(
+        &self,
+        req: &LeaseRequest,
+        mut credits: u64,
+        max_leases: usize,
+    ) -> StoreResult<Vec<LeaseGrant>> {
         let now = now_ms();
         let dialect = self.db.dialect();
+        let mut grants = Vec::new();
         let mut tx = self.db.begin_keyed().await?;
         let candidates: Vec<Candidate> = sql(format!(
             "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 AND active_leases < max_leases \
@@ -62,11 +73,15 @@ impl SqlStore {
             dialect.skip_locked
         ))
         .bind(now)
-        .bind(CANDIDATE_HOSTS)
+        .bind(CANDIDATE_HOSTS + max_leases as i64)
         .fetch_all(&mut tx)
         .await?;
         for c in candidates {
+            if grants.len() >= max_leases || credits == 0 {
+                break;
+            }
             let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
+            let max_urls = max_urls.min(u32::try_from(credits).unwrap_or(u32::MAX));
             // A polite host's lease holds about a lease span of work at its pace.
             let max_urls = match u32::try_from(c.lease_urls) {
                 Ok(n) if n > 0 => max_urls.min(n),
@@ -103,11 +118,11 @@ impl SqlStore {
                 continue;
             }
             let grant = self.grant(&mut tx, c, ids, req, now).await?;
-            tx.commit().await?;
-            return Ok(Some(grant));
+            credits = credits.saturating_sub(grant.urls.len() as u64);
+            grants.push(grant);
         }
         tx.commit().await?;
-        Ok(None)
+        Ok(grants)
     }
 
     /// Writes a lease of `ids` on the candidate host: the lease row, its URLs' rows (across jobs: a
@@ -127,7 +142,7 @@ impl SqlStore {
                                  VALUES ($1, $2, $3, $4, $5, TRUE) RETURNING id")
         .bind(c.host.as_str())
         .bind(epoch)
-        .bind(req.worker_id.as_str())
+        .bind(req.worker_id.clone())
         .bind(now)
         .bind(deadline)
         .fetch_one::<(i64,)>(tx)
@@ -179,6 +194,17 @@ impl SqlStore {
             text.extend(q.fetch_all::<(i64, String)>(tx).await?);
         }
         let urls = ids.iter().filter_map(|id| text.remove(id).map(|url| (*id, url))).collect();
+        if let Some(site) = &req.politeness {
+            let policy = site.for_lease(&c.host, &job_options);
+            let spacing = policy.interval + crate::store::leasing::HAND_OVER_MARGIN;
+            if !policy.interval.is_zero() {
+                sql("UPDATE leases SET spacing_ms = $2 WHERE id = $1")
+                    .bind(lease_id)
+                    .bind(ms(spacing))
+                    .execute(tx)
+                    .await?;
+            }
+        }
         Ok(LeaseGrant {
             id: lease_id,
             epoch,
@@ -214,8 +240,8 @@ impl SqlStore {
     pub(crate) async fn reap_expired_impl(&self, max_attempts: u32) -> StoreResult<Touched> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
-        let expired: Vec<(String, i64)> = sql(format!(
-            "SELECT host, id FROM leases WHERE active AND expires_at < $1 ORDER BY id LIMIT $2{}",
+        let expired: Vec<(String, i64, i64)> = sql(format!(
+            "SELECT host, id, spacing_ms FROM leases WHERE active AND expires_at < $1 ORDER BY id LIMIT $2{}",
             self.db.dialect().skip_locked
         ))
         .bind(now)
@@ -223,7 +249,7 @@ impl SqlStore {
         .fetch_all(&mut tx)
         .await?;
         let mut deltas = JobDeltas::default();
-        for (host, lease_id) in &expired {
+        for (host, lease_id, spacing) in &expired {
             let rows: Vec<(i64, String)> = sql("UPDATE job_urls SET attempts = attempts + 1, lease_id = NULL, \
                  state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE 'pending' END, \
                  kind = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE kind END \
@@ -244,11 +270,14 @@ impl SqlStore {
                 }
             }
             sql("UPDATE leases SET active = FALSE WHERE id = $1").bind(*lease_id).execute(&mut tx).await?;
-            sql("UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2 WHERE host = $1")
-                .bind(host.as_str())
-                .bind(back)
-                .execute(&mut tx)
-                .await?;
+            // The expired holder may still be sending: the host's next lease keeps the spacing.
+            sql("UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2, \
+                 next_allowed_at = CASE WHEN next_allowed_at < $3 THEN $3 ELSE next_allowed_at END WHERE host = $1")
+            .bind(host.as_str())
+            .bind(back)
+            .bind(now + *spacing)
+            .execute(&mut tx)
+            .await?;
             tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
         }
         deltas.apply(&mut tx).await?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 pub use urlfleet_shared::LeaseBudget;
-pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, Priority, RecheckPolicy};
+pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, Priority, RecheckPolicy, SitePoliteness};
 pub use urlfleet_shared::plan::{InvalidEntry, PlannedUrl};
 use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
@@ -140,6 +140,9 @@ pub struct LeaseRequest {
     pub max_urls_lifted: u32,
     /// Lease time to live.
     pub ttl: Duration,
+    /// How to judge a lease's politeness, so that the host's next lease waits for its spacing when
+    /// this one ends; `None` gives leases no spacing of their own at the hand-over.
+    pub politeness: Option<SitePoliteness>,
 }
 
 /// A granted lease.
@@ -287,7 +290,13 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a job; returns it and the ids of leases that now hold nothing but cancelled work.
     async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>>;
     /// Leases a batch of URLs of one free, ready host; `None` when no work is ready.
-    async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>>;
+    async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
+        Ok(self.acquire_leases(req, u64::MAX, 1).await?.pop())
+    }
+    /// Leases batches of up to `max_leases` free, ready hosts in one transaction, each sized by
+    /// `req` and all together holding at most `credits` URLs; empty when no work is ready.
+    async fn acquire_leases(&self, req: &LeaseRequest, credits: u64, max_leases: usize)
+    -> StoreResult<Vec<LeaseGrant>>;
     /// Renews the worker's leases.
     async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()>;
     /// Makes every lease of the worker expire now (the worker went away).
@@ -340,8 +349,13 @@ impl Store for SqlStore {
     async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
         self.cancel_job_impl(id).await
     }
-    async fn acquire_lease(&self, req: &LeaseRequest) -> StoreResult<Option<LeaseGrant>> {
-        self.acquire_lease_impl(req).await
+    async fn acquire_leases(
+        &self,
+        req: &LeaseRequest,
+        credits: u64,
+        max_leases: usize,
+    ) -> StoreResult<Vec<LeaseGrant>> {
+        self.acquire_leases_impl(req, credits, max_leases).await
     }
     async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
         self.renew_leases_impl(worker_id, lease_ids, ttl).await

@@ -20,11 +20,14 @@ use urlfleet_shared::time::now_ms;
 use urlfleet_shared::url::host_key;
 use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeKind, RedirectHop, policy};
 
+mod batch;
 pub mod politeness;
 mod retry;
 pub mod ssrf;
 
+pub use batch::check_batch;
 pub use politeness::Politeness;
+pub use retry::Evidence;
 pub use ssrf::{AddressPolicy, Cidr};
 
 use retry::{Attempt, Transport};
@@ -139,6 +142,26 @@ impl Engine {
     /// Checks one URL. `policy` applies to the URL's own host; redirect targets on other hosts get the
     /// default politeness. Cancelling `cancel` ends the check early with whatever it has.
     pub async fn check(&self, url: &str, policy: HostPolicy, cancel: &CancellationToken) -> CheckOutcome {
+        let mut check = match self.begin(url) {
+            Ok(c) => c,
+            Err(outcome) => return *outcome,
+        };
+        loop {
+            match self.step(&mut check, policy, cancel).await {
+                Step::Done(outcome) => return outcome,
+                Step::RetryAfter(delay) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return self.give_up(&mut check),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a check of `url`: its first attempt is the next [`Engine::step`]. A URL that cannot be
+    /// checked at all is its outcome at once.
+    pub fn begin(&self, url: &str) -> Result<InProgress, Box<CheckOutcome>> {
         let span = info_span!(
             "check",
             url.full = %url,
@@ -148,14 +171,75 @@ impl Engine {
         );
         self.metrics.started();
         let started = Instant::now();
-        let outcome = self.check_inner(url, policy, cancel).instrument(span.clone()).await;
+        let invalid = |why: String| {
+            let outcome = CheckOutcome::error(OutcomeKind::Invalid, why, 0);
+            Err(Box::new(self.conclude(url, &span, started, outcome)))
+        };
+        let parsed = match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+            Ok(u) => return invalid(format!("cannot check a {} URL", u.scheme())),
+            Err(e) => return invalid(format!("not a valid URL: {e}")),
+        };
+        let home = host_key(&parsed).unwrap_or_default();
+        Ok(InProgress { parsed, home, attempt: 0, paused_until: None, last: None, span, started })
+    }
+
+    /// One attempt of a check: its outcome, or how long to wait before the next attempt (a wait that
+    /// holds no slot: the caller decides where the check waits).
+    pub async fn step(&self, check: &mut InProgress, policy: HostPolicy, cancel: &CancellationToken) -> Step {
+        check.attempt += 1;
+        let attempt = check.attempt;
+        let mut result = tokio::select! {
+            r = self.attempt(&check.parsed, &check.home, policy).instrument(check.span.clone()) => r,
+            () = cancel.cancelled() => {
+                let outcome = CheckOutcome::error(OutcomeKind::Other, "check cancelled", attempt);
+                return Step::Done(self.conclude(check.parsed.as_str(), &check.span, check.started, outcome));
+            }
+        };
+        if let Some(host) = result.last_host.clone() {
+            let pause = self.gate.observe(&host, result.evidence(), result.pause_host);
+            if pause.is_some() {
+                self.metrics.host_paused();
+                result.pause_host = pause;
+            }
+        }
+        // Reported for the cluster only when the lease's own host asked: the coordinator pauses the
+        // lease's host, and a redirect target's pause is this worker's business.
+        if let Some(pause) = result.pause_host
+            && result.last_host.as_deref() == Some(check.home.as_str())
+        {
+            check.paused_until = check.paused_until.max(Some(wall_ms_after(pause)));
+        }
+        let retry = result.retry_delay(attempt, &self.config).filter(|_| attempt <= self.config.retries);
+        let outcome = result.into_outcome(attempt, check.paused_until);
+        match retry {
+            Some(delay) => {
+                debug!(parent: &check.span, attempt, delay_ms = delay.as_millis() as u64, "retrying");
+                check.last = Some(outcome);
+                Step::RetryAfter(delay)
+            }
+            None => Step::Done(self.conclude(check.parsed.as_str(), &check.span, check.started, outcome)),
+        }
+    }
+
+    /// The outcome of a check given up while it waits for its next attempt: its latest attempt's.
+    pub fn give_up(&self, check: &mut InProgress) -> CheckOutcome {
+        let outcome = check
+            .last
+            .take()
+            .unwrap_or_else(|| CheckOutcome::error(OutcomeKind::Other, "check cancelled", check.attempt));
+        self.conclude(check.parsed.as_str(), &check.span, check.started, outcome)
+    }
+
+    /// Ends a check: its span's fields, its metrics, and a span that keeps a failure in the trace.
+    fn conclude(&self, url: &str, span: &tracing::Span, started: Instant, outcome: CheckOutcome) -> CheckOutcome {
         self.metrics.finished(&outcome, started.elapsed().as_secs_f64());
         span.record("attempts", outcome.attempts);
         span.record("outcome", outcome.kind.as_str());
         if let Some(s) = outcome.status {
             span.record("http.response.status_code", s);
         }
-        if outcome.kind.class().is_failure() && !urlfleet_shared::telemetry::is_sampled(&span) {
+        if outcome.kind.class().is_failure() && !urlfleet_shared::telemetry::is_sampled(span) {
             // Most checks are sampled out of the trace; a failed one is always kept, as a span
             // whose `error.type` makes the sampler keep it.
             let kept = info_span!(
@@ -169,60 +253,6 @@ impl Engine {
             drop(kept.entered());
         }
         outcome
-    }
-
-    async fn check_inner(&self, url: &str, policy: HostPolicy, cancel: &CancellationToken) -> CheckOutcome {
-        let parsed = match url::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-            Ok(u) => return CheckOutcome::error(OutcomeKind::Invalid, format!("cannot check a {} URL", u.scheme()), 0),
-            Err(e) => return CheckOutcome::error(OutcomeKind::Invalid, format!("not a valid URL: {e}"), 0),
-        };
-        let home = host_key(&parsed).unwrap_or_default();
-        let mut attempt = 0u32;
-        // The latest pause any attempt asked for: reported with the outcome, for the whole cluster.
-        let mut paused_until: Option<i64> = None;
-        loop {
-            attempt += 1;
-            let mut result = tokio::select! {
-                r = self.attempt(&parsed, &home, policy) => r,
-                () = cancel.cancelled() => {
-                    return CheckOutcome::error(OutcomeKind::Other, "check cancelled", attempt);
-                }
-            };
-            if let Some(host) = result.last_host.clone() {
-                match (result.throttled(), result.pause_host) {
-                    (true, Some(pause)) => {
-                        self.metrics.host_paused();
-                        self.gate.pause(&host, pause);
-                    }
-                    (true, None) => {
-                        self.metrics.host_paused();
-                        result.pause_host = Some(self.gate.throttled(&host));
-                    }
-                    // Only a real answer that is not throttled lets the host's penalty decay.
-                    (false, _) if result.answered() => self.gate.healthy(&host),
-                    (false, _) => {}
-                }
-            }
-            // Reported for the cluster only when the lease's own host asked: the coordinator pauses the
-            // lease's host, and a redirect target's pause is this worker's business.
-            if let Some(pause) = result.pause_host
-                && result.last_host.as_deref() == Some(home.as_str())
-            {
-                paused_until = paused_until.max(Some(wall_ms_after(pause)));
-            }
-            let retry = result.retry_delay(attempt, &self.config);
-            match retry {
-                Some(delay) if attempt <= self.config.retries => {
-                    debug!(attempt, delay_ms = delay.as_millis() as u64, "retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return result.into_outcome(attempt, paused_until),
-                    }
-                }
-                _ => return result.into_outcome(attempt, paused_until),
-            }
-        }
     }
 
     /// One attempt: a request and the redirects it leads to.
@@ -302,7 +332,7 @@ impl Engine {
         host: &str,
         policy: Option<HostPolicy>,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
-        let _permit = self.gate.acquire(host, policy).await;
+        let permit = self.gate.acquire(host, policy).await;
         let span = info_span!(
             "http",
             otel.kind = "client",
@@ -315,7 +345,11 @@ impl Engine {
         let started = Instant::now();
         let is_get = method == Method::GET;
         let fut = async {
-            let mut resp = self.client.request(method, url.as_str()).send().await.map_err(Transport::from_reqwest)?;
+            let sent = self.client.request(method, url.as_str()).send().await;
+            // The answer's head is in (or the request failed): the request has certainly reached the
+            // server, and the host's next request is spaced from now.
+            permit.answered();
+            let mut resp = sent.map_err(Transport::from_reqwest)?;
             let elapsed = started.elapsed();
             let status = resp.status();
             let headers = std::mem::take(resp.headers_mut());
@@ -351,6 +385,27 @@ impl Engine {
         };
         (!self.addresses.permits(ip)).then_some(ip)
     }
+}
+
+/// A check between attempts.
+#[derive(Debug)]
+pub struct InProgress {
+    parsed: url::Url,
+    home: String,
+    attempt: u32,
+    paused_until: Option<i64>,
+    last: Option<CheckOutcome>,
+    span: tracing::Span,
+    started: Instant,
+}
+
+/// What one attempt of a check led to.
+#[derive(Debug)]
+pub enum Step {
+    /// The check is over.
+    Done(CheckOutcome),
+    /// Try again after this long.
+    RetryAfter(Duration),
 }
 
 /// Full-jitter exponential back-off: a uniform delay in [0, min(cap, base × 2^(attempt-1))].

@@ -5,12 +5,23 @@
 //! a global slot. A host's delay therefore never holds a global slot: requests to other hosts do not
 //! wait behind a slow or paused host.
 //!
-//! A host that answers 429 or 503 without `Retry-After` is backed off exponentially: its spacing grows
-//! by a penalty that doubles with every throttled answer (from [`PENALTY_START`] up to
-//! [`PENALTY_MAX`]) and halves with every answer that is not throttled, so it recovers gradually.
+//! Spacing is judged where the server judges it: a request's arrival is only known to lie between
+//! its start and its answer, so the next start to a host waits for the earlier of the previous
+//! request's answer and half a spacing after its start, plus the spacing. A handshake that delays one
+//! request therefore delays the next as well, and two requests never reach the server closer than
+//! the spacing however the machine schedules them (up to half a spacing of delay).
+//!
+//! Penalties follow evidence ([`Politeness::observe`]): a host is slowed when it says it is
+//! overloaded (429, or a 5xx with `Retry-After`), or when most of its recent answers are strained
+//! (503 without `Retry-After`, timeouts, refused connections) — never for one broken page. The rule
+//! is multiplicative in both directions: each verdict of overload doubles the host's extra spacing
+//! (from [`PENALTY_START`] to at most [`PENALTY_MAX`]) and pauses it that long; each healthy answer
+//! takes a quarter of it off, down to none below 10 ms.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::retry::Evidence;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +57,56 @@ struct HostState {
     /// Extra spacing after throttled answers, in microseconds; decays on healthy answers. An atomic,
     /// because every answer touches it.
     penalty_us: AtomicU64,
+    /// The latest request started: when, its spacing, and when its answer came (if it has).
+    last: Mutex<Option<Started>>,
+    /// Wakes a request waiting for the previous one's answer.
+    answered: tokio::sync::Notify,
+    /// Recent answers, newest in bit 0: 1 for strained, 0 for healthy.
+    recent: Mutex<Recent>,
+}
+
+/// A request that was let through: the anchor of the next start.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    at: Instant,
+    spacing: Duration,
+    answered: Option<Instant>,
+}
+
+impl Started {
+    /// The latest the request can have reached the server, as far as the next start is concerned:
+    /// its answer, but no later than half a spacing after it started.
+    fn arrived_by(&self) -> Instant {
+        let cap = self.at + self.spacing / 2;
+        self.answered.map_or(cap, |a| a.min(cap))
+    }
+}
+
+/// A window of recent answers of one host.
+#[derive(Debug, Default)]
+struct Recent {
+    bits: u16,
+    len: u8,
+}
+
+/// Answers a host's verdict of strain is judged on.
+const WINDOW: u8 = 10;
+/// Strained answers among the last [`WINDOW`] that make a verdict of overload: a majority.
+const STRAINED_MAJORITY: u32 = 6;
+
+impl Recent {
+    /// Records an answer; true when the window now holds a majority of strained ones (the window
+    /// then starts over, so the next verdict needs new evidence).
+    fn push(&mut self, strained: bool) -> bool {
+        self.bits = (self.bits << 1) | u16::from(strained);
+        self.len = (self.len + 1).min(WINDOW);
+        let mask = (1u16 << WINDOW) - 1;
+        if self.len == WINDOW && (self.bits & mask).count_ones() >= STRAINED_MAJORITY {
+            *self = Self::default();
+            return true;
+        }
+        false
+    }
 }
 
 impl HostState {
@@ -73,11 +134,31 @@ pub struct Politeness {
     global: Arc<Semaphore>,
 }
 
-/// Permission to send one request: a host slot and a global slot, released on drop.
+/// Permission to send one request: a host slot and a global slot, released on drop. Call
+/// [`Permit::answered`] when the answer's head arrives (dropping it counts as the answer).
 #[derive(Debug)]
 pub struct Permit {
+    state: Arc<HostState>,
+    started: Instant,
     _host: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
+}
+
+impl Permit {
+    /// The request's answer arrived (or it failed): the next request to the host is spaced from here.
+    pub fn answered(&self) {
+        let mut last = self.state.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = last.as_mut().filter(|l| l.at == self.started && l.answered.is_none()) {
+            l.answered = Some(Instant::now());
+            self.state.answered.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.answered();
+    }
 }
 
 impl Politeness {
@@ -109,6 +190,9 @@ impl Politeness {
                             next_start: tokio::sync::Mutex::new(Instant::now()),
                             paused_until: Mutex::new(None),
                             penalty_us: AtomicU64::new(0),
+                            last: Mutex::new(None),
+                            answered: tokio::sync::Notify::new(),
+                            recent: Mutex::new(Recent::default()),
                         })
                     })
                     .clone()
@@ -127,18 +211,30 @@ impl Politeness {
         let host_slot = state.slots.clone().acquire_owned().await.expect("host semaphore never closes");
         let mut next = state.next_start.lock().await;
         loop {
+            // Registered before the state is read, so an answer in between still wakes this wait.
+            let answer = state.answered.notified();
+            tokio::pin!(answer);
+            answer.as_mut().enable();
             let paused = *state.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-            let wake = paused.map_or(*next, |p| p.max(*next));
+            let mut wake = paused.map_or(*next, |p| p.max(*next));
+            if let Some(prev) = *state.last.lock().unwrap_or_else(|e| e.into_inner()) {
+                wake = wake.max(prev.arrived_by() + prev.spacing + margin(prev.spacing));
+            }
             if wake <= Instant::now() {
                 break;
             }
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = answer => {}
+            }
         }
         let global = self.global.clone().acquire_owned().await.expect("global semaphore never closes");
         let penalty = Duration::from_micros(state.penalty_us.load(Ordering::Relaxed));
         let spacing = Duration::from_micros(state.interval_us.load(Ordering::Relaxed)) + penalty;
-        *next = Instant::now() + spacing + margin(spacing);
-        Permit { _host: host_slot, _global: global }
+        let started = Instant::now();
+        *next = started + spacing + margin(spacing);
+        *state.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Started { at: started, spacing, answered: None });
+        Permit { state: state.clone(), started, _host: host_slot, _global: global }
     }
 
     /// Pauses a host for everyone on this worker (Retry-After, back-off after 429/503).
@@ -152,29 +248,39 @@ impl Politeness {
         }
     }
 
-    /// A throttled answer (429/503) without `Retry-After`: doubles the host's penalty and pauses it
-    /// for that long. Returns the pause.
-    pub fn throttled(&self, host: &str) -> Duration {
-        let Some(s) = self.get(host) else { return Duration::ZERO };
+    /// Weighs an answer of `host` ([`Evidence`]): a verdict of overload — the host said so, or most
+    /// of its recent answers were strained — doubles its penalty and pauses it that long, unless
+    /// `retry_after` names the pause; a healthy answer takes a quarter of the penalty off. Returns the
+    /// pause the host was given, if any, for the cluster to share.
+    pub fn observe(&self, host: &str, evidence: Evidence, retry_after: Option<Duration>) -> Option<Duration> {
+        let s = self.get(host)?;
+        let overloaded = match evidence {
+            Evidence::Overloaded => true,
+            Evidence::Strained => s.recent.lock().unwrap_or_else(|e| e.into_inner()).push(true),
+            Evidence::Healthy => {
+                s.recent.lock().unwrap_or_else(|e| e.into_inner()).push(false);
+                let p = s.penalty_us.load(Ordering::Relaxed);
+                if p != 0 {
+                    let less = p - p / 4;
+                    s.penalty_us.store(if less < 10_000 { 0 } else { less }, Ordering::Relaxed);
+                }
+                false
+            }
+            Evidence::Silent => false,
+        };
+        if !overloaded {
+            return None;
+        }
         let old = Duration::from_micros(s.penalty_us.load(Ordering::Relaxed));
-        let pause = (old * 2).clamp(PENALTY_START, PENALTY_MAX);
-        s.penalty_us.store(pause.as_micros() as u64, Ordering::Relaxed);
+        let penalty = (old * 2).clamp(PENALTY_START, PENALTY_MAX);
+        s.penalty_us.store(penalty.as_micros() as u64, Ordering::Relaxed);
+        let pause = retry_after.unwrap_or(penalty);
         let until = Instant::now() + pause;
         let mut paused = s.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         if paused.is_none_or(|q| q < until) {
             *paused = Some(until);
         }
-        pause
-    }
-
-    /// An answer that was not throttled: the host's penalty halves (and vanishes below 10 ms).
-    pub fn healthy(&self, host: &str) {
-        let Some(s) = self.get(host) else { return };
-        let p = s.penalty_us.load(Ordering::Relaxed);
-        if p != 0 {
-            let half = p / 2;
-            s.penalty_us.store(if half < 10_000 { 0 } else { half }, Ordering::Relaxed);
-        }
+        Some(pause)
     }
 
     /// Requests in flight right now.
@@ -229,22 +335,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn throttling_backs_a_host_off_exponentially_and_it_recovers_gradually() {
+    async fn overload_backs_a_host_off_exponentially_and_it_recovers_gradually() {
         let gate = Politeness::new(8);
         let policy = HostPolicy { concurrency: 1, interval: Duration::ZERO };
         drop(gate.acquire("t.example", Some(policy)).await);
-        assert_eq!(gate.throttled("t.example"), PENALTY_START);
-        assert_eq!(gate.throttled("t.example"), PENALTY_START * 2);
+        assert_eq!(gate.observe("t.example", Evidence::Overloaded, None), Some(PENALTY_START));
+        assert_eq!(gate.observe("t.example", Evidence::Overloaded, None), Some(PENALTY_START * 2));
         let t0 = Instant::now();
         drop(gate.acquire("t.example", Some(policy)).await);
         assert!(t0.elapsed() >= PENALTY_START * 2, "paused for the penalty");
-        // Spacing now includes the penalty; each healthy answer halves it.
-        gate.healthy("t.example");
+        // Spacing now includes the penalty; each healthy answer takes a quarter off.
+        gate.observe("t.example", Evidence::Healthy, None);
         let t1 = Instant::now();
         drop(gate.acquire("t.example", Some(policy)).await);
         assert!(t1.elapsed() >= PENALTY_START * 2, "the previous start was spaced by the old penalty");
-        for _ in 0..10 {
-            gate.healthy("t.example");
+        for _ in 0..30 {
+            gate.observe("t.example", Evidence::Healthy, None);
         }
         drop(gate.acquire("t.example", Some(policy)).await);
         let t2 = Instant::now();
@@ -267,5 +373,59 @@ mod tests {
         drop(other);
         let _ = slow.await;
         assert!(t0.elapsed() >= Duration::from_secs(59));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failing_page_never_slows_its_host_but_a_strained_majority_does() {
+        let gate = Politeness::new(8);
+        let policy = HostPolicy { concurrency: 2, interval: Duration::from_millis(100) };
+        drop(gate.acquire("h.example", Some(policy)).await);
+        // One page in ten answers 503 without Retry-After, for a long time: no verdict, ever.
+        for i in 0..200 {
+            let e = if i % 10 == 0 { Evidence::Strained } else { Evidence::Healthy };
+            assert_eq!(gate.observe("h.example", e, None), None, "answer {i}");
+        }
+        // Even half of them strained is not a majority.
+        for i in 0..40 {
+            let e = if i % 2 == 0 { Evidence::Strained } else { Evidence::Healthy };
+            assert_eq!(gate.observe("h.example", e, None), None, "answer {i}");
+        }
+        // Most recent answers strained: the host is slowed, once per window of new evidence.
+        let verdicts: Vec<_> = (0..20).filter_map(|_| gate.observe("h.example", Evidence::Strained, None)).collect();
+        assert_eq!(verdicts, vec![PENALTY_START, PENALTY_START * 2]);
+        // A Retry-After names the pause.
+        let asked = gate.observe("h.example", Evidence::Overloaded, Some(Duration::from_secs(7)));
+        assert_eq!(asked, Some(Duration::from_secs(7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_start_waits_for_the_previous_answer_up_to_half_a_spacing() {
+        let gate = Arc::new(Politeness::new(8));
+        let policy = HostPolicy { concurrency: 2, interval: Duration::from_millis(100) };
+        let spacing = Duration::from_millis(100) + margin(Duration::from_millis(100));
+        // The first request's answer takes 30 ms (a handshake): the second starts 30 ms later than
+        // the spacing alone would let it.
+        let t0 = Instant::now();
+        let first = gate.acquire("s.example", Some(policy)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        first.answered();
+        drop(first);
+        let second = gate.acquire("s.example", Some(policy)).await;
+        assert_eq!(t0.elapsed(), spacing + Duration::from_millis(30));
+        // An answer that never comes holds the next start back by half a spacing at most.
+        let t1 = Instant::now();
+        let g = gate.clone();
+        let third = tokio::spawn(async move { g.acquire("s.example", Some(policy)).await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let third = third.await.unwrap();
+        assert!(t1.elapsed() >= Duration::from_secs(5));
+        drop((second, third));
+        // Without an interval nothing waits for answers.
+        let free = HostPolicy { concurrency: 4, interval: Duration::ZERO };
+        let held = gate.acquire("f.example", Some(free)).await;
+        let t2 = Instant::now();
+        let next = gate.acquire("f.example", Some(free)).await;
+        assert_eq!(t2.elapsed(), Duration::ZERO);
+        drop((held, next));
     }
 }

@@ -123,6 +123,20 @@ pub(crate) struct Http {
     final_url: url::Url,
 }
 
+/// What an attempt says about its host's load (see `Politeness::observe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// An answer that is not a sign of overload (any status but the ones below, 4xx included).
+    Healthy,
+    /// The host said it is overloaded: 429, or a 5xx with `Retry-After`.
+    Overloaded,
+    /// A sign of strain that one URL can cause on its own: a 503 without `Retry-After`, a timeout,
+    /// a refused or reset connection. It slows the host only when most recent answers are like it.
+    Strained,
+    /// Nothing to judge the host by (a blocked target, a DNS failure, a redirect loop).
+    Silent,
+}
+
 /// One attempt (a request and its redirects).
 #[derive(Debug)]
 pub(crate) struct Attempt {
@@ -147,8 +161,9 @@ impl Attempt {
         final_url: url::Url,
         hops: Vec<RedirectHop>,
     ) -> Self {
-        let throttled = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
-        let retry_after = if throttled { retry_after(&headers) } else { None };
+        // A `Retry-After` counts on a 429 and on any 5xx: the server says when to come back.
+        let asks_pause = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        let retry_after = if asks_pause { retry_after(&headers) } else { None };
         Self {
             result: Ok(Http { status, headers, elapsed, final_url }),
             hops,
@@ -158,16 +173,16 @@ impl Attempt {
         }
     }
 
-    /// Whether the attempt got an HTTP answer.
-    pub(crate) fn answered(&self) -> bool {
-        self.result.is_ok()
-    }
-
-    /// Whether the host throttled this attempt (429 or 503).
-    pub(crate) fn throttled(&self) -> bool {
-        self.result
-            .as_ref()
-            .is_ok_and(|h| matches!(h.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE))
+    /// What this attempt says about its host's load: the one place that decides.
+    pub(crate) fn evidence(&self) -> Evidence {
+        match &self.result {
+            Ok(h) if h.status == StatusCode::TOO_MANY_REQUESTS => Evidence::Overloaded,
+            Ok(h) if h.status.is_server_error() && self.retry_after.is_some() => Evidence::Overloaded,
+            Ok(h) if h.status == StatusCode::SERVICE_UNAVAILABLE => Evidence::Strained,
+            Ok(_) => Evidence::Healthy,
+            Err(Transport::Timeout(_) | Transport::Connect(_)) => Evidence::Strained,
+            Err(_) => Evidence::Silent,
+        }
     }
 
     fn retryable(&self) -> bool {
@@ -269,5 +284,28 @@ mod tests {
         }
         assert!(!Attempt::transport(Transport::Blocked("127.0.0.1".parse().unwrap()), vec![], None).retryable());
         assert!(Attempt::transport(Transport::Dns("x".into()), vec![], None).retryable());
+    }
+
+    #[test]
+    fn only_overload_and_strain_count_against_a_host() {
+        let a = |s: u16, h: header::HeaderMap| {
+            Attempt::http(
+                StatusCode::from_u16(s).unwrap(),
+                h,
+                Duration::ZERO,
+                "http://a.example/".parse().unwrap(),
+                vec![],
+            )
+        };
+        let none = header::HeaderMap::new;
+        assert_eq!(a(429, none()).evidence(), Evidence::Overloaded);
+        assert_eq!(a(503, headers("2")).evidence(), Evidence::Overloaded);
+        assert_eq!(a(500, headers("2")).evidence(), Evidence::Overloaded);
+        assert_eq!(a(503, none()).evidence(), Evidence::Strained);
+        assert_eq!(a(500, none()).evidence(), Evidence::Healthy, "one broken page is not overload");
+        assert_eq!(a(404, none()).evidence(), Evidence::Healthy);
+        assert_eq!(a(500, headers("2")).pause_host, Some(Duration::from_secs(2)));
+        assert_eq!(Attempt::transport(Transport::Timeout("t".into()), vec![], None).evidence(), Evidence::Strained);
+        assert_eq!(Attempt::transport(Transport::Dns("d".into()), vec![], None).evidence(), Evidence::Silent);
     }
 }

@@ -1,0 +1,82 @@
+//! Checking a batch of URLs of one host (a lease, or one host's share of a list) so that waiting costs
+//! a queue entry, not a slot: at most the host's concurrency of attempts are under way at once, a URL
+//! waiting for its retry back-off sits in a timer queue, and URLs not started yet are just data. The
+//! politeness gate then spaces the attempts and bounds the requests in flight across all batches.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeKind};
+
+use super::{Engine, InProgress, Step};
+
+/// Checks every URL of `urls` under `policy`, calling `done` with each URL's key and outcome as it
+/// finishes, in the order they finish. URLs start in the order given. Cancelling `cancel` ends the
+/// batch: checks under way end with what they have, and the others are reported as cancelled.
+pub async fn check_batch<K: Send>(
+    engine: &Engine,
+    urls: Vec<(K, String)>,
+    policy: HostPolicy,
+    cancel: &CancellationToken,
+    mut done: impl FnMut(K, CheckOutcome),
+) {
+    let limit = policy.concurrency.max(1) as usize;
+    let mut fresh = urls.into_iter();
+    // Checks waiting for their next attempt, by due time (and arrival, to keep the order stable).
+    let mut waiting: BTreeMap<(Instant, u64), (K, InProgress)> = BTreeMap::new();
+    let mut arrivals = 0u64;
+    let mut under_way = FuturesUnordered::new();
+    let attempt = |key: K, mut check: InProgress| async move {
+        let step = engine.step(&mut check, policy, cancel).await;
+        (key, check, step)
+    };
+    loop {
+        // Checks due for a retry go first (they came first), then new ones, up to the limit.
+        while under_way.len() < limit && !cancel.is_cancelled() {
+            let now = Instant::now();
+            if let Some(entry) = waiting.first_entry().filter(|e| e.key().0 <= now) {
+                let (key, check) = entry.remove();
+                under_way.push(attempt(key, check));
+                continue;
+            }
+            let Some((key, url)) = fresh.next() else { break };
+            match engine.begin(&url) {
+                Ok(check) => under_way.push(attempt(key, check)),
+                Err(outcome) => done(key, *outcome),
+            }
+        }
+        if cancel.is_cancelled() && under_way.is_empty() {
+            for (_, (key, mut check)) in std::mem::take(&mut waiting) {
+                done(key, engine.give_up(&mut check));
+            }
+            for (key, _) in fresh.by_ref() {
+                done(key, CheckOutcome::error(OutcomeKind::Other, "check cancelled", 0));
+            }
+            return;
+        }
+        if under_way.is_empty() && waiting.is_empty() && fresh.len() == 0 {
+            return;
+        }
+        let next_due = waiting.first_key_value().map(|(k, _)| k.0);
+        tokio::select! {
+            Some((key, check, step)) = under_way.next(), if !under_way.is_empty() => match step {
+                Step::Done(outcome) => done(key, outcome),
+                Step::RetryAfter(delay) => {
+                    arrivals += 1;
+                    waiting.insert((Instant::now() + delay, arrivals), (key, check));
+                }
+            },
+            () = sleep_until_due(next_due), if next_due.is_some() => {}
+            () = cancel.cancelled(), if !cancel.is_cancelled() => {}
+        }
+    }
+}
+
+async fn sleep_until_due(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
