@@ -1,7 +1,8 @@
 //! `urlfleet-bench`: measures urlfleet side by side with lychee and the raw `wrk` rate, in one run,
 //! against real HTTP servers on loopback, and prints a table of figures and ratios.
 //!
-//! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, or `all`; `--smoke` shrinks
+//! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, `many-hosts`, `some-fail`,
+//! `strict-load`, `big-polite`, or `all`; `--smoke` shrinks
 //! every size so the whole run takes seconds (CI runs it so the harness cannot rot).
 
 mod proc;
@@ -36,6 +37,10 @@ enum Scenario {
     Scaling,
     Ingest,
     Bigjob,
+    ManyHosts,
+    SomeFail,
+    StrictLoad,
+    BigPolite,
 }
 
 #[tokio::main]
@@ -60,6 +65,18 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Scenario::Bigjob) {
         scenarios::bigjob(&ctx, &mut report).await?;
+    }
+    if want(Scenario::ManyHosts) {
+        scenarios::many_hosts(&ctx, &mut report).await?;
+    }
+    if want(Scenario::SomeFail) {
+        scenarios::some_fail(&ctx, &mut report).await?;
+    }
+    if want(Scenario::StrictLoad) {
+        scenarios::strict_load(&ctx, &mut report).await?;
+    }
+    if want(Scenario::BigPolite) {
+        scenarios::big_polite(&ctx, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

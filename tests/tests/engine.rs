@@ -196,3 +196,41 @@ async fn per_host_interval_holds_by_the_server_s_clock_and_hosts_do_not_wait_for
     assert!(slow_done >= Duration::from_millis(900));
     assert!(fast_done < Duration::from_millis(600), "the polite host held back another: {fast_done:?}");
 }
+
+/// Waiting for a host's turn costs a queue entry, not a slot: with 4 request slots and 40 polite
+/// hosts of 3 URLs each, every host gets its first request before any gets its third. (If a host in
+/// waiting held a slot, 4 hosts would go through all their URLs before the fifth started.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_waiting_for_their_interval_hold_no_slot() {
+    let mut sites = Vec::new();
+    for h in 0..40u8 {
+        sites.push(Fixture::start(IpAddr::from([127, 0, 5, 1 + h])).await);
+    }
+    let list: Vec<Result<String, std::io::Error>> =
+        (0..3).flat_map(|i| sites.iter().map(move |s| Ok(s.url(&format!("/status/200?n={i}"))))).collect();
+    let check = urlfleet_worker::direct::DirectCheck {
+        engine: EngineConfig { concurrency: 4, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
+        options: Default::default(),
+        base: HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
+        site_policies: Vec::new(),
+    };
+    let report = urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!((report.counts.checked, report.counts.ok), (120, 120));
+    let starts: Vec<Vec<Instant>> = sites
+        .iter()
+        .map(|s| {
+            let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
+            at.sort();
+            at
+        })
+        .collect();
+    let last_first = starts.iter().map(|a| a[0]).max().unwrap();
+    let first_third = starts.iter().map(|a| a[2]).min().unwrap();
+    assert!(last_first < first_third, "a host waited for a slot that hosts in waiting held");
+    // And each host's own spacing held at its server.
+    for a in &starts {
+        assert!(a.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(100)), "{a:?}");
+    }
+}

@@ -5,6 +5,8 @@
 //! - `politeness`: strict rate limiters, and workers scaling out on a slow target.
 //! - `ingest`: result rows into PostgreSQL through the store, against `COPY`.
 //! - `bigjob`: a million-URL submission through the client API.
+//! - `hosts`: politeness at scale: many hosts, failing pages, a strict limiter on a busy machine, a
+//!   big polite job.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -19,11 +21,13 @@ use urlfleet_tests::Fixture;
 use crate::proc::{self, Measured, Service};
 
 mod bigjob;
+mod hosts;
 mod ingest;
 mod politeness;
 mod throughput;
 
 pub use bigjob::bigjob;
+pub use hosts::{big_polite, many_hosts, some_fail, strict_load};
 pub use ingest::ingest;
 pub use politeness::{polite, scaling};
 pub use throughput::throughput;

@@ -1,7 +1,7 @@
 //! Leases: granting a host's next batch of URLs, renewing and expiring leases, and returning the URLs
 //! of expired ones to the frontier.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use urlfleet_shared::job::{FRONTIER_ORDERS_PER_PRIORITY, JobOptions, JobUrlState};
@@ -23,6 +23,63 @@ pub(crate) const HAND_OVER_MARGIN: std::time::Duration = std::time::Duration::fr
 
 /// Expired leases reaped per transaction.
 const REAP_BATCH: i64 = 100;
+
+/// Leases granted in one transaction, settled together: each job's counters, state and options
+/// are written or read once, however many of the batch's leases hold its URLs.
+#[derive(Default)]
+struct GrantBatch {
+    deltas: JobDeltas,
+    pending: Vec<Pending>,
+}
+
+/// A lease written but not settled yet.
+struct Pending {
+    grant: LeaseGrant,
+    open: i64,
+    politeness: Option<urlfleet_shared::SitePoliteness>,
+}
+
+impl GrantBatch {
+    /// Counters, job states and options, then each lease's open count and spacing.
+    async fn finish(self, tx: &mut Tx) -> StoreResult<Vec<LeaseGrant>> {
+        self.deltas.apply(tx).await?;
+        let mut options: HashMap<i64, (JobOptions, Option<String>)> = HashMap::new();
+        for job in self.deltas.jobs() {
+            sql("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'")
+                .bind(job)
+                .execute(tx)
+                .await?;
+            let (o, tp): (String, Option<String>) =
+                sql("SELECT options, trace_parent FROM jobs WHERE id = $1").bind(job).fetch_one(tx).await?;
+            let o: JobOptions =
+                serde_json::from_str(&o).map_err(|e| super::StoreError::Corrupt(format!("job {job}: options: {e}")))?;
+            options.insert(job, (o, tp));
+        }
+        let mut grants = Vec::with_capacity(self.pending.len());
+        for Pending { mut grant, open, politeness } in self.pending {
+            for job in &grant.jobs {
+                let (o, tp) = &options[job];
+                grant.trace_parent = grant.trace_parent.take().or_else(|| tp.clone());
+                if !grant.job_options.contains(o) {
+                    grant.job_options.push(o.clone());
+                }
+            }
+            // The spacing the host's next lease keeps from this one's end (see `close_lease_urls`).
+            let spacing = politeness.map_or(0, |site| {
+                let policy = site.for_lease(&grant.host, &grant.job_options);
+                if policy.interval.is_zero() { 0 } else { ms(policy.interval + HAND_OVER_MARGIN) }
+            });
+            sql("UPDATE leases SET open = $2, spacing_ms = $3 WHERE id = $1")
+                .bind(grant.id)
+                .bind(open)
+                .bind(spacing)
+                .execute(tx)
+                .await?;
+            grants.push(grant);
+        }
+        Ok(grants)
+    }
+}
 
 /// A host that may be leased now.
 #[derive(sqlx::FromRow)]
@@ -65,19 +122,24 @@ impl SqlStore {
     ) -> StoreResult<Vec<LeaseGrant>> {
         let now = now_ms();
         let dialect = self.db.dialect();
-        let mut grants = Vec::new();
         let mut tx = self.db.begin_keyed().await?;
+        // A host is free when it has fewer leases than its budget — or, for the worker that holds its
+        // latest lease, one more: that worker's own gate keeps the host's pace, and its current lease
+        // may only be waiting on a failing URL's back-off.
         let candidates: Vec<Candidate> = sql(format!(
-            "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 AND active_leases < max_leases \
+            "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
+             AND (active_leases < max_leases OR (active_leases = max_leases AND holder = $3)) \
              AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT $2{}",
             dialect.skip_locked
         ))
         .bind(now)
         .bind(CANDIDATE_HOSTS + max_leases as i64)
+        .bind(req.worker_id.clone())
         .fetch_all(&mut tx)
         .await?;
+        let mut batch = GrantBatch::default();
         for c in candidates {
-            if grants.len() >= max_leases || credits == 0 {
+            if batch.pending.len() >= max_leases || credits == 0 {
                 break;
             }
             let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
@@ -92,10 +154,11 @@ impl SqlStore {
             // planner collect the host's whole frontier and sort it), and `job_id + 0` keeps the
             // primary key's index (every row of the job) out of it.
             let (open, close) = dialect.in_subquery;
-            let rows: Vec<(i64,)> = sql(format!(
-                "SELECT url_id FROM job_urls WHERE host = $1 AND waiting AND job_id + 0 {open}\
+            let rows: Vec<(i64, String)> = sql(format!(
+                "SELECT ju.url_id, u.url FROM job_urls ju JOIN urls u ON u.id = ju.url_id \
+                 WHERE ju.host = $1 AND ju.waiting AND ju.job_id + 0 {open}\
                  SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $2{close} \
-                 ORDER BY url_order, seq, url_id LIMIT $3"
+                 ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT $3"
             ))
             .bind(c.host.as_str())
             .bind(now)
@@ -105,8 +168,8 @@ impl SqlStore {
             // In frontier order, each URL once (a URL pending for two jobs comes up twice): the worker
             // checks a lease's URLs in the order given, so the most urgent go first.
             let mut seen = HashSet::with_capacity(rows.len());
-            let ids: Vec<i64> = rows.into_iter().map(|(id,)| id).filter(|id| seen.insert(*id)).collect();
-            if ids.is_empty() {
+            let urls: Vec<(i64, String)> = rows.into_iter().filter(|(id, _)| seen.insert(*id)).collect();
+            if urls.is_empty() {
                 // The counter drifted or the host's work waits for `not_before`: recount and look
                 // again a little later.
                 sql("UPDATE hosts SET next_allowed_at = $2, pending = \
@@ -117,25 +180,27 @@ impl SqlStore {
                 .await?;
                 continue;
             }
-            let grant = self.grant(&mut tx, c, ids, req, now).await?;
-            credits = credits.saturating_sub(grant.urls.len() as u64);
-            grants.push(grant);
+            let n = self.grant(&mut tx, &mut batch, c, urls, req, now).await?;
+            credits = credits.saturating_sub(n);
         }
+        let grants = batch.finish(&mut tx).await?;
         tx.commit().await?;
         Ok(grants)
     }
 
-    /// Writes a lease of `ids` on the candidate host: the lease row, its URLs' rows (across jobs: a
-    /// URL pending in two jobs is checked once and counts for both), the host's frontier row and the
-    /// jobs' counters.
+    /// Writes a lease of `urls` on the candidate host: the lease row, its URLs' rows (across jobs: a
+    /// URL pending in two jobs is checked once and counts for both) and the host's frontier row; the
+    /// jobs' counters and options are settled once for the whole batch. Returns the URLs leased.
     async fn grant(
         &self,
         tx: &mut Tx,
+        batch: &mut GrantBatch,
         c: Candidate,
-        ids: Vec<i64>,
+        urls: Vec<(i64, String)>,
         req: &LeaseRequest,
         now: i64,
-    ) -> StoreResult<LeaseGrant> {
+    ) -> StoreResult<u64> {
+        let ids: Vec<i64> = urls.iter().map(|(id, _)| *id).collect();
         let epoch = c.epoch + 1;
         let deadline = now + ms(req.ttl);
         let lease_id: i64 = sql("INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) \
@@ -148,73 +213,44 @@ impl SqlStore {
         .fetch_one::<(i64,)>(tx)
         .await?
         .0;
-        let mut deltas = JobDeltas::default();
+        let mut jobs = BTreeSet::new();
         let mut n_rows = 0i64;
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
             let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
             q.push_bind(lease_id).push(" WHERE state = 'pending' AND url_id IN (").push_list(chunk.iter().copied());
             q.push(") RETURNING job_id");
             for (job,) in q.fetch_all::<(i64,)>(tx).await? {
-                deltas.of(job).leased += 1;
+                batch.deltas.of(job).leased += 1;
+                jobs.insert(job);
                 n_rows += 1;
             }
         }
-        sql("UPDATE leases SET open = $2 WHERE id = $1").bind(lease_id).bind(n_rows).execute(tx).await?;
-        sql("UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, \
+        sql("UPDATE hosts SET active_leases = active_leases + 1, epoch = $2, pending = pending - $3, holder = $5, \
              priority = COALESCE((SELECT url_order / $4 FROM job_urls WHERE host = $1 \
              AND waiting ORDER BY url_order LIMIT 1), 9) WHERE host = $1")
         .bind(c.host.as_str())
         .bind(epoch)
         .bind(n_rows)
         .bind(FRONTIER_ORDERS_PER_PRIORITY)
+        .bind(req.worker_id.clone())
         .execute(tx)
         .await?;
-        deltas.apply(tx).await?;
-        let jobs = deltas.jobs();
-        let mut job_options: Vec<JobOptions> = Vec::new();
-        let mut trace_parent = None;
-        for job in &jobs {
-            sql("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'")
-                .bind(*job)
-                .execute(tx)
-                .await?;
-            let (options, tp): (String, Option<String>) =
-                sql("SELECT options, trace_parent FROM jobs WHERE id = $1").bind(*job).fetch_one(tx).await?;
-            let options: JobOptions = serde_json::from_str(&options)
-                .map_err(|e| super::StoreError::Corrupt(format!("job {job}: options: {e}")))?;
-            trace_parent = trace_parent.or(tp);
-            if !job_options.contains(&options) {
-                job_options.push(options);
-            }
-        }
-        let mut text: HashMap<i64, String> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(IDS_PER_STATEMENT) {
-            let mut q = sql("SELECT id, url FROM urls WHERE id IN (");
-            q.push_list(chunk.iter().copied()).push(")");
-            text.extend(q.fetch_all::<(i64, String)>(tx).await?);
-        }
-        let urls = ids.iter().filter_map(|id| text.remove(id).map(|url| (*id, url))).collect();
-        if let Some(site) = &req.politeness {
-            let policy = site.for_lease(&c.host, &job_options);
-            let spacing = policy.interval + crate::store::leasing::HAND_OVER_MARGIN;
-            if !policy.interval.is_zero() {
-                sql("UPDATE leases SET spacing_ms = $2 WHERE id = $1")
-                    .bind(lease_id)
-                    .bind(ms(spacing))
-                    .execute(tx)
-                    .await?;
-            }
-        }
-        Ok(LeaseGrant {
-            id: lease_id,
-            epoch,
-            host: c.host,
-            urls,
-            deadline_ms: deadline,
-            jobs,
-            job_options,
-            trace_parent,
-        })
+        let n = urls.len() as u64;
+        batch.pending.push(Pending {
+            grant: LeaseGrant {
+                id: lease_id,
+                epoch,
+                host: c.host,
+                urls,
+                deadline_ms: deadline,
+                jobs: jobs.into_iter().collect(),
+                job_options: Vec::new(),
+                trace_parent: None,
+            },
+            open: n_rows,
+            politeness: req.politeness.clone(),
+        });
+        Ok(n)
     }
 
     pub(crate) async fn renew_leases_impl(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {

@@ -1,0 +1,302 @@
+//! Scenarios 6–9: politeness at scale — many polite hosts, some failing pages, a strict limiter on a
+//! busy machine, and a big polite job on a cluster. Hosts are distinct loopback addresses
+//! (127.x.y.z), so each is a host of its own to every tool.
+
+use super::*;
+
+/// Loopback addresses of `n` distinct hosts in `127.{net}.0.0/16`.
+fn host_addrs(net: u8, n: usize) -> Vec<IpAddr> {
+    (0..n).map(|i| IpAddr::from([127, net, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
+}
+
+/// Starts nginx answering 200 on `addrs`, all on one port; returns it and the port.
+async fn nginx_on(ctx: &Ctx, label: &str, addrs: &[IpAddr]) -> Result<Option<(Service, u16)>> {
+    let Some(nginx) = &ctx.nginx else { return Ok(None) };
+    let port = proc::free_port()?;
+    let root = ctx.file(&format!("nginx-{label}"));
+    std::fs::create_dir_all(root.join("logs"))?;
+    let listen: String = addrs.iter().map(|a| format!("listen {a}:{port};\n")).collect();
+    let conf = root.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
+             worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
+             server {{ {listen} location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            root = root.display()
+        ),
+    )?;
+    let svc = Service::start(
+        "nginx",
+        nginx,
+        &["-p".into(), root.display().to_string(), "-c".into(), conf.display().to_string()],
+        &[],
+    )?;
+    for a in [addrs.first(), addrs.last()].into_iter().flatten() {
+        proc::wait_port(&format!("{a}:{port}"), Duration::from_secs(10)).await?;
+    }
+    Ok(Some((svc, port)))
+}
+
+/// `submit --watch` of `list` to a fresh coordinator on PostgreSQL with `workers` worker processes,
+/// default politeness; returns (wall, coordinator peak RSS, the workers' peak RSS).
+async fn cluster_run(ctx: &Ctx, label: &str, list: &Path, workers: usize) -> Result<(Measured, u64, u64)> {
+    let db = ctx.fresh_db(label).await?;
+    let (coordinator, addr) = start_coordinator(ctx, &db, &[]).await?;
+    let mut ws = Vec::new();
+    for _ in 0..workers {
+        ws.push(start_worker(ctx, &addr, &[])?);
+    }
+    let args = vec!["submit".into(), list.display().to_string(), "--watch".into(), "--coordinator".into(), addr];
+    let m = proc::measure(&ctx.urlfleet, &args).await?;
+    let (cp, wp) = (coordinator.peak_rss(), ws.iter().map(Service::peak_rss).max().unwrap_or(0));
+    for w in ws {
+        w.stop().await?;
+    }
+    coordinator.stop().await?;
+    Ok((m, cp, wp))
+}
+
+/// Scenario 6: many polite hosts, every URL answering 200 at once; both tools at 2 concurrent
+/// requests and 100 ms between request starts per host.
+pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let (hosts, per_host) = (ctx.size(2_000, 20), 10);
+    let n = hosts * per_host;
+    let floor = Duration::from_millis(100) * (per_host as u32 - 1);
+    report.section(
+        &format!(
+            "6. Many hosts: {hosts} hosts × {per_host} URLs, 2 concurrent / 100 ms per host (pacing floor {:.1} s)",
+            floor.as_secs_f64()
+        ),
+        &["tool", "wall", "URLs/s", "vs lychee's rate", "peak RSS"],
+    );
+    let addrs = host_addrs(1, hosts);
+    let Some((nginx, port)) = nginx_on(ctx, "hosts", &addrs).await? else {
+        report.note("nginx is not installed: scenario skipped.");
+        return Ok(());
+    };
+    let list = ctx.file("many-hosts.txt");
+    write_list(&list, (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/u{i}"))))?;
+    let mut lychee_rate = None;
+    if let Some(lychee) = &ctx.lychee {
+        let m = proc::measure(
+            lychee,
+            &lychee_args(
+                &list,
+                &["--host-concurrency", "2", "--host-request-interval", "100ms", "--max-concurrency", "128"],
+            ),
+        )
+        .await?;
+        lychee_rate = Some(rate(n, m.wall));
+        report.row(&[
+            "lychee".into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{:.0}", rate(n, m.wall)),
+            "1.00×".into(),
+            mib(m.peak_rss),
+        ]);
+    }
+    let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
+    for (label, db) in
+        [("check --no-store", None), ("check (SQLite)", Some(format!("sqlite:{}", ctx.file("hosts.db").display())))]
+    {
+        let _ = std::fs::remove_file(ctx.file("hosts.db"));
+        let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, db.as_deref(), &[])).await?;
+        expect_all_ok(&m, n, label)?;
+        let r = rate(n, m.wall);
+        report.row(&[
+            label.into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{r:.0}"),
+            vs(r),
+            mib(m.peak_rss),
+        ]);
+    }
+    for workers in [1, 2] {
+        let (m, cp, wp) = cluster_run(ctx, &format!("hosts{workers}"), &list, workers).await?;
+        if m.code != 0 || !m.stdout.contains(&format!("{n} ok")) {
+            bail!("cluster run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
+        }
+        let r = rate(n, m.wall);
+        let label = format!("coordinator + {workers} worker{} (PostgreSQL)", if workers > 1 { "s" } else { "" });
+        report.row(&[
+            label,
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{r:.0}"),
+            vs(r),
+            format!("{} / {}", mib(cp), mib(wp)),
+        ]);
+    }
+    nginx.stop().await?;
+    Ok(())
+}
+
+/// Scenario 7: some pages fail — 5 % answer 503 without `Retry-After`, 5 % answer 404 — over 8
+/// polite hosts, default settings (3 retries, back-off from 1 s).
+pub async fn some_fail(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let (hosts, n) = (8usize, ctx.size(1_000, 80));
+    let mut servers = Vec::new();
+    for h in 0..hosts {
+        servers.push(Fixture::start(IpAddr::from([127, 0, 3, 1 + h as u8])).await);
+    }
+    let path = |i: usize| match i % 20 {
+        0 => format!("/status/503?n={i}"),
+        1 => format!("/status/404?n={i}"),
+        _ => format!("/status/200?n={i}"),
+    };
+    let list = ctx.file("some-fail.txt");
+    // Each host gets its share of each kind: URL i goes to host i % hosts, and its kind follows its
+    // position among that host's URLs.
+    write_list(&list, (0..n).map(|i| servers[i % hosts].url(&path(i / hosts))))?;
+    let per_host = n.div_ceil(hosts);
+    let failing_per_host = per_host.div_ceil(20);
+    // Every request spaced by the interval and its margin, retries included, plus one failing URL's
+    // whole back-off (1 + 2 + 4 s at most, full jitter).
+    let interval = Duration::from_millis(100);
+    let spacing = interval + urlfleet_worker::engine::politeness::margin(interval);
+    let floor = spacing * (per_host + 3 * failing_per_host) as u32 + Duration::from_secs(7);
+    report.section(
+        &format!("7. Some pages fail: {n} URLs over {hosts} hosts, 5 % 503 (no Retry-After), 5 % 404, default settings (floor {:.1} s)", floor.as_secs_f64()),
+        &["tool", "wall", "× floor", "requests served", "longest gap between a host's requests"],
+    );
+    let db = format!("sqlite:{}", ctx.file("fail.db").display());
+    let _ = std::fs::remove_file(ctx.file("fail.db"));
+    let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &[])).await?;
+    if !m.stdout.contains(&format!("{n} URLs in")) {
+        bail!("the failing-pages run did not finish (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
+    }
+    let served: usize = servers.iter().map(|s| s.count("/status/")).sum();
+    let gap = servers
+        .iter()
+        .filter_map(|s| {
+            let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
+            at.sort();
+            at.windows(2).map(|w| w[1] - w[0]).max()
+        })
+        .max()
+        .unwrap_or_default();
+    report.row(&[
+        "urlfleet check".into(),
+        format!("{:.2} s", m.wall.as_secs_f64()),
+        format!("{:.2}×", m.wall.as_secs_f64() / floor.as_secs_f64()),
+        served.to_string(),
+        format!("{:.2} s", gap.as_secs_f64()),
+    ]);
+    Ok(())
+}
+
+/// Keeps every core busy until dropped: the machine of a user who is doing something else.
+struct Burner(Vec<std::process::Child>);
+
+impl Burner {
+    fn start() -> Result<Self> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let mut children = Vec::new();
+        for _ in 0..cores {
+            children.push(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()?,
+            );
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Scenario 8: the strict limiter of scenario 2 (429 to any request < 100 ms after the previous one),
+/// five runs in a row while every core is kept busy; `check` and a coordinator with 2 workers.
+pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let (hosts, per_host, runs) = (ctx.size(32, 4), ctx.size(50, 5), ctx.size(5, 1));
+    let minimum = Duration::from_millis(100) * per_host as u32;
+    report.section(
+        &format!("8. Strict limiter under load: {hosts} hosts × {per_host} URLs, every core busy, {runs} runs (minimum {:.1} s)", minimum.as_secs_f64()),
+        &["run", "tool", "wall", "× minimum", "429 answers", "closest spacing seen by a server"],
+    );
+    let burner = Burner::start()?;
+    for run in 1..=runs {
+        for tool in ["check", "coordinator + 2 workers"] {
+            let mut servers = Vec::new();
+            for h in 0..hosts {
+                servers.push(Fixture::start(IpAddr::from([127, 0, 4, 1 + h as u8])).await);
+            }
+            let list = ctx.file("strict.txt");
+            write_list(
+                &list,
+                (0..per_host).flat_map(|i| servers.iter().map(move |s| s.url(&format!("/polite/100/u{i}")))),
+            )?;
+            let m = if tool == "check" {
+                let _ = std::fs::remove_file(ctx.file("strict.db"));
+                let db = format!("sqlite:{}", ctx.file("strict.db").display());
+                proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &[])).await?
+            } else {
+                cluster_run(ctx, "strict", &list, 2).await?.0
+            };
+            let served: usize = servers.iter().map(|s| s.count("/polite/")).sum();
+            if served < hosts * per_host {
+                bail!("{tool}: the servers saw {served} requests:\n{}{}", m.stdout, m.stderr);
+            }
+            let closest = servers
+                .iter()
+                .filter_map(|s| {
+                    let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
+                    at.sort();
+                    at.windows(2).map(|w| w[1] - w[0]).min()
+                })
+                .min()
+                .unwrap_or_default();
+            report.row(&[
+                run.to_string(),
+                tool.into(),
+                format!("{:.2} s", m.wall.as_secs_f64()),
+                format!("{:.2}×", m.wall.as_secs_f64() / minimum.as_secs_f64()),
+                servers.iter().map(|s| s.throttled()).sum::<u64>().to_string(),
+                format!("{:.1} ms", closest.as_secs_f64() * 1000.0),
+            ]);
+        }
+    }
+    drop(burner);
+    Ok(())
+}
+
+/// Scenario 9: a big polite job — URLs over many hosts at 100 ms per host — on a coordinator and 2
+/// workers on PostgreSQL.
+pub async fn big_polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let (hosts, per_host) = (ctx.size(1_000, 10), ctx.size(200, 10));
+    let n = hosts * per_host;
+    let floor = Duration::from_millis(100) * per_host as u32;
+    report.section(
+        &format!("9. Big polite job: {n} URLs over {hosts} hosts at 100 ms per host, coordinator + 2 workers on PostgreSQL (floor {:.0} s)", floor.as_secs_f64()),
+        &["wall", "× floor", "coordinator peak RSS", "worker peak RSS"],
+    );
+    let addrs = host_addrs(2, hosts);
+    let Some((nginx, port)) = nginx_on(ctx, "big", &addrs).await? else {
+        report.note("nginx is not installed: scenario skipped.");
+        return Ok(());
+    };
+    let list = ctx.file("big-polite.txt");
+    write_list(&list, (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/p{i}"))))?;
+    let (m, cp, wp) = cluster_run(ctx, "bigpolite", &list, 2).await?;
+    if m.code != 0 || !m.stdout.contains(&format!("{n} ok")) {
+        bail!("big polite run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
+    }
+    report.row(&[
+        format!("{:.1} s", m.wall.as_secs_f64()),
+        format!("{:.2}×", m.wall.as_secs_f64() / floor.as_secs_f64()),
+        mib(cp),
+        mib(wp),
+    ]);
+    nginx.stop().await?;
+    Ok(())
+}
