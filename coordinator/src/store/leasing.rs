@@ -125,11 +125,12 @@ impl SqlStore {
         let mut tx = self.db.begin_keyed().await?;
         // A host is free when it has fewer leases than its budget — or, for the worker that holds its
         // latest lease, one more: that worker's own gate keeps the host's pace, and its current lease
-        // may only be waiting on a failing URL's back-off.
+        // may only be waiting on a failing URL's back-off. Hosts with no lease out come first, so
+        // second leases never hold back a host that has not started.
         let candidates: Vec<Candidate> = sql(format!(
             "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
              AND (active_leases < max_leases OR (active_leases = max_leases AND holder = $3)) \
-             AND next_allowed_at <= $1 ORDER BY priority, next_allowed_at, host LIMIT $2{}",
+             AND next_allowed_at <= $1 ORDER BY priority, active_leases, next_allowed_at, host LIMIT $2{}",
             dialect.skip_locked
         ))
         .bind(now)
