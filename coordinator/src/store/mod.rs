@@ -6,7 +6,8 @@
 //! - [`db`]: the small interface to the two databases: statements, transactions, dialect differences.
 //! - `rows`: how domain values are laid out in columns (`FromRow` types, redirect hops).
 //! - `submission`: creating jobs, adding their URLs to the frontier, sealing and discarding them.
-//! - `leasing`: granting, renewing, expiring and reaping leases.
+//! - `granting`: granting the next batches of many free hosts in one transaction.
+//! - `leasing`: renewing, ending, expiring and reaping leases.
 //! - `ingest`: storing reported results — history, monotonic latest state, job progress.
 //! - `jobs`: reading, listing and cancelling jobs; job counters and completion.
 //! - `results`: a job's per-URL results, page by page; frontier statistics.
@@ -22,6 +23,7 @@ use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
 pub(crate) mod db;
 pub use db::is_transient;
+mod granting;
 mod ingest;
 mod jobs;
 mod leasing;

@@ -1,0 +1,266 @@
+//! Granting leases: the next batch of URLs of many free hosts in one transaction, with a handful of
+//! set-based statements whatever the number of hosts — the frontier read for every host at once, the
+//! leases inserted together, their URLs marked together, the hosts and the jobs' counters written
+//! once — so a worker with credits for thousands of polite hosts gets them quickly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use urlfleet_shared::job::{FRONTIER_ORDERS_PER_PRIORITY, JobOptions};
+use urlfleet_shared::time::{ms, now_ms};
+
+use super::db::{Tx, sql};
+use super::jobs::JobDeltas;
+use super::leasing::HAND_OVER_MARGIN;
+use super::{LeaseGrant, LeaseRequest, SqlStore, StoreError, StoreResult};
+
+/// Hosts looked at beyond those asked for: some may turn out to have nothing ready.
+const SPARE_CANDIDATES: usize = 4;
+
+/// Rows per multi-row statement: under both databases' bind-parameter limits (4 columns at most).
+const ROWS_PER_STATEMENT: usize = 4_000;
+
+/// A host that may be leased now, and how many URLs its lease may hold.
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    host: String,
+    pending: i64,
+    epoch: i64,
+    max_leases: i32,
+    lease_urls: i32,
+}
+
+/// A frontier row picked for a lease.
+#[derive(sqlx::FromRow)]
+struct Picked {
+    host: String,
+    url_id: i64,
+    url: String,
+    url_order: i16,
+    seq: i32,
+}
+
+impl SqlStore {
+    pub(crate) async fn acquire_leases_impl(
+        &self,
+        req: &LeaseRequest,
+        credits: u64,
+        max_leases: usize,
+    ) -> StoreResult<Vec<LeaseGrant>> {
+        let now = now_ms();
+        let mut tx = self.db.begin_keyed().await?;
+        let planned = self.candidates(&mut tx, req, credits, max_leases, now).await?;
+        if planned.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut picked = self.pick_frontier(&mut tx, &planned, now).await?;
+        let mut hosts: Vec<(Candidate, Vec<(i64, String)>)> = Vec::with_capacity(planned.len());
+        for (c, _) in planned {
+            match picked.remove(&c.host) {
+                Some(urls) => hosts.push((c, urls)),
+                // The counter drifted, or the host's work waits for `not_before`: recount, and look
+                // again a little later.
+                None => {
+                    sql("UPDATE hosts SET next_allowed_at = $2, pending = \
+                         (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND waiting) WHERE host = $1")
+                    .bind(c.host.clone())
+                    .bind(now + 1_000)
+                    .execute(&mut tx)
+                    .await?;
+                }
+            }
+        }
+        let grants = if hosts.is_empty() { Vec::new() } else { grant(&mut tx, hosts, req, now).await? };
+        tx.commit().await?;
+        Ok(grants)
+    }
+
+    /// The free hosts to lease, best first, each with the most URLs its lease may hold; together no
+    /// more than `credits`. A host is free when it has fewer leases than its budget — or, for the
+    /// worker that holds its latest lease, one more: that worker's own gate keeps the host's pace,
+    /// and its current lease may only be waiting on a failing URL's back-off. Hosts with no lease out
+    /// come first, so second leases never hold back a host that has not started.
+    async fn candidates(
+        &self,
+        tx: &mut Tx,
+        req: &LeaseRequest,
+        mut credits: u64,
+        max_leases: usize,
+        now: i64,
+    ) -> StoreResult<Vec<(Candidate, u32)>> {
+        let candidates: Vec<Candidate> = sql(format!(
+            "SELECT host, pending, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
+             AND (active_leases < max_leases OR (active_leases = max_leases AND holder = $3)) \
+             AND next_allowed_at <= $1 ORDER BY priority, active_leases, next_allowed_at, host LIMIT $2{}",
+            self.db.dialect().skip_locked
+        ))
+        .bind(now)
+        .bind((max_leases + SPARE_CANDIDATES) as i64)
+        .bind(req.worker_id.clone())
+        .fetch_all(tx)
+        .await?;
+        let mut planned = Vec::new();
+        for c in candidates {
+            if planned.len() >= max_leases || credits == 0 {
+                break;
+            }
+            let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
+            // A polite host's lease holds about a lease span of work at its pace.
+            let max_urls = match u32::try_from(c.lease_urls) {
+                Ok(n) if n > 0 => max_urls.min(n),
+                _ => max_urls,
+            };
+            let max_urls = max_urls.min(u32::try_from(credits).unwrap_or(u32::MAX)).max(1);
+            // The host's waiting rows bound what its lease will take (a URL waiting in two jobs
+            // counts twice, so this never undercounts): the credits left go to the next hosts.
+            let expected = u64::from(max_urls).min(u64::try_from(c.pending).unwrap_or(0));
+            credits = credits.saturating_sub(expected);
+            planned.push((c, max_urls));
+        }
+        Ok(planned)
+    }
+
+    /// Each planned host's next URLs in frontier order, each URL once (a URL pending for two jobs
+    /// comes up twice): one statement, one branch per host, each reading the frontier index in order
+    /// up to the lease's size. The jobs whose URLs may go are computed by a subquery, not joined to
+    /// every frontier row (a join makes the planner collect the host's whole frontier and sort it),
+    /// and `job_id + 0` keeps the primary key's index (every row of the job) out of it.
+    async fn pick_frontier(
+        &self,
+        tx: &mut Tx,
+        planned: &[(Candidate, u32)],
+        now: i64,
+    ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
+        let (open, close) = self.db.dialect().in_subquery;
+        let mut q = sql("");
+        for (i, (c, limit)) in planned.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push(
+                "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
+                 JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
+            );
+            q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ").push(open);
+            q.push("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= ");
+            q.push_bind(now).push(close);
+            q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ").push_bind(i64::from(*limit)).push(") AS f");
+        }
+        let mut rows: Vec<Picked> = q.fetch_all(tx).await?;
+        // The worker checks a lease's URLs in the order given, so the most urgent go first.
+        rows.sort_by(|a, b| (&a.host, a.url_order, a.seq, a.url_id).cmp(&(&b.host, b.url_order, b.seq, b.url_id)));
+        let mut by_host: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+        let mut seen = HashSet::with_capacity(rows.len());
+        for r in rows {
+            if seen.insert(r.url_id) {
+                by_host.entry(r.host).or_default().push((r.url_id, r.url));
+            }
+        }
+        Ok(by_host)
+    }
+}
+
+/// Writes the leases: their rows, their URLs' rows (across jobs: a URL pending in two jobs is checked
+/// once and counts for both), the hosts' frontier rows, the jobs' counters and states, and each
+/// lease's open count and hand-over spacing.
+async fn grant(
+    tx: &mut Tx,
+    hosts: Vec<(Candidate, Vec<(i64, String)>)>,
+    req: &LeaseRequest,
+    now: i64,
+) -> StoreResult<Vec<LeaseGrant>> {
+    let deadline = now + ms(req.ttl);
+    let mut q = sql("INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) VALUES ");
+    for (i, (c, _)) in hosts.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" });
+        q.push_bind(c.host.clone()).push(", ").push_bind(c.epoch + 1).push(", ").push_bind(req.worker_id.clone());
+        q.push(", ").push_bind(now).push(", ").push_bind(deadline).push(", TRUE)");
+    }
+    q.push(" RETURNING id, host");
+    let ids: HashMap<String, i64> =
+        q.fetch_all::<(i64, String)>(tx).await?.into_iter().map(|(id, h)| (h, id)).collect();
+    let lease_of =
+        |host: &str| ids.get(host).copied().ok_or_else(|| StoreError::Corrupt(format!("no lease for {host}")));
+
+    // Every pending row of the leased URLs, in every job: one statement per lease, its URLs as an
+    // `IN` list that both databases answer from the index on `url_id` (an `UPDATE … FROM` a `VALUES`
+    // list made SQLite scan the table).
+    let mut deltas = JobDeltas::default();
+    let mut open: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut jobs_of: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    for (c, urls) in &hosts {
+        let lease = lease_of(&c.host)?;
+        for chunk in urls.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
+            q.push_bind(lease).push(" WHERE state = 'pending' AND url_id IN (");
+            q.push_list(chunk.iter().map(|(id, _)| *id)).push(") RETURNING job_id");
+            for (job,) in q.fetch_all::<(i64,)>(tx).await? {
+                deltas.of(job).leased += 1;
+                *open.entry(lease).or_default() += 1;
+                jobs_of.entry(lease).or_default().insert(job);
+            }
+        }
+    }
+
+    // The hosts: one more lease each, their pending counts, epochs and holder, and their priority
+    // from the best URL still waiting.
+    let mut q = sql("WITH v(host, n, epoch) AS (VALUES ");
+    for (i, (c, _)) in hosts.iter().enumerate() {
+        let n = open.get(&lease_of(&c.host)?).copied().unwrap_or(0);
+        q.push(if i == 0 { "(" } else { ", (" }).push_bind(c.host.clone()).push(", ").push_bind(n);
+        q.push(", ").push_bind(c.epoch + 1).push(")");
+    }
+    q.push(") UPDATE hosts SET active_leases = active_leases + 1, epoch = v.epoch, pending = pending - v.n, holder = ");
+    q.push_bind(req.worker_id.clone()).push(", priority = COALESCE((SELECT url_order / ");
+    q.push_bind(FRONTIER_ORDERS_PER_PRIORITY);
+    q.push(" FROM job_urls WHERE job_urls.host = hosts.host AND waiting ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
+    q.execute(tx).await?;
+
+    // Job rows are the most contended: written last, once each, in id order.
+    deltas.apply(tx).await?;
+    let mut options: HashMap<i64, (JobOptions, Option<String>)> = HashMap::new();
+    for job in deltas.jobs() {
+        sql("UPDATE jobs SET state = 'running' WHERE id = $1 AND state = 'scheduled'").bind(job).execute(tx).await?;
+        let (o, tp): (String, Option<String>) =
+            sql("SELECT options, trace_parent FROM jobs WHERE id = $1").bind(job).fetch_one(tx).await?;
+        let o: JobOptions =
+            serde_json::from_str(&o).map_err(|e| StoreError::Corrupt(format!("job {job}: options: {e}")))?;
+        options.insert(job, (o, tp));
+    }
+
+    let mut grants = Vec::with_capacity(hosts.len());
+    let mut q = sql("WITH v(id, open, spacing) AS (VALUES ");
+    for (i, (c, urls)) in hosts.into_iter().enumerate() {
+        let id = lease_of(&c.host)?;
+        let jobs: Vec<i64> = jobs_of.remove(&id).map(|j| j.into_iter().collect()).unwrap_or_default();
+        let mut job_options: Vec<JobOptions> = Vec::new();
+        let mut trace_parent = None;
+        for job in &jobs {
+            let (o, tp) = &options[job];
+            trace_parent = trace_parent.or_else(|| tp.clone());
+            if !job_options.contains(o) {
+                job_options.push(o.clone());
+            }
+        }
+        // The spacing the host's next lease keeps from this one's end (see `close_lease_urls`).
+        let spacing = req.politeness.as_ref().map_or(0, |site| {
+            let policy = site.for_lease(&c.host, &job_options);
+            if policy.interval.is_zero() { 0 } else { ms(policy.interval + HAND_OVER_MARGIN) }
+        });
+        q.push(if i == 0 { "(" } else { ", (" }).push_bind(id).push(", ");
+        q.push_bind(open.get(&id).copied().unwrap_or(0)).push(", ").push_bind(spacing).push(")");
+        grants.push(LeaseGrant {
+            id,
+            epoch: c.epoch + 1,
+            host: c.host,
+            urls,
+            deadline_ms: deadline,
+            jobs,
+            job_options,
+            trace_parent,
+        });
+    }
+    q.push(") UPDATE leases SET open = v.open, spacing_ms = v.spacing FROM v WHERE leases.id = v.id");
+    q.execute(tx).await?;
+    Ok(grants)
+}
