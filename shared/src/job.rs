@@ -202,7 +202,7 @@ impl CountsDelta {
 
 /// Politeness a job asks for, on top of the coordinator's: unset fields inherit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct PolicyOverride {
     /// Maximum concurrent requests to the host.
     pub concurrency: Option<u32>,
@@ -218,8 +218,10 @@ impl PolicyOverride {
 }
 
 /// The options of a job, as the client gave them (defaults filled in where the wire says "unset").
+/// Stored as JSON: a field this version does not know (written by a newer coordinator sharing the
+/// database during an upgrade) is ignored; a value that does not parse is an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct JobOptions {
     /// Display name.
     pub name: String,
@@ -454,13 +456,16 @@ mod tests {
     }
 
     #[test]
-    fn options_round_trip_as_json_and_reject_unknown_fields() {
+    fn options_round_trip_as_json_and_bad_values_are_errors() {
         let mut o = JobOptions { name: "n".into(), priority: Some(Priority::High), force: true, ..Default::default() };
         o.host_policies.insert("a.example".into(), PolicyOverride { concurrency: Some(4), interval_ms: Some(0) });
         o.labels.insert("team".into(), "seo".into());
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<JobOptions>(&json).unwrap(), o);
-        assert!(serde_json::from_str::<JobOptions>(r#"{"frobnicate":1}"#).is_err());
+        assert!(serde_json::from_str::<JobOptions>(r#"{"force":"yes"}"#).is_err());
+        assert!(serde_json::from_str::<JobOptions>("not json").is_err());
+        let newer = serde_json::from_str::<JobOptions>(r#"{"force":true,"a_later_field":1}"#).unwrap();
+        assert!(newer.force, "a newer coordinator's field is ignored, the rest read");
         let renamed = JobOptions { name: "other".into(), labels: BTreeMap::new(), ..o.clone() };
         assert_eq!(o.check_fingerprint(), renamed.check_fingerprint());
         assert_ne!(o.check_fingerprint(), JobOptions { force: false, ..o.clone() }.check_fingerprint());

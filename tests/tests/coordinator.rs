@@ -81,7 +81,6 @@ async fn a_worker_reconnects_when_its_coordinator_restarts_and_the_job_finishes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing() {
-    use urlfleet_coordinator::store::LeaseRequest;
     let db = TestDb::fresh(Backend::Postgres).await;
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let client = coordinator.client().await;
@@ -112,13 +111,7 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
     })
     .await;
     assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'receiving'").await, 1);
-    let req = LeaseRequest {
-        worker_id: "w".into(),
-        max_urls: 100,
-        max_urls_lifted: 100,
-        ttl: Duration::from_secs(60),
-        politeness: None,
-    };
+    let req = urlfleet_tests::conformance::lease_req("w");
     let early = store.acquire_lease(&req).await.unwrap().expect("URLs already stored are leased at once");
     assert_eq!(early.urls.len(), 100);
     tx.send(chunk(45_000)).await.unwrap(); // half of it repeats the previous chunk
@@ -157,18 +150,11 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_waits_for_its_not_before_or_for_the_delay_its_size_asks_for() {
-    use urlfleet_coordinator::store::LeaseRequest;
     let db = TestDb::fresh(Backend::Postgres).await;
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let mut client = coordinator.client().await;
     let store = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
-    let req = LeaseRequest {
-        worker_id: "w".into(),
-        max_urls: 100,
-        max_urls_lifted: 100,
-        ttl: Duration::from_secs(60),
-        politeness: None,
-    };
+    let req = urlfleet_tests::conformance::lease_req("w");
     let urls = |host: &str| (0..10).map(|i| format!("http://{host}/{i}")).collect::<Vec<_>>();
     let now = urlfleet_shared::time::now_ms();
 

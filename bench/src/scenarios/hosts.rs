@@ -9,37 +9,6 @@ fn host_addrs(net: u8, n: usize) -> Vec<IpAddr> {
     (0..n).map(|i| IpAddr::from([127, net, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
 }
 
-/// Starts nginx answering 200 on `addrs`, all on one port; returns it and the port.
-async fn nginx_on(ctx: &Ctx, label: &str, addrs: &[IpAddr]) -> Result<Option<(Service, u16)>> {
-    let Some(nginx) = &ctx.nginx else { return Ok(None) };
-    let port = proc::free_port()?;
-    let root = ctx.file(&format!("nginx-{label}"));
-    std::fs::create_dir_all(root.join("logs"))?;
-    let listen: String = addrs.iter().map(|a| format!("listen {a}:{port};\n")).collect();
-    let conf = root.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
-             worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-             client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
-             server {{ {listen} location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            root = root.display()
-        ),
-    )?;
-    let svc = Service::start(
-        "nginx",
-        nginx,
-        &["-p".into(), root.display().to_string(), "-c".into(), conf.display().to_string()],
-        &[],
-    )?;
-    for a in [addrs.first(), addrs.last()].into_iter().flatten() {
-        proc::wait_port(&format!("{a}:{port}"), Duration::from_secs(10)).await?;
-    }
-    Ok(Some((svc, port)))
-}
-
 /// `submit --watch` of `list` to a fresh coordinator on PostgreSQL with `workers` worker processes,
 /// default politeness; returns (wall, coordinator peak RSS, the workers' peak RSS).
 async fn cluster_run(ctx: &Ctx, label: &str, list: &Path, workers: usize) -> Result<(Measured, u64, u64)> {
@@ -168,15 +137,7 @@ pub async fn some_fail(ctx: &Ctx, report: &mut Report) -> Result<()> {
         bail!("the failing-pages run did not finish (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
     }
     let served: usize = servers.iter().map(|s| s.count("/status/")).sum();
-    let gap = servers
-        .iter()
-        .filter_map(|s| {
-            let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
-            at.sort();
-            at.windows(2).map(|w| w[1] - w[0]).max()
-        })
-        .max()
-        .unwrap_or_default();
+    let gap = spacings(&servers).1;
     report.row(&[
         "urlfleet check".into(),
         format!("{:.2} s", m.wall.as_secs_f64()),
@@ -247,15 +208,7 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
             if served < hosts * per_host {
                 bail!("{tool}: the servers saw {served} requests:\n{}{}", m.stdout, m.stderr);
             }
-            let closest = servers
-                .iter()
-                .filter_map(|s| {
-                    let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
-                    at.sort();
-                    at.windows(2).map(|w| w[1] - w[0]).min()
-                })
-                .min()
-                .unwrap_or_default();
+            let closest = spacings(&servers).0;
             report.row(&[
                 run.to_string(),
                 tool.into(),

@@ -149,19 +149,25 @@ fn write_list(path: &Path, urls: impl Iterator<Item = String>) -> Result<usize> 
 
 /// Starts nginx answering 200 to everything on a free loopback port.
 async fn start_nginx(ctx: &Ctx) -> Result<Option<(Service, u16)>> {
+    nginx_on(ctx, "nginx", &[IpAddr::from([127, 0, 0, 1])]).await
+}
+
+/// Starts nginx answering 200 on `addrs`, all on one port; returns it and the port.
+async fn nginx_on(ctx: &Ctx, label: &str, addrs: &[IpAddr]) -> Result<Option<(Service, u16)>> {
     let Some(nginx) = &ctx.nginx else { return Ok(None) };
     let port = proc::free_port()?;
-    let root = ctx.file("nginx");
+    let root = ctx.file(&format!("nginx-{label}"));
     std::fs::create_dir_all(root.join("logs"))?;
+    let listen: String = addrs.iter().map(|a| format!("listen {a}:{port};\n")).collect();
     let conf = root.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
+             worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
              client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+             server {{ {listen} location / {{ return 200 \"ok\\n\"; }} }} }}\n",
             root = root.display()
         ),
     )?;
@@ -171,7 +177,9 @@ async fn start_nginx(ctx: &Ctx) -> Result<Option<(Service, u16)>> {
         &["-p".into(), root.display().to_string(), "-c".into(), conf.display().to_string()],
         &[],
     )?;
-    proc::wait_port(&format!("127.0.0.1:{port}"), Duration::from_secs(10)).await?;
+    for a in [addrs.first(), addrs.last()].into_iter().flatten() {
+        proc::wait_port(&format!("{a}:{port}"), Duration::from_secs(10)).await?;
+    }
     Ok(Some((svc, port)))
 }
 
@@ -248,4 +256,17 @@ async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duratio
     worker.stop().await?;
     coordinator.stop().await?;
     Ok((submit.wall, peaks.0, peaks.1))
+}
+
+/// The closest and the longest spacing between two requests any of the servers saw, by their clocks.
+fn spacings(servers: &[Fixture]) -> (Duration, Duration) {
+    let gaps: Vec<Duration> = servers
+        .iter()
+        .flat_map(|s| {
+            let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
+            at.sort();
+            at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        })
+        .collect();
+    (gaps.iter().min().copied().unwrap_or_default(), gaps.iter().max().copied().unwrap_or_default())
 }

@@ -45,15 +45,7 @@ pub async fn polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 m.stderr
             );
         }
-        let closest = servers
-            .iter()
-            .filter_map(|s| {
-                let mut at: Vec<Instant> = s.seen().into_iter().map(|r| r.at).collect();
-                at.sort();
-                at.windows(2).map(|w| w[1] - w[0]).min()
-            })
-            .min()
-            .unwrap_or_default();
+        let closest = spacings(&servers).0;
         report.row(&[
             tool.into(),
             format!("{:.2} s", m.wall.as_secs_f64()),
