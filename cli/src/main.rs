@@ -7,7 +7,6 @@ mod check;
 mod client;
 mod output;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -274,16 +273,9 @@ async fn run(command: Command) -> Result<ExitCode> {
 
 /// Follows a job, printing progress to standard error when it is a terminal.
 async fn follow(c: &mut client::Client, id: i64) -> Result<pb::Job> {
-    let tty = std::io::stderr().is_terminal();
-    let done = client::watch(c, id, |j| {
-        if tty {
-            eprint!("\r\x1b[2K{}", output::progress_line(j));
-        }
-    })
-    .await?;
-    if tty {
-        eprintln!();
-    }
+    let bar = output::progress_bar();
+    let done = client::watch(c, id, |j| output::show_progress(&bar, j)).await?;
+    bar.finish_and_clear();
     Ok(done)
 }
 

@@ -57,6 +57,32 @@ pub fn progress_line(job: &pb::Job) -> String {
     )
 }
 
+/// A progress bar on standard error, with rate and ETA; drawn only when standard error is a
+/// terminal.
+pub fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} URLs {per_sec} eta {eta} {msg}")
+        .expect("a valid progress template");
+    bar.set_style(style);
+    bar
+}
+
+/// Shows a job's progress on its bar.
+pub fn show_progress(bar: &indicatif::ProgressBar, job: &pb::Job) {
+    let c = counts(job);
+    bar.set_length(c.total);
+    bar.set_position(c.total - c.unresolved());
+    bar.set_message(format!(
+        "{}: {} ok, {} redirected, {} broken, {} errors, {} invalid",
+        state_name(job.state),
+        c.ok,
+        c.redirected,
+        c.broken,
+        c.error,
+        c.invalid
+    ));
+}
+
 /// Multi-line description of a job.
 pub fn job_details(job: &pb::Job) -> String {
     let c = counts(job);
