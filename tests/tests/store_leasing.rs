@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use urlfleet_coordinator::store::{JobState, LeaseBudget, LeaseGrant, LeaseRequest, PlannedUrl, Priority};
+use urlfleet_coordinator::store::{
+    JobState, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, Seal,
+};
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeKind, ReportedResult};
 use urlfleet_tests::Backend;
@@ -20,6 +22,7 @@ urlfleet_tests::on_both_stores!(
     a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left,
     a_polite_host_s_next_lease_keeps_its_spacing_from_the_last_one,
     many_hosts_are_leased_in_one_call_within_the_credits,
+    hosts_with_nothing_ready_do_not_hold_back_a_ready_one,
 );
 
 async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(backend: Backend) {
@@ -348,4 +351,22 @@ async fn many_hosts_are_leased_in_one_call_within_the_credits(backend: Backend) 
     let next: Vec<&LeaseGrant> = mine.iter().filter(|g| g.epoch == 2).collect();
     assert_eq!((next.len(), next[0].urls.len()), (1, 5));
     assert!(store.acquire_leases(&lease_req("w3"), 1_000, 64).await.unwrap().is_empty());
+}
+
+async fn hosts_with_nothing_ready_do_not_hold_back_a_ready_one(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    // An urgent job for tomorrow on three hosts, and a low-priority job ready now on a fourth.
+    let tomorrow = now_ms() + 24 * 3600 * 1000;
+    let (later, _) = store.create_job(NewJob { not_before_ms: tomorrow, ..new_job("tomorrow", 3) }).await.unwrap();
+    for h in 0..3 {
+        store.add_urls(later.id, &urls(&format!("t{h}.example"), 1), recheck()).await.unwrap();
+    }
+    store.seal_job(later.id, Seal { not_before_ms: tomorrow, ..seal("tomorrow", 3, later.priority) }).await.unwrap();
+    let mut low = new_job("now", 1);
+    low.priority = Priority::Low;
+    let (now_job, _) = store.create_job(low).await.unwrap();
+    store.add_urls(now_job.id, &urls("ready.example", 1), recheck()).await.unwrap();
+    store.seal_job(now_job.id, seal("now", 1, Priority::Low)).await.unwrap();
+    let grants = store.acquire_leases(&lease_req("w"), 1_000, 1).await.unwrap();
+    assert_eq!(grants.iter().map(|g| g.host.as_str()).collect::<Vec<_>>(), ["ready.example"]);
 }

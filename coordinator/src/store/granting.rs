@@ -23,7 +23,6 @@ const ROWS_PER_STATEMENT: usize = 4_000;
 #[derive(sqlx::FromRow)]
 struct Candidate {
     host: String,
-    pending: i64,
     epoch: i64,
     max_leases: i32,
     lease_urls: i32,
@@ -46,6 +45,17 @@ impl SqlStore {
         credits: u64,
         max_leases: usize,
     ) -> StoreResult<Vec<LeaseGrant>> {
+        // A grant races submissions, cancellations and ingest on the same rows: a deadlock or a
+        // serialization failure is tried again rather than leaving the worker idle.
+        super::db::retry_transient("grant", || self.acquire_once(req, credits, max_leases), |_| false).await
+    }
+
+    async fn acquire_once(
+        &self,
+        req: &LeaseRequest,
+        mut credits: u64,
+        max_leases: usize,
+    ) -> StoreResult<Vec<LeaseGrant>> {
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
         let planned = self.candidates(&mut tx, req, credits, max_leases, now).await?;
@@ -54,10 +64,16 @@ impl SqlStore {
             return Ok(Vec::new());
         }
         let mut picked = self.pick_frontier(&mut tx, &planned, now).await?;
-        let mut hosts: Vec<(Candidate, Vec<(i64, String)>)> = Vec::with_capacity(planned.len());
+        let mut hosts: Vec<(Candidate, Vec<(i64, String)>)> = Vec::with_capacity(max_leases);
         for (c, _) in planned {
             match picked.remove(&c.host) {
-                Some(urls) => hosts.push((c, urls)),
+                // The spares fill in for hosts with nothing ready; the credits bound what is taken.
+                Some(mut urls) if hosts.len() < max_leases && credits > 0 => {
+                    urls.truncate(usize::try_from(credits).unwrap_or(usize::MAX));
+                    credits -= urls.len() as u64;
+                    hosts.push((c, urls));
+                }
+                Some(_) => {}
                 // The counter drifted, or the host's work waits for `not_before`: recount, and look
                 // again a little later.
                 None => {
@@ -75,8 +91,8 @@ impl SqlStore {
         Ok(grants)
     }
 
-    /// The free hosts to lease, best first, each with the most URLs its lease may hold; together no
-    /// more than `credits`. A host is free when it has fewer leases than its budget — or, for the
+    /// The free hosts to lease, best first, each with the most URLs its lease may hold (no more than
+    /// `credits`), and a few spares in case some have nothing ready. A host is free when it has fewer leases than its budget — or, for the
     /// worker that holds its latest lease, one more: that worker's own gate keeps the host's pace,
     /// and its current lease may only be waiting on a failing URL's back-off. Hosts with no lease out
     /// come first, so second leases never hold back a host that has not started.
@@ -84,12 +100,12 @@ impl SqlStore {
         &self,
         tx: &mut Tx,
         req: &LeaseRequest,
-        mut credits: u64,
+        credits: u64,
         max_leases: usize,
         now: i64,
     ) -> StoreResult<Vec<(Candidate, u32)>> {
         let candidates: Vec<Candidate> = sql(format!(
-            "SELECT host, pending, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
+            "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
              AND (active_leases < max_leases OR (active_leases = max_leases AND holder = $3)) \
              AND next_allowed_at <= $1 ORDER BY priority, active_leases, next_allowed_at, host LIMIT $2{}",
             self.db.dialect().skip_locked
@@ -101,9 +117,6 @@ impl SqlStore {
         .await?;
         let mut planned = Vec::new();
         for c in candidates {
-            if planned.len() >= max_leases || credits == 0 {
-                break;
-            }
             let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
             // A polite host's lease holds about a lease span of work at its pace.
             let max_urls = match u32::try_from(c.lease_urls) {
@@ -111,10 +124,6 @@ impl SqlStore {
                 _ => max_urls,
             };
             let max_urls = max_urls.min(u32::try_from(credits).unwrap_or(u32::MAX)).max(1);
-            // The host's waiting rows bound what its lease will take (a URL waiting in two jobs
-            // counts twice, so this never undercounts): the credits left go to the next hosts.
-            let expected = u64::from(max_urls).min(u64::try_from(c.pending).unwrap_or(0));
-            credits = credits.saturating_sub(expected);
             planned.push((c, max_urls));
         }
         Ok(planned)
@@ -165,7 +174,7 @@ impl SqlStore {
 /// lease's open count and hand-over spacing.
 async fn grant(
     tx: &mut Tx,
-    hosts: Vec<(Candidate, Vec<(i64, String)>)>,
+    mut hosts: Vec<(Candidate, Vec<(i64, String)>)>,
     req: &LeaseRequest,
     now: i64,
 ) -> StoreResult<Vec<LeaseGrant>> {
@@ -188,29 +197,34 @@ async fn grant(
     let mut deltas = JobDeltas::default();
     let mut open: BTreeMap<i64, i64> = BTreeMap::new();
     let mut jobs_of: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
-    for (c, urls) in &hosts {
+    for (c, urls) in &mut hosts {
         let lease = lease_of(&c.host)?;
+        let mut marked = HashSet::new();
         for chunk in urls.chunks(ROWS_PER_STATEMENT) {
             let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
             q.push_bind(lease).push(" WHERE state = 'pending' AND url_id IN (");
-            q.push_list(chunk.iter().map(|(id, _)| *id)).push(") RETURNING job_id");
-            for (job,) in q.fetch_all::<(i64,)>(tx).await? {
+            q.push_list(chunk.iter().map(|(id, _)| *id)).push(") RETURNING job_id, url_id");
+            for (job, url_id) in q.fetch_all::<(i64, i64)>(tx).await? {
                 deltas.of(job).leased += 1;
                 *open.entry(lease).or_default() += 1;
                 jobs_of.entry(lease).or_default().insert(job);
+                marked.insert(url_id);
             }
         }
+        // A URL that another transaction finished or cancelled since the frontier was read is not
+        // in the lease.
+        urls.retain(|(id, _)| marked.contains(id));
     }
 
     // The hosts: one more lease each, their pending counts, epochs and holder, and their priority
     // from the best URL still waiting.
-    let mut q = sql("WITH v(host, n, epoch) AS (VALUES ");
+    let mut q = sql("WITH v(host, n, epoch, started) AS (VALUES ");
     for (i, (c, _)) in hosts.iter().enumerate() {
         let n = open.get(&lease_of(&c.host)?).copied().unwrap_or(0);
         q.push(if i == 0 { "(" } else { ", (" }).push_bind(c.host.clone()).push(", ").push_bind(n);
-        q.push(", ").push_bind(c.epoch + 1).push(")");
+        q.push(", ").push_bind(c.epoch + 1).push(", ").push_bind(i64::from(n > 0)).push(")");
     }
-    q.push(") UPDATE hosts SET active_leases = active_leases + 1, epoch = v.epoch, pending = pending - v.n, holder = ");
+    q.push(") UPDATE hosts SET active_leases = active_leases + v.started, epoch = v.epoch, pending = pending - v.n, holder = ");
     q.push_bind(req.worker_id.clone()).push(", priority = COALESCE((SELECT url_order / ");
     q.push_bind(FRONTIER_ORDERS_PER_PRIORITY);
     q.push(" FROM job_urls WHERE job_urls.host = hosts.host AND waiting ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
@@ -260,7 +274,11 @@ async fn grant(
             trace_parent,
         });
     }
-    q.push(") UPDATE leases SET open = v.open, spacing_ms = v.spacing FROM v WHERE leases.id = v.id");
+    // A lease that got none of its URLs (all taken by others meanwhile) ends at once.
+    q.push(
+        ") UPDATE leases SET open = v.open, spacing_ms = v.spacing, active = v.open > 0 FROM v WHERE leases.id = v.id",
+    );
     q.execute(tx).await?;
+    grants.retain(|g| !g.urls.is_empty());
     Ok(grants)
 }

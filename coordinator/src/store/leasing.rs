@@ -98,11 +98,16 @@ impl SqlStore {
             }
             sql("UPDATE leases SET active = FALSE WHERE id = $1").bind(*lease_id).execute(&mut tx).await?;
             // The expired holder may still be sending: the host's next lease keeps the spacing.
+            // Its priority is that of the best URL waiting again (a grant that emptied the host's
+            // frontier had set it to none).
             sql("UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2, \
-                 next_allowed_at = CASE WHEN next_allowed_at < $3 THEN $3 ELSE next_allowed_at END WHERE host = $1")
+                 next_allowed_at = CASE WHEN next_allowed_at < $3 THEN $3 ELSE next_allowed_at END, \
+                 priority = COALESCE((SELECT url_order / $4 FROM job_urls WHERE job_urls.host = $1 AND waiting \
+                 ORDER BY url_order LIMIT 1), 9) WHERE host = $1")
             .bind(host.as_str())
             .bind(back)
             .bind(now + *spacing)
+            .bind(urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
             .execute(&mut tx)
             .await?;
             tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");

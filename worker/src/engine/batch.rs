@@ -62,7 +62,8 @@ pub async fn check_batch<K: Send>(
         }
         // A check due for its retry matters only when there is room to start it; otherwise the next
         // check to finish makes room (and a due timer would spin).
-        let next_due = waiting.first_key_value().map(|(k, _)| k.0).filter(|_| under_way.len() < limit);
+        let next_due =
+            waiting.first_key_value().map(|(k, _)| k.0).filter(|_| under_way.len() < limit && !cancel.is_cancelled());
         tokio::select! {
             Some((key, check, step)) = under_way.next(), if !under_way.is_empty() => match step {
                 Step::Done(outcome) => done(key, outcome),
