@@ -38,9 +38,9 @@ pub const PENALTY_MAX: Duration = Duration::from_secs(60);
 /// the server's clock, also on a busy machine.
 pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
 
-/// The safety margin added to a spacing: 5 % of it plus [`INTERVAL_MARGIN`] (7 ms at 100 ms). The
-/// start of the next request already waits for the previous answer, so the margin covers only the
-/// server's own clock and timer granularity.
+/// The safety margin added to a spacing: a twentieth of it plus [`INTERVAL_MARGIN`]. The start of the
+/// next request already waits for the previous answer, so the margin covers only the server's own
+/// clock and timer granularity.
 pub fn margin(spacing: Duration) -> Duration {
     if spacing.is_zero() { Duration::ZERO } else { spacing / 20 + INTERVAL_MARGIN }
 }
