@@ -10,6 +10,8 @@ use urlfleet_shared::{LeaseBudget, SitePoliteness};
 
 /// The most concurrent requests to one host a job may ask for, by default.
 pub const DEFAULT_MAX_HOST_CONCURRENCY: u32 = 1_024;
+/// Outstanding credits of one worker session, at most, by default (a worker's default grant).
+pub const DEFAULT_MAX_WORKER_CREDITS: u32 = 65_536;
 
 /// Configuration of a coordinator.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +67,18 @@ pub struct CoordinatorConfig {
     /// The most concurrent requests to one host that a job may ask for.
     #[arg(long, env = "URLFLEET_MAX_HOST_CONCURRENCY", default_value_t = DEFAULT_MAX_HOST_CONCURRENCY)]
     pub max_host_concurrency: u32,
+    /// Credits one worker session may hold outstanding (URLs leased or grantable to it); a worker
+    /// granting more is held to this, and a heartbeat may list at most this many leases.
+    #[arg(long, env = "URLFLEET_MAX_WORKER_CREDITS", default_value_t = DEFAULT_MAX_WORKER_CREDITS)]
+    pub max_worker_credits: u32,
+    /// The longest a lease lives from its grant, however often it is renewed: a worker that keeps
+    /// renewing without reporting cannot hold a host's URLs beyond it.
+    #[arg(long, env = "URLFLEET_MAX_LEASE_LIFE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_lease_life: Duration,
+    /// The longest pause a worker's report may put on a host (its `Retry-After`), from the report's
+    /// arrival: no report can freeze a host for every job.
+    #[arg(long, env = "URLFLEET_MAX_HOST_PAUSE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_host_pause: Duration,
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
@@ -155,6 +169,9 @@ impl CoordinatorConfig {
             max_leases_per_host: 8,
             reap_interval: Duration::from_secs(1),
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
+            max_worker_credits: DEFAULT_MAX_WORKER_CREDITS,
+            max_lease_life: Duration::from_secs(3_600),
+            max_host_pause: Duration::from_secs(300),
             min_host_interval: Duration::ZERO,
             max_host_interval: Duration::from_secs(60),
             max_host_concurrency: DEFAULT_MAX_HOST_CONCURRENCY,

@@ -259,7 +259,7 @@ async fn commit(
     match outcome {
         Ok(t) => {
             metrics.ingest_rows.inc_by(rows as u64);
-            metrics.results_refused.inc_by(t.refused);
+            metrics.results_refused.inc_by(t.refused.len() as u64);
             Ok(t)
         }
         Err(e) if is_permanent(&e) => Err(Failure::Permanent(e.to_string())),

@@ -25,7 +25,7 @@ pub struct CoordinatorMetrics {
     pub ingest_seconds: Histogram,
     /// Results accepted and not yet committed.
     pub ingest_backlog: Gauge,
-    /// Results refused because their lease id and epoch name no granted lease.
+    /// Results refused: malformed, or not under a live lease the reporter holds.
     pub results_refused: Counter,
     registry: Arc<Registry>,
 }
@@ -54,7 +54,7 @@ impl Default for CoordinatorMetrics {
         let results_refused = Counter::default();
         r.register(
             "urlfleet_results_refused",
-            "Results refused: their lease id and epoch name no granted lease",
+            "Results refused: malformed, or not under a live lease the reporting worker holds",
             results_refused.clone(),
         );
         Self {

@@ -3,6 +3,7 @@
 //! renews leases on heartbeats, forwards revocations, and makes the worker's leases expire when the
 //! stream ends so that their unfinished URLs return to the frontier.
 
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
+use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
-use urlfleet_shared::{ReportedResult, telemetry};
+use urlfleet_shared::telemetry;
 
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
@@ -33,8 +35,19 @@ const LEASES_PER_CALL: usize = 64;
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// A result batch on its way to the database: its id and, once committed, what it touched.
-type Commit = Pin<Box<dyn Future<Output = (u64, Result<Touched, NotCommitted>)> + Send>>;
+/// A result batch on its way to the database: once committed, what it touched.
+type Commit = Pin<Box<dyn Future<Output = (Batch, Result<Touched, NotCommitted>)> + Send>>;
+
+/// What a session remembers of a batch until it is committed: its id, the results it held and the
+/// ones refused before they reached the store.
+struct Batch {
+    id: u64,
+    keys: HashSet<(i64, i64)>,
+    malformed: Vec<pb::RefusedResult>,
+}
+
+/// Longest worker id accepted in hello.
+pub const MAX_WORKER_ID_BYTES: usize = 128;
 
 /// The `WorkerService` implementation.
 #[derive(Clone)]
@@ -82,8 +95,10 @@ impl WorkerService for WorkApi {
             Some(pb::WorkerMessage { msg: Some(In::Hello(h)) }) => h,
             _ => return Err(Status::invalid_argument("the first Work message must be hello")),
         };
-        if hello.worker_id.is_empty() {
-            return Err(Status::invalid_argument("hello.worker_id is empty"));
+        if hello.worker_id.is_empty() || hello.worker_id.len() > MAX_WORKER_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "hello.worker_id must have 1 to {MAX_WORKER_ID_BYTES} bytes"
+            )));
         }
         // Leases are held by the worker: after a reconnect it keeps checking what it holds, and its
         // heartbeats on the new session renew those leases. Only the worker's latest session may
@@ -106,6 +121,8 @@ impl WorkerService for WorkApi {
             credits: 0,
             leaving: false,
             commits: FuturesUnordered::new(),
+            held: HashMap::new(),
+            warned_credits: false,
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -127,6 +144,10 @@ struct Session {
     leaving: bool,
     /// Batches being committed; each is acknowledged when its commit completes.
     commits: FuturesUnordered<Commit>,
+    /// The leases this session was granted or renewed, with when: only these does it give up when
+    /// it ends, so a session under the same worker id cannot end another session's leases.
+    held: HashMap<i64, tokio::time::Instant>,
+    warned_credits: bool,
 }
 
 impl Session {
@@ -168,8 +189,8 @@ impl Session {
                             }
                         }
                     }
-                    Some((batch_id, committed)) = self.commits.next(), if !self.commits.is_empty() => {
-                        self.committed(batch_id, committed).await?;
+                    Some((batch, committed)) = self.commits.next(), if !self.commits.is_empty() => {
+                        self.committed(batch, committed).await?;
                     }
                     () = self.api.shutdown.cancelled() => return Ok(()),
                     () = self.tx.closed() => return Ok(()),
@@ -190,7 +211,8 @@ impl Session {
             }
             mine
         };
-        if latest && let Err(e) = self.api.store.expire_worker_leases(&self.holder).await {
+        let held: Vec<i64> = self.held.keys().copied().collect();
+        if latest && let Err(e) = self.api.store.expire_worker_leases(&self.holder, &held).await {
             warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
         }
         self.api.events.work_available();
@@ -199,21 +221,54 @@ impl Session {
 
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
         match msg.msg {
-            Some(In::Credits(c)) => self.credits += u64::from(c.urls),
-            Some(In::Results(batch)) => self.ingest(batch),
-            Some(In::Heartbeat(hb)) => {
-                if let Err(e) =
-                    self.api.store.renew_leases(&self.holder, &hb.lease_ids, self.api.config.lease_ttl).await
-                {
-                    warn!(error = %e, "renewing leases failed");
+            Some(In::Credits(c)) => {
+                let max = u64::from(self.api.config.max_worker_credits);
+                self.credits += u64::from(c.urls);
+                if self.credits > max {
+                    if !self.warned_credits {
+                        warn!(credits = self.credits, max, "worker grants more credits than --max-worker-credits");
+                        self.warned_credits = true;
+                    }
+                    self.credits = max;
                 }
             }
+            Some(In::Results(batch)) => self.ingest(batch),
+            Some(In::Heartbeat(hb)) => self.heartbeat(hb).await?,
             Some(In::Goodbye(g)) => {
                 info!(reason = %g.reason, "worker leaving");
                 self.leaving = true;
             }
             Some(In::Hello(_)) => return Err("hello sent twice".into()),
             None => {}
+        }
+        Ok(())
+    }
+
+    /// Renews the listed leases this worker holds, within their lifetime, and remembers them as this
+    /// session's. A heartbeat over the bound ends the session: no honest worker holds more leases
+    /// than credits.
+    async fn heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), String> {
+        let config = &self.api.config;
+        let max = config.max_worker_credits as usize;
+        if hb.lease_ids.len() > max {
+            let _ = self
+                .tx
+                .send(Err(Status::invalid_argument(format!(
+                    "a heartbeat lists {} leases; at most {max} (--max-worker-credits)",
+                    hb.lease_ids.len()
+                ))))
+                .await;
+            return Err("heartbeat over its bound".into());
+        }
+        match self.api.store.renew_leases(&self.holder, &hb.lease_ids, config.lease_ttl, config.max_lease_life).await {
+            Ok(renewed) => {
+                // Leases granted since the worker sent this heartbeat may be missing from it.
+                let recent = tokio::time::Instant::now() - config.lease_ttl;
+                self.held.retain(|_, granted| *granted > recent);
+                let now = tokio::time::Instant::now();
+                self.held.extend(renewed.into_iter().map(|id| (id, now)));
+            }
+            Err(e) => warn!(error = %e, "renewing leases failed"),
         }
         Ok(())
     }
@@ -235,6 +290,7 @@ impl Session {
         }
         for grant in grants {
             self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
+            self.held.insert(grant.id, tokio::time::Instant::now());
             if !self.send_lease(grant).await {
                 return Ok(false);
             }
@@ -269,32 +325,60 @@ impl Session {
     }
 
     /// Hands a batch to the ingest pipeline; the ack goes out when it is committed, while the session
-    /// goes on leasing and receiving.
+    /// goes on leasing and receiving. Results are bounded here and attributed to this session's worker;
+    /// a host pause is capped by the coordinator's clock.
     fn ingest(&mut self, batch: pb::ResultBatch) {
         let mut results = Vec::with_capacity(batch.results.len());
+        let mut malformed = Vec::new();
+        let reporter: Arc<str> = self.holder.as_str().into();
+        let pause_cap = urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(self.api.config.max_host_pause);
         for r in batch.results {
-            match ReportedResult::try_from(r) {
-                Ok(r) => results.push(r),
-                // A malformed result cannot become valid by resending: drop it, loudly.
-                Err(e) => warn!(error = %e, batch = batch.batch_id, "dropping a malformed result"),
+            let (lease_id, url_id) = (r.lease_id, r.url_id);
+            match urlfleet_shared::convert::reported_result(r, reporter.clone()) {
+                Ok(mut r) => {
+                    if let Some(p) = r.outcome.host_paused_until_ms.as_mut() {
+                        *p = (*p).min(pause_cap);
+                    }
+                    results.push(r);
+                }
+                // A malformed result cannot become valid by resending: refuse it, loudly.
+                Err(e) => {
+                    warn!(error = %e, batch = batch.batch_id, "refusing a malformed result");
+                    self.api.metrics.results_refused.inc();
+                    malformed.push(pb::RefusedResult { lease_id, url_id, reason: Refusal::Malformed.as_str().into() });
+                }
             }
         }
+        let keys = results.iter().map(|r| (r.lease_id, r.url_id)).collect();
         let ingestor = self.api.ingestor.clone();
-        let id = batch.batch_id;
-        self.commits.push(Box::pin(async move { (id, ingestor.submit(results).await) }));
+        let batch = Batch { id: batch.batch_id, keys, malformed };
+        self.commits.push(Box::pin(async move { (batch, ingestor.submit(results).await) }));
     }
 
-    async fn committed(&mut self, batch_id: u64, committed: Result<Touched, NotCommitted>) -> Result<(), String> {
+    async fn committed(&mut self, batch: Batch, committed: Result<Touched, NotCommitted>) -> Result<(), String> {
         // Not acknowledged: the worker keeps the batch and resends it after reconnecting. The session
         // goes on: a batch that can never be stored must not cut off the worker's other results.
         let touched = match committed {
             Ok(t) => t,
             Err(e) => {
-                warn!(error = %e, batch = batch_id, "result batch not committed; not acknowledged");
+                warn!(error = %e, batch = batch.id, "result batch not committed; not acknowledged");
                 return Ok(());
             }
         };
-        let ack = pb::Ack { batch_id };
+        // The chunk may have held other sessions' batches: this one's refusals are those of its results.
+        let mut refused = batch.malformed;
+        refused.extend(
+            touched
+                .refused
+                .iter()
+                .filter(|r| *r.reporter == *self.holder && batch.keys.contains(&(r.lease_id, r.url_id)))
+                .map(|r| pb::RefusedResult {
+                    lease_id: r.lease_id,
+                    url_id: r.url_id,
+                    reason: r.reason.as_str().into(),
+                }),
+        );
+        let ack = pb::Ack { batch_id: batch.id, refused };
         if self.tx.send(Ok(out(Out::Ack(ack)))).await.is_err() {
             return Ok(());
         }

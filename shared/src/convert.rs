@@ -282,59 +282,105 @@ impl From<&pb::RedirectHop> for RedirectHop {
 
 impl From<&ReportedResult> for pb::CheckResult {
     fn from(r: &ReportedResult) -> Self {
-        let o = &r.outcome;
-        Self {
-            lease_id: r.lease_id,
-            epoch: r.epoch,
-            url_id: r.url_id,
-            kind: pb::OutcomeKind::from(o.kind) as i32,
-            status: o.status.map(u32::from).unwrap_or(0),
-            final_url: o.final_url.clone().unwrap_or_default(),
-            redirects: o.redirects.iter().map(Into::into).collect(),
-            attempts: o.attempts,
-            response_time_ms: o.response_time_ms,
-            content_type: o.content_type.clone().unwrap_or_default(),
-            content_length: o.content_length,
-            checked_at_ms: o.checked_at_ms,
-            error: o.error.clone().unwrap_or_default(),
-            host_paused_until_ms: o.host_paused_until_ms.unwrap_or(0),
-        }
+        check_result(r.lease_id, r.epoch, r.url_id, &r.outcome)
     }
 }
 
-impl TryFrom<pb::CheckResult> for ReportedResult {
-    type Error = ConvertError;
-    fn try_from(r: pb::CheckResult) -> Result<Self, ConvertError> {
-        let kind = kind_from_pb(r.kind)?.ok_or_else(|| ConvertError { field: "kind", reason: "unspecified".into() })?;
-        let status = match r.status {
-            0 => None,
-            s => Some(
-                u16::try_from(s)
-                    .map_err(|_| ConvertError { field: "status", reason: format!("{s} is not an HTTP status") })?,
-            ),
-        };
-        if r.checked_at_ms <= 0 {
-            return Err(ConvertError { field: "checked_at_ms", reason: "must be set".into() });
-        }
-        Ok(Self {
-            lease_id: r.lease_id,
-            epoch: r.epoch,
-            url_id: r.url_id,
-            outcome: CheckOutcome {
-                kind,
-                status,
-                final_url: non_empty(r.final_url),
-                redirects: r.redirects.iter().map(Into::into).collect(),
-                attempts: r.attempts.max(1),
-                response_time_ms: r.response_time_ms,
-                content_type: non_empty(r.content_type),
-                content_length: r.content_length,
-                checked_at_ms: r.checked_at_ms,
-                error: non_empty(r.error),
-                host_paused_until_ms: (r.host_paused_until_ms > 0).then_some(r.host_paused_until_ms),
-            },
-        })
+/// The wire form of one leased URL's outcome, as a worker reports it.
+pub fn check_result(lease_id: i64, epoch: i64, url_id: i64, o: &CheckOutcome) -> pb::CheckResult {
+    pb::CheckResult {
+        lease_id,
+        epoch,
+        url_id,
+        kind: pb::OutcomeKind::from(o.kind) as i32,
+        status: o.status.map(u32::from).unwrap_or(0),
+        final_url: o.final_url.clone().unwrap_or_default(),
+        redirects: o.redirects.iter().map(Into::into).collect(),
+        attempts: o.attempts,
+        response_time_ms: o.response_time_ms,
+        content_type: o.content_type.clone().unwrap_or_default(),
+        content_length: o.content_length,
+        checked_at_ms: o.checked_at_ms,
+        error: o.error.clone().unwrap_or_default(),
+        host_paused_until_ms: o.host_paused_until_ms.unwrap_or(0),
     }
+}
+
+/// Longest error text kept from a worker's result; longer text is cut at a character boundary.
+pub const MAX_RESULT_ERROR_BYTES: usize = 2_048;
+/// Longest content type kept from a worker's result.
+pub const MAX_RESULT_CONTENT_TYPE_BYTES: usize = 256;
+/// Most redirect hops a result may list (a worker follows at most 10 by default).
+pub const MAX_RESULT_REDIRECTS: usize = 32;
+
+/// A result as `reporter` sent it, bounded: text fields are cut to their limits, URLs longer than a
+/// URL may be and more hops than [`MAX_RESULT_REDIRECTS`] are refused.
+pub fn reported_result(r: pb::CheckResult, reporter: std::sync::Arc<str>) -> Result<ReportedResult, ConvertError> {
+    let kind = kind_from_pb(r.kind)?.ok_or_else(|| ConvertError { field: "kind", reason: "unspecified".into() })?;
+    let status = match r.status {
+        0 => None,
+        s => Some(
+            u16::try_from(s)
+                .map_err(|_| ConvertError { field: "status", reason: format!("{s} is not an HTTP status") })?,
+        ),
+    };
+    if r.checked_at_ms <= 0 {
+        return Err(ConvertError { field: "checked_at_ms", reason: "must be set".into() });
+    }
+    if r.redirects.len() > MAX_RESULT_REDIRECTS {
+        return Err(ConvertError {
+            field: "redirects",
+            reason: format!("{} hops; at most {MAX_RESULT_REDIRECTS}", r.redirects.len()),
+        });
+    }
+    let urls = || std::iter::once(&r.final_url).chain(r.redirects.iter().map(|h| &h.url));
+    if urls().any(|u| u.contains('\0')) {
+        return Err(ConvertError { field: "final_url", reason: "a URL with a NUL character".into() });
+    }
+    if let Some(u) = urls().find(|u| u.len() > crate::url::MAX_URL_LEN) {
+        return Err(ConvertError {
+            field: "final_url",
+            reason: format!("a URL of {} bytes; at most {}", u.len(), crate::url::MAX_URL_LEN),
+        });
+    }
+    Ok(ReportedResult {
+        reporter,
+        lease_id: r.lease_id,
+        epoch: r.epoch,
+        url_id: r.url_id,
+        outcome: CheckOutcome {
+            kind,
+            status,
+            final_url: non_empty(r.final_url),
+            redirects: r.redirects.iter().map(Into::into).collect(),
+            attempts: r.attempts.max(1),
+            response_time_ms: r.response_time_ms,
+            content_type: non_empty(truncate(text(r.content_type), MAX_RESULT_CONTENT_TYPE_BYTES)),
+            content_length: r.content_length,
+            checked_at_ms: r.checked_at_ms,
+            error: non_empty(truncate(text(r.error), MAX_RESULT_ERROR_BYTES)),
+            host_paused_until_ms: (r.host_paused_until_ms > 0).then_some(r.host_paused_until_ms),
+        },
+    })
+}
+
+/// Free text as a database column holds it: NUL, which PostgreSQL's text refuses, is replaced.
+fn text(s: String) -> String {
+    if s.contains('\0') { s.replace('\0', "\u{fffd}") } else { s }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, with an ellipsis when cut.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -347,7 +393,9 @@ mod tests {
 
     #[test]
     fn check_results_round_trip() {
+        let reporter: std::sync::Arc<str> = "w".into();
         let r = ReportedResult {
+            reporter: reporter.clone(),
             lease_id: 7,
             epoch: 3,
             url_id: 42,
@@ -366,7 +414,27 @@ mod tests {
             },
         };
         let wire = pb::CheckResult::from(&r);
-        assert_eq!(ReportedResult::try_from(wire).unwrap(), r);
+        assert_eq!(reported_result(wire, reporter).unwrap(), r);
+    }
+
+    #[test]
+    fn result_fields_are_bounded() {
+        let wire = |f: &dyn Fn(&mut pb::CheckResult)| {
+            let mut r = pb::CheckResult { kind: pb::OutcomeKind::Ok as i32, checked_at_ms: 1, ..Default::default() };
+            f(&mut r);
+            reported_result(r, "w".into())
+        };
+        let r = wire(&|r| r.error = "é".repeat(8 * 1024 * 1024)).unwrap();
+        let e = r.outcome.error.unwrap();
+        assert!(e.len() <= MAX_RESULT_ERROR_BYTES && e.ends_with('…'), "{}", e.len());
+        let r = wire(&|r| r.content_type = "x".repeat(10_000)).unwrap();
+        assert!(r.outcome.content_type.unwrap().len() <= MAX_RESULT_CONTENT_TYPE_BYTES);
+        assert_eq!(wire(&|r| r.final_url = "h".repeat(9_000)).unwrap_err().field, "final_url");
+        let hop = pb::RedirectHop { url: "http://a.example/".into(), status: 301 };
+        assert_eq!(wire(&|r| r.redirects = vec![hop.clone(); 33]).unwrap_err().field, "redirects");
+        assert!(wire(&|r| r.redirects = vec![hop.clone(); 10]).is_ok());
+        assert_eq!(truncate("abc".into(), 3), "abc");
+        assert_eq!(wire(&|r| r.error = "a\0b".into()).unwrap().outcome.error.unwrap(), "a\u{fffd}b");
     }
 
     #[test]
@@ -386,7 +454,7 @@ mod tests {
     fn unknown_kinds_are_rejected() {
         for kind in [0, 99] {
             let wire = pb::CheckResult { kind, checked_at_ms: 1, ..Default::default() };
-            assert_eq!(ReportedResult::try_from(wire).unwrap_err().field, "kind");
+            assert_eq!(reported_result(wire, "w".into()).unwrap_err().field, "kind");
         }
     }
 

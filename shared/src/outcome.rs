@@ -166,10 +166,13 @@ impl CheckOutcome {
     }
 }
 
-/// A check result as a worker reports it: which leased URL, under which lease and epoch, and its
-/// outcome.
+/// A check result as a worker reports it: which leased URL, under which lease and epoch, by which
+/// worker, and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportedResult {
+    /// The worker that reported it, as its session authenticated it: the result counts only when
+    /// this worker holds the lease.
+    pub reporter: std::sync::Arc<str>,
     /// Lease the URL came from.
     pub lease_id: i64,
     /// Epoch of that lease.
@@ -178,6 +181,33 @@ pub struct ReportedResult {
     pub url_id: i64,
     /// The outcome.
     pub outcome: CheckOutcome,
+}
+
+/// Why a coordinator refused a reported result. A refused result changes nothing; the worker is told,
+/// so that it does not send it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Display, EnumString, IntoStaticStr, VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum Refusal {
+    /// No lease with that id was ever granted.
+    NoSuchLease,
+    /// The lease is held by another worker.
+    NotHolder,
+    /// The lease's epoch is not the one reported.
+    StaleEpoch,
+    /// The lease ended (its URLs were reported, it expired or was revoked) and this result was not
+    /// stored under it before.
+    LeaseEnded,
+    /// The URL is not one the lease holds (or its job was cancelled).
+    NotInLease,
+    /// The result does not decode or breaks a bound (see the protocol's `CheckResult`).
+    Malformed,
+}
+
+impl Refusal {
+    /// The name the wire and the logs use.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 #[cfg(test)]

@@ -94,7 +94,13 @@ pub fn result(lease: &LeaseGrant, url_id: i64, status: u16, checked_at: i64) -> 
     o.error = None;
     o.status = Some(status);
     o.checked_at_ms = checked_at;
-    ReportedResult { lease_id: lease.id, epoch: lease.epoch, url_id, outcome: o }
+    ReportedResult {
+        reporter: lease.holder.as_str().into(),
+        lease_id: lease.id,
+        epoch: lease.epoch,
+        url_id,
+        outcome: o,
+    }
 }
 
 /// A page of a job's results.

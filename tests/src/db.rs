@@ -73,7 +73,8 @@ impl TestDb {
 
 impl TestDb {
     /// One value of a query run directly on the database (to inspect tables in assertions).
-    pub async fn scalar(&self, sql: &'static str) -> i64 {
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
         match self.backend {
             Backend::Postgres => {
                 let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");

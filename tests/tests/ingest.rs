@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use urlfleet_coordinator::ingest::{IngestConfig, Ingestor};
 use urlfleet_coordinator::store::{LeaseRequest, PlannedUrl, RecheckPolicy, Store};
 use urlfleet_shared::ReportedResult;
+use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::{CheckOutcome, OutcomeKind};
 use urlfleet_tests::cluster::{all_results, stored_job, submit, wait_done};
@@ -43,7 +44,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
             o.error = None;
             o.status = Some(200);
             o.checked_at_ms = now;
-            ReportedResult { lease_id: *lease, epoch: *epoch, url_id: *id, outcome: o }
+            ReportedResult { reporter: "w".into(), lease_id: *lease, epoch: *epoch, url_id: *id, outcome: o }
         })
         .collect();
     let shutdown = CancellationToken::new();
@@ -131,7 +132,7 @@ async fn dropping_every_database_connection_mid_job_loses_nothing() {
     coordinator.stop().await;
 }
 
-async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend: Backend) {
+async fn a_forged_result_is_refused_without_holding_back_the_other_batches(backend: Backend) {
     let db = TestDb::fresh(backend).await;
     let store: Arc<dyn Store> = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
     let urls: Vec<PlannedUrl> =
@@ -152,7 +153,7 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         o.error = None;
         o.status = Some(200);
         o.checked_at_ms = now;
-        ReportedResult { lease_id: lease.id, epoch: lease.epoch, url_id, outcome: o }
+        ReportedResult { reporter: "w".into(), lease_id: lease.id, epoch: lease.epoch, url_id, outcome: o }
     };
     let shutdown = CancellationToken::new();
     // A long flush delay puts every batch into one chunk.
@@ -165,17 +166,18 @@ async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others(backend:
         ingestor.submit(good[2..].to_vec()),
     );
     assert!(a.is_ok() && b.is_ok(), "the good batches commit: {a:?} {b:?}");
-    assert!(bad.is_err(), "a result for a URL that does not exist is never acknowledged");
+    let refused: Vec<_> = bad.unwrap().refused.into_iter().map(|r| (r.url_id, r.reason)).collect();
+    assert!(refused.contains(&(987_654, Refusal::NotInLease)), "a result for a URL the lease never held is refused");
     assert_eq!(store.get_job(job.id).await.unwrap().unwrap().counts.checked, 4);
     shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others_on_sqlite() {
-    a_batch_that_can_never_be_stored_does_not_hold_back_the_others(Backend::Sqlite).await;
+async fn a_forged_result_is_refused_without_holding_back_the_other_batches_on_sqlite() {
+    a_forged_result_is_refused_without_holding_back_the_other_batches(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_that_can_never_be_stored_does_not_hold_back_the_others_on_postgres() {
-    a_batch_that_can_never_be_stored_does_not_hold_back_the_others(Backend::Postgres).await;
+async fn a_forged_result_is_refused_without_holding_back_the_other_batches_on_postgres() {
+    a_forged_result_is_refused_without_holding_back_the_other_batches(Backend::Postgres).await;
 }

@@ -3,6 +3,7 @@
 
 use urlfleet_coordinator::store::LeaseGrant;
 use urlfleet_shared::ReportedResult;
+use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::time::now_ms;
 use urlfleet_tests::Backend;
 use urlfleet_tests::conformance::*;
@@ -11,6 +12,8 @@ urlfleet_tests::on_both_stores!(
     replayed_results_change_nothing,
     an_older_result_never_overwrites_a_newer_one,
     results_under_no_granted_lease_or_a_stale_epoch_are_refused,
+    only_the_holder_may_report_and_only_urls_its_live_lease_holds,
+    the_coordinators_clock_orders_results,
 );
 
 async fn replayed_results_change_nothing(backend: Backend) {
@@ -40,18 +43,26 @@ async fn replayed_results_change_nothing(backend: Backend) {
 
 async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
     let (db, store) = open(backend).await;
-    let (job, _) = store.create_job(new_job("mono", 1)).await.unwrap();
-    store.add_urls(job.id, &urls("a.example", 1), recheck()).await.unwrap();
-    store.seal_job(job.id, seal("mono", 1, job.priority)).await.unwrap();
+    // The lease holds a second URL, never reported: it stays live, so every result below counts.
+    let (job, _) = store.create_job(new_job("mono", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("mono", 2, job.priority)).await.unwrap();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let url_id = lease.urls[0].0;
-    let t = now_ms();
+    // Every time below lies between the grant and the ingest, where the coordinator keeps them.
+    let base = now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t = base + 100;
     store.ingest(&[result(&lease, url_id, 404, t)]).await.unwrap();
-    store.ingest(&[result(&lease, url_id, 200, t - 60_000)]).await.unwrap();
-    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 404, "the newer result stays");
+    store.ingest(&[result(&lease, url_id, 200, t - 60)]).await.unwrap();
+    assert_eq!(
+        db.scalar("SELECT CAST(status AS BIGINT) FROM urls WHERE status IS NOT NULL").await,
+        404,
+        "the newer result stays"
+    );
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "both are history");
     store.ingest(&[result(&lease, url_id, 200, t + 1)]).await.unwrap();
-    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, 200);
+    assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls WHERE status IS NOT NULL").await, 200);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.ok), (1, 1, 0), "the first result counted, once");
 
@@ -64,7 +75,7 @@ async fn an_older_result_never_overwrites_a_newer_one(backend: Backend) {
             .ingest(&[result(&lease, url_id, first.0, first.1), result(&lease, url_id, second.0, second.1)])
             .await
             .unwrap();
-        assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls").await, latest);
+        assert_eq!(db.scalar("SELECT CAST(status AS BIGINT) FROM urls WHERE status IS NOT NULL").await, latest);
     }
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 8, "an equally new second result is a replay");
     let kept = db.scalar("SELECT CAST(status AS BIGINT) FROM checks ORDER BY checked_at DESC LIMIT 1").await;
@@ -81,13 +92,85 @@ async fn results_under_no_granted_lease_or_a_stale_epoch_are_refused(backend: Ba
     let stale = LeaseGrant { epoch: lease.epoch - 1, ..lease.clone() };
     let forged = LeaseGrant { id: lease.id + 1_000, ..lease.clone() };
     let touched = store.ingest(&[result(&stale, a, 404, now_ms()), result(&forged, b, 404, now_ms())]).await.unwrap();
-    assert_eq!(touched.refused, 2);
+    assert_eq!(reasons(&touched), [Refusal::StaleEpoch, Refusal::NoSuchLease]);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.broken, j.counts.leased), (0, 0, 2), "refused results change nothing");
 
     // The honest path still works, in the same batch as a forged result.
     let touched = store.ingest(&[result(&lease, a, 200, now_ms()), result(&forged, b, 404, now_ms())]).await.unwrap();
-    assert_eq!(touched.refused, 1);
+    assert_eq!(reasons(&touched), [Refusal::NoSuchLease]);
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.checked, j.counts.ok, j.counts.broken), (1, 1, 0));
+}
+
+fn reasons(t: &urlfleet_coordinator::store::Touched) -> Vec<Refusal> {
+    t.refused.iter().map(|r| r.reason).collect()
+}
+
+async fn only_the_holder_may_report_and_only_urls_its_live_lease_holds(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("held", 3)).await.unwrap();
+    store.add_urls(job.id, &urls("h.example", 2), recheck()).await.unwrap();
+    store.add_urls(job.id, &urls("other.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("held", 3, job.priority)).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let other = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let (a, b) = (lease.urls[0].0, lease.urls[1].0);
+    let now = now_ms();
+    // Another worker, and a URL of another lease under this one: refused, nothing stored.
+    let thief = LeaseGrant { holder: "thief".into(), ..lease.clone() };
+    let touched =
+        store.ingest(&[result(&thief, a, 404, now), result(&lease, other.urls[0].0, 404, now)]).await.unwrap();
+    assert_eq!(reasons(&touched), [Refusal::NotHolder, Refusal::NotInLease]);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 0);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM urls WHERE status IS NOT NULL").await, 0);
+
+    // Another session cannot renew or end the holder's leases.
+    assert!(store.renew_leases("thief", &[lease.id], TTL, TTL).await.unwrap().is_empty());
+    store.expire_worker_leases("thief", &[lease.id]).await.unwrap();
+    assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 0, "the thief ended nothing");
+    assert_eq!(store.renew_leases("w", &[lease.id, lease.id, 9_999], TTL, TTL).await.unwrap(), [lease.id]);
+
+    // Once the lease ended, a replay of what it stored is accepted and changes nothing; a result it
+    // never stored is refused.
+    store.ingest(&[result(&lease, a, 200, now), result(&lease, b, 200, now)]).await.unwrap();
+    let done = store.get_job(job.id).await.unwrap().unwrap();
+    let touched = store.ingest(&[result(&lease, a, 200, now)]).await.unwrap();
+    assert!(touched.refused.is_empty(), "{touched:?}");
+    let touched = store.ingest(&[result(&lease, a, 500, now + 1)]).await.unwrap();
+    assert!(touched.refused.is_empty(), "a second verdict of a URL its ended lease stored is a replay: {touched:?}");
+    assert_eq!(store.get_job(job.id).await.unwrap().unwrap(), done);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "and is not stored");
+
+    // An expired lease counts nothing more.
+    store.expire_worker_leases("w", &[other.id]).await.unwrap();
+    assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 1);
+    let touched = store.ingest(&[result(&other, other.urls[0].0, 200, now_ms())]).await.unwrap();
+    assert_eq!(reasons(&touched), [Refusal::LeaseEnded]);
+}
+
+const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn the_coordinators_clock_orders_results(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("clock", 1)).await.unwrap();
+    store.add_urls(job.id, &urls("c.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("clock", 1, job.priority)).await.unwrap();
+    let before = now_ms();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let url_id = lease.urls[0].0;
+    // A verdict dated 2036 is stored as of its arrival, so a later check can overwrite it.
+    store.ingest(&[result(&lease, url_id, 200, 2_100_000_000_000)]).await.unwrap();
+    let after = now_ms();
+    let stored = db.scalar("SELECT checked_at FROM urls").await;
+    assert!((before..=after).contains(&stored), "{stored} not in {before}..={after}");
+    // One dated before its lease was granted is stored as of the grant.
+    let (job, _) = store.create_job(new_job("clock2", 1)).await.unwrap();
+    store.add_urls(job.id, &urls("d.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("clock2", 1, job.priority)).await.unwrap();
+    let granted_after = now_ms();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    store.ingest(&[result(&lease, lease.urls[0].0, 200, 1)]).await.unwrap();
+    let stored = db.scalar(&format!("SELECT checked_at FROM urls WHERE id = {}", lease.urls[0].0)).await;
+    assert!(stored >= granted_after, "{stored} < {granted_after}");
 }

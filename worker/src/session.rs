@@ -19,7 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use urlfleet_shared::HostPolicy;
-use urlfleet_shared::ReportedResult;
 use urlfleet_shared::job::PolicyOverride;
 use urlfleet_shared::proto::v1::worker_service_client::WorkerServiceClient;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as In, worker_message::Msg as Out};
@@ -270,6 +269,7 @@ impl Worker {
             Some(In::Lease(lease)) => self.start_lease(lease),
             Some(In::Ack(ack)) => {
                 self.unacked.remove(&ack.batch_id);
+                self.refused(&ack.refused);
             }
             Some(In::Revoke(r)) => {
                 if let Some(token) = self.leases.lock().ok().and_then(|mut l| l.remove(&r.lease_id)) {
@@ -278,6 +278,25 @@ impl Worker {
                 }
             }
             Some(In::Welcome(_)) | None => {}
+        }
+    }
+
+    /// Results the coordinator refused are dropped with the batch; a lease it no longer counts as
+    /// this worker's is given up, so its remaining checks are not made for nothing.
+    fn refused(&mut self, refused: &[pb::RefusedResult]) {
+        let Some(first) = refused.first() else { return };
+        warn!(
+            refused = refused.len(),
+            lease.id = first.lease_id,
+            reason = %first.reason,
+            "the coordinator refused results; they are not stored"
+        );
+        let gone = ["no_such_lease", "not_holder", "stale_epoch", "lease_ended"];
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for r in refused.iter().filter(|r| gone.contains(&r.reason.as_str())) {
+            if let Some(token) = leases.remove(&r.lease_id) {
+                token.cancel();
+            }
         }
     }
 
@@ -326,7 +345,7 @@ impl Worker {
                 let urls = lease.urls.into_iter().map(|u| (u.url_id, u.url)).collect();
                 crate::engine::check_batch(&engine, urls, policy, &token, |url_id, outcome| {
                     let result = (!token.is_cancelled())
-                        .then(|| pb::CheckResult::from(&ReportedResult { lease_id, epoch, url_id, outcome }));
+                        .then(|| urlfleet_shared::convert::check_result(lease_id, epoch, url_id, &outcome));
                     outstanding.fetch_sub(1, Ordering::Relaxed);
                     let _ = finished.send(result);
                 })

@@ -68,7 +68,13 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             o.status = Some(200);
             o.checked_at_ms = now;
             o.content_type = Some("text/html".into());
-            urlfleet_shared::ReportedResult { lease_id: *lease, epoch: *epoch, url_id: *id, outcome: o }
+            urlfleet_shared::ReportedResult {
+                reporter: "bench".into(),
+                lease_id: *lease,
+                epoch: *epoch,
+                url_id: *id,
+                outcome: o,
+            }
         })
         .collect();
     // The coordinator's pipeline: batches of 500 as workers send them, many in flight (as from

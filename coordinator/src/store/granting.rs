@@ -266,6 +266,7 @@ async fn grant(
         grants.push(LeaseGrant {
             id,
             epoch: c.epoch + 1,
+            holder: req.worker_id.clone(),
             host: c.host,
             urls,
             deadline_ms: deadline,

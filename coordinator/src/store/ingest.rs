@@ -2,15 +2,16 @@
 //! newest of each URL as its latest state (monotonic), its open `job_urls` rows finished — then the
 //! job counters, the frontier, lease ends, host pauses and job completion. Replays change nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeClass, ReportedResult};
 
 use super::db::{Tx, sql};
 use super::jobs::{JobDeltas, add_host_pending, complete_if_done};
 use super::leasing::close_lease_urls;
-use super::{SqlStore, StoreResult, Touched};
+use super::{RefusedResult, SqlStore, StoreResult, Touched};
 
 /// A `job_urls` row an ingest finished: its job, URL, lease (`None` for a row that was still
 /// pending: a pending row never holds a lease) and host.
@@ -37,6 +38,79 @@ pub(crate) fn newest_per_url<'a>(results: &[&'a ReportedResult]) -> Vec<&'a Repo
     v
 }
 
+/// What the fence knows of one lease a chunk's results name.
+#[derive(sqlx::FromRow)]
+struct FencedLease {
+    id: i64,
+    epoch: i64,
+    holder: String,
+    active: bool,
+    created_at: i64,
+}
+
+/// Splits a chunk into the results that may be stored — each bounded by the coordinator's clock —
+/// and the refused ones. A result counts only for a URL its lease holds (a `job_urls` row names the
+/// lease), under a live lease held by its reporter, at the lease's epoch. A result of an ended lease
+/// that was stored under it before is a replay: it is accepted, and changes nothing.
+async fn fence(
+    tx: &mut Tx,
+    results: &[ReportedResult],
+    now: i64,
+) -> StoreResult<(Vec<ReportedResult>, Vec<RefusedResult>)> {
+    let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
+    let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id IN (");
+    q.push_list(lease_ids.iter().copied()).push(")");
+    let leases: HashMap<i64, FencedLease> =
+        q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
+    let live: Vec<i64> = leases.values().filter(|l| l.active).map(|l| l.id).collect();
+    let mut held: HashSet<(i64, i64)> = HashSet::new();
+    if !live.is_empty() {
+        let mut q = sql("SELECT lease_id, url_id FROM job_urls WHERE lease_id IN (");
+        q.push_list(live).push(")");
+        held.extend(q.fetch_all::<(i64, i64)>(tx).await?);
+    }
+    let mut accepted = Vec::with_capacity(results.len());
+    let mut ended = Vec::new();
+    let mut refused = Vec::new();
+    for r in results {
+        let verdict = match leases.get(&r.lease_id) {
+            None => Err(Refusal::NoSuchLease),
+            Some(l) if l.holder != *r.reporter => Err(Refusal::NotHolder),
+            Some(l) if l.epoch != r.epoch => Err(Refusal::StaleEpoch),
+            Some(l) if !l.active => Err(Refusal::LeaseEnded),
+            Some(_) if !held.contains(&(r.lease_id, r.url_id)) => Err(Refusal::NotInLease),
+            Some(l) => Ok(l.created_at),
+        };
+        match verdict {
+            Ok(granted) => {
+                let mut r = r.clone();
+                r.outcome.checked_at_ms = r.outcome.checked_at_ms.clamp(granted, now.max(granted));
+                accepted.push(r);
+            }
+            Err(Refusal::LeaseEnded) => ended.push(r),
+            Err(reason) => refused.push(refusal(r, reason)),
+        }
+    }
+    if !ended.is_empty() {
+        // A replay of a result stored under its lease before: its history row names the lease.
+        let mut q = sql("SELECT url_id, lease_id FROM checks WHERE url_id IN (");
+        q.push_list(ended.iter().map(|r| r.url_id)).push(") AND lease_id IN (");
+        q.push_list(ended.iter().map(|r| r.lease_id).collect::<BTreeSet<_>>()).push(")");
+        let stored: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().collect();
+        refused.extend(
+            ended
+                .into_iter()
+                .filter(|r| !stored.contains(&(r.url_id, r.lease_id)))
+                .map(|r| refusal(r, Refusal::LeaseEnded)),
+        );
+    }
+    Ok((accepted, refused))
+}
+
+fn refusal(r: &ReportedResult, reason: Refusal) -> RefusedResult {
+    RefusedResult { reporter: r.reporter.clone(), lease_id: r.lease_id, url_id: r.url_id, reason }
+}
+
 impl SqlStore {
     pub(crate) async fn ingest_impl(&self, results: &[ReportedResult]) -> StoreResult<Touched> {
         if results.is_empty() {
@@ -44,21 +118,20 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        // Fencing: a result counts only under a lease that was granted, at that lease's epoch.
-        let lease_ids: HashSet<i64> = results.iter().map(|r| r.lease_id).collect();
-        let mut q = sql("SELECT id, epoch FROM leases WHERE id IN (");
-        q.push_list(lease_ids).push(")");
-        let epochs: HashMap<i64, i64> = q.fetch_all::<(i64, i64)>(&mut tx).await?.into_iter().collect();
-        let accepted: Vec<&ReportedResult> =
-            results.iter().filter(|r| epochs.get(&r.lease_id) == Some(&r.epoch)).collect();
-        let refused = (results.len() - accepted.len()) as u64;
-        if refused > 0 {
-            tracing::warn!(refused, "results under no granted lease or at a stale epoch refused");
+        let (accepted, refused) = fence(&mut tx, results, now).await?;
+        if !refused.is_empty() {
+            tracing::warn!(
+                refused = refused.len(),
+                reason = refused[0].reason.as_str(),
+                worker.id = %refused[0].reporter,
+                "results refused: not under a live lease the reporter holds"
+            );
         }
         if accepted.is_empty() {
             tx.commit().await?;
             return Ok(Touched { refused, ..Touched::default() });
         }
+        let accepted: Vec<&ReportedResult> = accepted.iter().collect();
         let newest = newest_per_url(&accepted);
         let finished = match &mut tx {
             Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest).await?,
@@ -119,5 +192,5 @@ async fn settle(
     let jobs = deltas.jobs();
     complete_if_done(&mut tx, &jobs, now).await?;
     tx.commit().await?;
-    Ok(Touched { jobs, expired_leases: 0, refused: 0 })
+    Ok(Touched { jobs, expired_leases: 0, refused: Vec::new() })
 }

@@ -44,23 +44,39 @@ pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, no
 }
 
 impl SqlStore {
-    pub(crate) async fn renew_leases_impl(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
+    pub(crate) async fn renew_leases_impl(
+        &self,
+        worker_id: &str,
+        lease_ids: &[i64],
+        ttl: Duration,
+        max_life: Duration,
+    ) -> StoreResult<Vec<i64>> {
         let until = now_ms() + ms(ttl);
+        let mut ids = lease_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut renewed = Vec::with_capacity(ids.len());
         let mut conn = self.db.acquire().await?;
-        for chunk in lease_ids.chunks(IDS_PER_STATEMENT) {
-            let mut q = sql("UPDATE leases SET expires_at = ");
-            q.push_bind(until).push(" WHERE holder = ").push_bind(worker_id.to_string());
-            q.push(" AND active AND id IN (").push_list(chunk.iter().copied()).push(")");
-            q.execute(&mut conn).await?;
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            // A lease lives at most `max_life`: heartbeats alone cannot hold a host's URLs forever.
+            let mut q = sql("UPDATE leases SET expires_at = CASE WHEN created_at + ");
+            q.push_bind(ms(max_life)).push(" < ").push_bind(until).push(" THEN created_at + ");
+            q.push_bind(ms(max_life)).push(" ELSE ").push_bind(until).push(" END WHERE holder = ");
+            q.push_bind(worker_id.to_string()).push(" AND active AND id IN (").push_list(chunk.iter().copied());
+            q.push(") RETURNING id");
+            renewed.extend(q.fetch_all::<(i64,)>(&mut conn).await?.into_iter().map(|(id,)| id));
         }
-        Ok(())
+        Ok(renewed)
     }
 
-    pub(crate) async fn expire_worker_leases_impl(&self, worker_id: &str) -> StoreResult<()> {
-        sql("UPDATE leases SET expires_at = 0 WHERE holder = $1 AND active")
-            .bind(worker_id.to_string())
-            .execute(&mut self.db.acquire().await?)
-            .await?;
+    pub(crate) async fn expire_worker_leases_impl(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()> {
+        let mut conn = self.db.acquire().await?;
+        for chunk in lease_ids.chunks(IDS_PER_STATEMENT) {
+            let mut q = sql("UPDATE leases SET expires_at = 0 WHERE holder = ");
+            q.push_bind(worker_id.to_string()).push(" AND active AND id IN (").push_list(chunk.iter().copied());
+            q.push(")");
+            q.execute(&mut conn).await?;
+        }
         Ok(())
     }
 
@@ -116,6 +132,6 @@ impl SqlStore {
         let jobs = deltas.jobs();
         complete_if_done(&mut tx, &jobs, now).await?;
         tx.commit().await?;
-        Ok(Touched { jobs, expired_leases: expired.len() as u64, refused: 0 })
+        Ok(Touched { jobs, expired_leases: expired.len() as u64, refused: Vec::new() })
     }
 }

@@ -154,6 +154,8 @@ pub struct LeaseGrant {
     pub id: i64,
     /// Fencing epoch of the host: results must carry it.
     pub epoch: i64,
+    /// The worker holding it: only its results count.
+    pub holder: String,
     /// Host.
     pub host: String,
     /// (url id, url), in the order to check them.
@@ -175,8 +177,21 @@ pub struct Touched {
     pub jobs: Vec<i64>,
     /// Leases that expired (reaping only).
     pub expired_leases: u64,
-    /// Results refused because their lease id and epoch name no lease that was granted (ingest only).
-    pub refused: u64,
+    /// Results an ingest refused (see [`Store::ingest`]).
+    pub refused: Vec<RefusedResult>,
+}
+
+/// A result an ingest refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedResult {
+    /// The worker that reported it.
+    pub reporter: std::sync::Arc<str>,
+    /// Its lease id, as reported.
+    pub lease_id: i64,
+    /// Its URL id, as reported.
+    pub url_id: i64,
+    /// Why.
+    pub reason: urlfleet_shared::outcome::Refusal,
 }
 
 /// The frontier at a glance.
@@ -299,16 +314,26 @@ pub trait Store: Send + Sync + 'static {
     /// `req` and all together holding at most `credits` URLs; empty when no work is ready.
     async fn acquire_leases(&self, req: &LeaseRequest, credits: u64, max_leases: usize)
     -> StoreResult<Vec<LeaseGrant>>;
-    /// Renews the worker's leases.
-    async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()>;
-    /// Makes every lease of the worker expire now (the worker went away).
-    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()>;
+    /// Renews those of `lease_ids` that the worker holds for `ttl`, but never beyond `max_life` after
+    /// each was granted; returns the ids renewed.
+    async fn renew_leases(
+        &self,
+        worker_id: &str,
+        lease_ids: &[i64],
+        ttl: Duration,
+        max_life: Duration,
+    ) -> StoreResult<Vec<i64>>;
+    /// Makes those of `lease_ids` that the worker holds expire now (the worker's session that held
+    /// them went away).
+    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()>;
     /// Returns the URLs of expired leases to the frontier, failing those whose leases expired
     /// `max_attempts` times.
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
     /// Persists reported results: latest state (monotonic), history (idempotent), job progress.
-    /// Results whose lease id and epoch name no granted lease are refused (counted in
-    /// [`Touched::refused`]) and change nothing.
+    /// A result is stored only for a URL its lease holds, under a live lease held by its reporter, at
+    /// the lease's epoch; a replay of one stored before is accepted and changes nothing; any other
+    /// is refused (listed in [`Touched::refused`]) and changes nothing. The coordinator's clock orders
+    /// results: a result's time is clamped between its lease's grant and now.
     async fn ingest(&self, results: &[ReportedResult]) -> StoreResult<Touched>;
     /// Active leases and frontier depth, for metrics.
     async fn frontier_stats(&self) -> StoreResult<FrontierStats>;
@@ -359,11 +384,17 @@ impl Store for SqlStore {
     ) -> StoreResult<Vec<LeaseGrant>> {
         self.acquire_leases_impl(req, credits, max_leases).await
     }
-    async fn renew_leases(&self, worker_id: &str, lease_ids: &[i64], ttl: Duration) -> StoreResult<()> {
-        self.renew_leases_impl(worker_id, lease_ids, ttl).await
+    async fn renew_leases(
+        &self,
+        worker_id: &str,
+        lease_ids: &[i64],
+        ttl: Duration,
+        max_life: Duration,
+    ) -> StoreResult<Vec<i64>> {
+        self.renew_leases_impl(worker_id, lease_ids, ttl, max_life).await
     }
-    async fn expire_worker_leases(&self, worker_id: &str) -> StoreResult<()> {
-        self.expire_worker_leases_impl(worker_id).await
+    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()> {
+        self.expire_worker_leases_impl(worker_id, lease_ids).await
     }
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched> {
         self.reap_expired_impl(max_attempts).await
