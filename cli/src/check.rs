@@ -1,17 +1,18 @@
-//! `urlfleet check`: a whole cluster in one process — an embedded coordinator on a loopback port with
-//! the chosen store (SQLite by default), one worker connected to it over gRPC, and a client that
-//! submits the list, follows the job and prints the summary. The same code paths as a cluster, so
-//! what works here works there.
+//! `urlfleet check`: a whole cluster in one process — an embedded coordinator with the chosen store
+//! (SQLite by default), one worker connected to it over gRPC, and a client that submits the list,
+//! follows the job and prints the summary. The same code paths as a cluster, so what works here works
+//! there; but the gRPC connections are in-memory pipes, not sockets: no other process on the machine
+//! can reach the embedded coordinator (and forge its verdicts).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use urlfleet_coordinator::CoordinatorConfig;
 use urlfleet_shared::HostPolicy;
+use urlfleet_shared::connect::{ClientAuth, Target};
 use urlfleet_shared::job::{JobCounts, JobOptions, PolicyOverride};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_worker::WorkerConfig;
@@ -67,19 +68,22 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
         return run_without_store(args, started).await;
     }
     let store = urlfleet_coordinator::store::connect(&args.db).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded coordinator")?;
-    let addr = format!("http://{}", listener.local_addr()?);
-    let mut config = CoordinatorConfig::new(listener.local_addr()?, args.db.clone());
+    let (connector, incoming) = urlfleet_shared::inprocess::pair();
+    let target = Target::InProcess(connector.clone());
+    let mut config = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), args.db.clone());
     // One worker on the same machine: leases may be large and their TTL short.
     config.lease_size = 2_000;
     config.lease_size_lifted = 2_000;
     config.max_host_concurrency = config.max_host_concurrency.max(args.concurrency as u32);
+    // Its only worker is this process: a lease may take as long as the list's slowest host.
+    config.max_lease_life = Duration::from_secs(7 * 24 * 3_600);
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
-    let coordinator = tokio::spawn(urlfleet_coordinator::run(listener, store, config, async {
+    let coordinator = tokio::spawn(urlfleet_coordinator::run(incoming, store, config, async {
         let _ = coordinator_stopped.await;
     }));
 
-    let mut worker_config = WorkerConfig::new(addr.clone());
+    let mut worker_config = WorkerConfig::new("");
+    worker_config.in_process = Some(connector);
     worker_config.worker_id = Some(format!("check-{}", std::process::id()));
     worker_config.concurrency = args.concurrency;
     worker_config.timeout = args.timeout;
@@ -94,7 +98,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
 
     let options = job_options(&args);
     let outcome = async {
-        let mut c = client::connect(&addr).await?;
+        let mut c = client::connect(&target, &ClientAuth::default()).await?;
         let span = tracing::info_span!("submit", otel.kind = "client", file = %args.file.display());
         let resp = tracing::Instrument::instrument(client::submit(&mut c, &args.file, (&options).into()), span).await?;
         let job = resp.job.unwrap_or_default();

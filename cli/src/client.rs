@@ -1,14 +1,13 @@
 //! A gRPC client of any coordinator: submit a URL list as a stream, watch a job, read results.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use urlfleet_shared::connect::{AuthChannel, ClientAuth, Target};
 use urlfleet_shared::proto::v1::{self as pb, job_service_client::JobServiceClient};
 
 /// URLs per SubmitJob message.
@@ -17,17 +16,14 @@ const CHUNK: usize = 1_000;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// A connected client.
-pub type Client = JobServiceClient<Channel>;
+pub type Client = JobServiceClient<AuthChannel>;
 
-/// Connects to a coordinator at `addr` (`http://host:port`).
-pub async fn connect(addr: &str) -> Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("bad coordinator address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {addr}"))?;
-    Ok(JobServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+/// Connects to a coordinator, presenting the configured token on every call.
+pub async fn connect(target: &Target, auth: &ClientAuth) -> Result<Client> {
+    let channel = auth.channel(target).await?;
+    Ok(JobServiceClient::with_interceptor(channel, auth.bearer()?)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 /// The lines of a URL list: `input` is a file path, or `-` for standard input.

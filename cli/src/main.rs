@@ -45,9 +45,17 @@ struct Cli {
 /// Connection to a coordinator.
 #[derive(clap::Args, Clone)]
 struct Remote {
-    /// Coordinator address.
+    /// Coordinator address: http://HOST:PORT, or https://HOST:PORT for TLS.
     #[arg(long, env = "URLFLEET_COORDINATOR", default_value = "http://127.0.0.1:7700")]
     coordinator: String,
+    #[command(flatten)]
+    auth: urlfleet_shared::connect::ClientAuth,
+}
+
+impl Remote {
+    async fn connect(&self) -> Result<client::Client> {
+        client::connect(&urlfleet_shared::connect::Target::Address(self.coordinator.clone()), &self.auth).await
+    }
 }
 
 /// Options of a submitted job.
@@ -215,7 +223,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { file, watch, job, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let span = tracing::info_span!("submit", otel.kind = "client", file = %file.display());
             let resp = client::submit(&mut c, &file, (&job.options()).into()).instrument(span).await?;
             let submitted = resp.job.unwrap_or_default();
@@ -231,7 +239,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(gate(&done))
         }
         Command::Jobs { state, limit, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let states = state.map(|s| vec![pb::JobState::from(s) as i32]).unwrap_or_default();
             let resp = c
                 .list_jobs(pb::ListJobsRequest { page_size: limit, page_token: String::new(), states })
@@ -242,19 +250,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { id, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let job = c.get_job(pb::GetJobRequest { id }).await.map_err(client::status_error)?.into_inner();
             println!("{}", output::job_details(&job));
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { id, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let done = follow(&mut c, id).await?;
             println!("{}", output::job_details(&done));
             Ok(gate(&done))
         }
         Command::Results { id, only, format, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let classes: Vec<pb::OutcomeClass> = only.into_iter().map(Into::into).collect();
             let stdout = std::io::stdout().lock();
             let mut w = output::ResultWriter::new(std::io::BufWriter::new(stdout), format);
@@ -263,7 +271,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id, remote } => {
-            let mut c = client::connect(&remote.coordinator).await?;
+            let mut c = remote.connect().await?;
             let job = c.cancel_job(pb::CancelJobRequest { id }).await.map_err(client::status_error)?.into_inner();
             println!("{}", output::progress_line(&job));
             Ok(ExitCode::SUCCESS)

@@ -10,6 +10,8 @@ use urlfleet_shared::{LeaseBudget, SitePoliteness};
 
 /// The most concurrent requests to one host a job may ask for, by default.
 pub const DEFAULT_MAX_HOST_CONCURRENCY: u32 = 1_024;
+/// Largest gRPC message accepted by default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Outstanding credits of one worker session, at most, by default (a worker's default grant).
 pub const DEFAULT_MAX_WORKER_CREDITS: u32 = 65_536;
 
@@ -79,6 +81,53 @@ pub struct CoordinatorConfig {
     /// arrival: no report can freeze a host for every job.
     #[arg(long, env = "URLFLEET_MAX_HOST_PAUSE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_host_pause: Duration,
+    /// Token list file: one `ROLE NAME TOKEN` a line (roles worker, submitter, admin). Without a
+    /// token list (here or in URLFLEET_TOKENS) every caller is an anonymous admin.
+    #[arg(long, env = "URLFLEET_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// The token list inline (`;` separates entries), e.g. from a Secret.
+    #[arg(long = "tokens", env = "URLFLEET_TOKENS", hide_env_values = true)]
+    pub tokens_inline: Option<String>,
+    /// Serve without tokens on an address that is not loopback (anyone who reaches it is admin).
+    #[arg(long, env = "URLFLEET_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Serve the worker protocol on this address only (with its own TLS client-certificate check),
+    /// not on `--listen`.
+    #[arg(long, env = "URLFLEET_WORKER_LISTEN")]
+    pub worker_listen: Option<SocketAddr>,
+    /// Serve gRPC server reflection (service discovery for tools like grpcurl).
+    #[arg(long, env = "URLFLEET_REFLECTION")]
+    pub reflection: bool,
+    /// TLS certificate chain (PEM) of every listener; with `--tls-key`, the coordinator serves TLS only.
+    #[arg(long, env = "URLFLEET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "URLFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA (PEM) that signs worker client certificates: workers must then present one (mutual TLS).
+    #[arg(long, env = "URLFLEET_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Concurrent gRPC streams one connection may open.
+    #[arg(long, env = "URLFLEET_MAX_CONCURRENT_STREAMS", default_value_t = 64)]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive: a ping after this long without traffic…
+    #[arg(long, env = "URLFLEET_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// …and the connection closes when its answer takes longer than this.
+    #[arg(long, env = "URLFLEET_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Largest gRPC message accepted (a URL chunk or a result batch), in bytes.
+    #[arg(long, env = "URLFLEET_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Most entries (valid or not) one job may hold; a submission over it fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "URLFLEET_MAX_JOB_URLS", default_value_t = 10_000_000)]
+    pub max_job_urls: u64,
+    /// An invalid entry is kept (and listed) cut to this many bytes.
+    #[arg(long, env = "URLFLEET_MAX_INVALID_ENTRY_BYTES", default_value_t = 1_024)]
+    pub max_invalid_entry_bytes: usize,
+    /// Largest encoded job options (name, labels, per-host policies, …), in bytes.
+    #[arg(long, env = "URLFLEET_MAX_OPTIONS_BYTES", default_value_t = 65_536)]
+    pub max_options_bytes: usize,
     /// An identical submission within this window returns the existing job.
     #[arg(long, env = "URLFLEET_UNIQUE_WINDOW", default_value = "600s", value_parser = humantime::parse_duration)]
     pub unique_window: Duration,
@@ -143,6 +192,21 @@ impl CoordinatorConfig {
         Ok(())
     }
 
+    /// The TLS settings of the listeners, when a certificate is configured.
+    pub fn server_tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let read =
+            |p: &std::path::PathBuf| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.tls_client_ca {
+            // The job API stays usable without a client certificate on a shared listener; the worker
+            // protocol's gate demands one.
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?)).client_auth_optional(true);
+        }
+        Ok(Some(tls))
+    }
+
     /// This coordinator's politeness settings.
     pub fn site_politeness(&self) -> SitePoliteness {
         SitePoliteness {
@@ -170,6 +234,21 @@ impl CoordinatorConfig {
             reap_interval: Duration::from_secs(1),
             unique_window: policy::DEFAULT_UNIQUE_WINDOW,
             max_worker_credits: DEFAULT_MAX_WORKER_CREDITS,
+            tokens_file: None,
+            tokens_inline: None,
+            allow_unauthenticated: false,
+            worker_listen: None,
+            reflection: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            max_concurrent_streams: 64,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_job_urls: 10_000_000,
+            max_invalid_entry_bytes: 1_024,
+            max_options_bytes: 65_536,
             max_lease_life: Duration::from_secs(3_600),
             max_host_pause: Duration::from_secs(300),
             min_host_interval: Duration::ZERO,

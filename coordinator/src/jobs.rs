@@ -18,6 +18,7 @@ use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
 use urlfleet_shared::time::{ms, now_ms};
 use urlfleet_shared::{OutcomeClass, telemetry};
 
+use crate::auth::Caller;
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
 use crate::store::{JobRecord, NewJob, PlannedUrl, ResultCursor, ResultPage, ResultRow, Seal, Store, StoreError};
@@ -94,16 +95,18 @@ impl JobService for JobApi {
         if let Some(t) = span.in_scope(telemetry::current_trace_id) {
             span.record("trace_id", t);
         }
-        self.submit(request.into_inner()).instrument(span).await
+        let caller = Caller::of(&request)?;
+        self.submit(&caller, request.into_inner()).instrument(span).await
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let id = request.into_inner().id;
-        let job = self.store.get_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
+        let caller = Caller::of(&request)?;
+        let job = self.job_of(&caller, request.into_inner().id).await?;
         Ok(Response::new(job_to_pb(&job)))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let limit = match req.page_size {
             0 => 50,
@@ -119,7 +122,7 @@ impl JobService for JobApi {
             .map(|s| JobState::try_from(*s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let jobs = self.store.list_jobs(&states, before, limit).await.map_err(store_status)?;
+        let jobs = self.store.list_jobs(&states, caller.scope(), before, limit).await.map_err(store_status)?;
         let next_page_token = if jobs.len() as u32 == limit {
             jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
         } else {
@@ -131,8 +134,9 @@ impl JobService for JobApi {
     type WatchJobStream = BoxStream<pb::JobEvent>;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
-        let job = self.store.get_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
+        let job = self.job_of(&caller, id).await?;
         let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
         let mut changes = self.events.subscribe_jobs();
@@ -193,7 +197,9 @@ impl JobService for JobApi {
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
+        self.job_of(&caller, id).await?;
         let (job, revoked) = self.store.cancel_job(id).await.map_err(store_status)?.ok_or_else(|| not_found(id))?;
         for lease in revoked {
             self.events.lease_revoked(lease);
@@ -209,8 +215,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListResultsRequest>,
     ) -> Result<Response<Self::ListResultsStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        self.store.get_job(req.job_id).await.map_err(store_status)?.ok_or_else(|| not_found(req.job_id))?;
+        self.job_of(&caller, req.job_id).await?;
         let mut classes = Vec::new();
         for c in &req.classes {
             let c =
@@ -254,6 +261,14 @@ impl JobService for JobApi {
 }
 
 impl JobApi {
+    /// A job the caller may see: another owner's job is as absent as one that does not exist.
+    async fn job_of(&self, caller: &Caller, id: i64) -> Result<JobRecord, Status> {
+        match self.store.get_job(id).await.map_err(store_status)? {
+            Some(job) if caller.may_touch(&job.owner) => Ok(job),
+            _ => Err(not_found(id)),
+        }
+    }
+
     /// The submission itself, inside the `submit_job` span. The job is created at the first message
     /// and its URLs are stored while the stream goes on, a few batches at a time: the next message is
     /// read only when a write slot is free, so the client sends at the pace the store accepts and the
@@ -261,10 +276,18 @@ impl JobApi {
     /// decides whether it duplicates an active job; a failed submission leaves nothing behind.
     async fn submit(
         &self,
+        caller: &Caller,
         mut stream: Streaming<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let options = match stream.message().await? {
             Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(o)) }) => {
+                let size = prost::Message::encoded_len(&o);
+                if size > self.config.max_options_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "the job options take {size} bytes; at most {} (--max-options-bytes)",
+                        self.config.max_options_bytes
+                    )));
+                }
                 let options = JobOptions::try_from(&o).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.config.check_bounds(&options).map_err(Status::invalid_argument)?;
                 options
@@ -282,6 +305,7 @@ impl JobApi {
             not_before_ms: if options.waits_for_size() { i64::MAX } else { options.not_before_ms.unwrap_or(0) },
             options: options.clone(),
             trace_parent,
+            owner: caller.name.to_string(),
         };
         let (job, existing) = self.store.create_job(new).await.map_err(store_status)?;
         tracing::Span::current().record("job.id", job.id);
@@ -294,9 +318,10 @@ impl JobApi {
         let planning = tracing::info_span!("plan", job.id = job.id, urls = tracing::field::Empty);
         let api = self.clone();
         let job_id = job.id;
+        let owner = caller.name.clone();
         let receiving = tokio::spawn(
             async move {
-                match api.receive(job_id, &options, stream).instrument(planning).await {
+                match api.receive(job_id, &owner, &options, stream).instrument(planning).await {
                     Ok(done) => Ok(done),
                     Err(status) => {
                         if let Err(e) = api.store.discard_job(job_id).await {
@@ -317,11 +342,13 @@ impl JobApi {
     async fn receive(
         &self,
         job_id: i64,
+        owner: &str,
         options: &JobOptions,
         mut stream: Streaming<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let recheck = options.recheck();
-        let mut planner = Planner::new(options, ADD_LANES);
+        let mut planner =
+            Planner::new(options, ADD_LANES).with_invalid_entry_bytes(self.config.max_invalid_entry_bytes);
         // Each host's lease budget from this job's politeness for it: a polite host one lease at a
         // time of about a lease span of requests, a host whose limits are lifted several at once.
         let mut budgets: HashMap<String, LeaseBudget> = HashMap::new();
@@ -362,6 +389,12 @@ impl JobApi {
             match stream.message().await? {
                 Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(chunk)) }) => {
                     chunk.urls.iter().for_each(|u| planner.push(u));
+                    if planner.received() > self.config.max_job_urls {
+                        return Err(Status::resource_exhausted(format!(
+                            "the job has more than {} entries (--max-job-urls)",
+                            self.config.max_job_urls
+                        )));
+                    }
                 }
                 Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(_)) }) => {
                     return Err(Status::invalid_argument("options may only be sent once, first"));
@@ -380,7 +413,8 @@ impl JobApi {
             self.store.add_invalid(job_id, 1, &plan.invalid).await.map_err(store_status)?;
         }
         let seal = Seal {
-            unique_key: plan.unique_key.clone(),
+            // Only the owner's own jobs absorb a duplicate submission.
+            unique_key: crate::store::owned_key(owner, &plan.unique_key),
             unique_window: self.config.unique_window,
             received: plan.received,
             duplicates: plan.duplicates,
@@ -456,6 +490,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         not_before_ms: j.not_before_ms,
         labels: j.options.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         options: Some((&j.options).into()),
+        owner: j.owner.clone(),
     }
 }
 

@@ -13,6 +13,7 @@
 //!   listener until a shutdown future completes.
 //! - [`config`]: the coordinator's typed configuration.
 
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod ingest;

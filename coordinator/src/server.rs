@@ -1,4 +1,5 @@
-//! Wiring of a coordinator: both gRPC services, health and reflection on one listener, plus the
+//! Wiring of a coordinator: both gRPC services behind their token gates, health and (optionally)
+//! reflection, on one listener or with the worker protocol on its own, TLS when configured, plus the
 //! background task that returns expired leases to the frontier.
 
 use std::future::Future;
@@ -12,23 +13,49 @@ use urlfleet_shared::proto::FILE_DESCRIPTOR_SET;
 use urlfleet_shared::proto::v1::job_service_server::JobServiceServer;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerServiceServer;
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::auth::{Gate, Role, Tokens};
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
 use crate::jobs::JobApi;
 use crate::store::Store;
 use crate::work::WorkApi;
 
-/// Largest gRPC message accepted (a result batch or a URL chunk).
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Where a coordinator takes its connections from.
+pub enum Incoming {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// In-process connections (see [`urlfleet_shared::inprocess`]): no socket at all.
+    InProcess(urlfleet_shared::inprocess::Incoming),
+}
 
-/// Serves the coordinator on `listener` until `shutdown` completes. Worker sessions and watch streams
-/// end first, so that the server can drain.
+/// Serves the coordinator on `incoming` (and the worker protocol on `--worker-listen` when set) until
+/// `shutdown` completes. Worker sessions and watch streams end first, so that the server can drain.
 pub async fn run(
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     store: Arc<dyn Store>,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let incoming = incoming.into();
+    let tokens = Tokens::load(config.tokens_file.as_deref(), config.tokens_inline.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .map(Arc::new);
+    if let Incoming::Tcp(l) = &incoming
+        && tokens.is_none()
+        && !config.allow_unauthenticated
+    {
+        let exposed = std::iter::once(l.local_addr()?).chain(config.worker_listen).find(|a| !a.ip().is_loopback());
+        if let Some(a) = exposed {
+            anyhow::bail!(
+                "refusing to serve {a} without tokens: anyone who reaches it could forge results and cancel \
+                 jobs. Give a token list (--tokens-file or URLFLEET_TOKENS), or --allow-unauthenticated"
+            );
+        }
+    }
+    let tls = config.server_tls()?;
     let token = CancellationToken::new();
     let events = Arc::new(Events::default());
     let coordinator_id: Arc<str> = format!("{}-{}", hostname(), std::process::id()).into();
@@ -43,10 +70,16 @@ pub async fn run(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<WorkerServiceServer<WorkApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = if config.reflection {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+    } else {
+        None
+    };
 
     let ingestor =
         crate::ingest::Ingestor::start_with_metrics(store.clone(), config.ingest(), token.clone(), metrics.clone());
@@ -60,8 +93,45 @@ pub async fn run(
         ingestor,
         metrics,
     );
-    let addr = listener.local_addr()?;
-    info!(address = %addr, coordinator.id = %coordinator_id, "coordinator serving");
+    let max = config.max_message_bytes;
+    let jobs = InterceptedService::new(
+        JobServiceServer::new(jobs).max_decoding_message_size(max).max_encoding_message_size(max),
+        Gate::new(tokens.clone(), &[Role::Submitter, Role::Admin], "the job API"),
+    );
+    let in_process = matches!(incoming, Incoming::InProcess(_));
+    let work = InterceptedService::new(
+        WorkerServiceServer::new(work).max_decoding_message_size(max).max_encoding_message_size(max),
+        Gate::new(tokens, &[Role::Worker, Role::Admin], "the worker protocol")
+            .with_client_cert(config.tls_client_ca.is_some() && !in_process),
+    );
+    let builder = || -> anyhow::Result<Server> {
+        let b = Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .tcp_nodelay(true);
+        Ok(match (&tls, in_process) {
+            (Some(tls), false) => b.tls_config(tls.clone())?,
+            _ => b,
+        })
+    };
+    let mut router = builder()?.add_service(health.clone()).add_optional_service(reflection).add_service(jobs);
+    let mut worker_server = None;
+    match config.worker_listen {
+        Some(addr) if !in_process => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            info!(address = %listener.local_addr()?, "worker protocol serving");
+            let stop = token.clone();
+            let serving = builder()?
+                .add_service(health)
+                .add_service(work)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.cancelled().await });
+            worker_server = Some(tokio::spawn(serving));
+        }
+        _ => router = router.add_service(work),
+    }
+    info!(coordinator.id = %coordinator_id, tls = tls.is_some(), "coordinator serving");
 
     let stop = token.clone();
     let signal = async move {
@@ -70,17 +140,32 @@ pub async fn run(
         health_reporter.set_not_serving::<JobServiceServer<JobApi>>().await;
         stop.cancel();
     };
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(JobServiceServer::new(jobs).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(WorkerServiceServer::new(work).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await?;
+    match incoming {
+        Incoming::Tcp(listener) => {
+            info!(address = %listener.local_addr()?, "job API serving");
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal).await?
+        }
+        Incoming::InProcess(incoming) => router.serve_with_incoming_shutdown(incoming, signal).await?,
+    }
     token.cancel();
+    if let Some(w) = worker_server {
+        w.await??;
+    }
     let _ = reaper.await;
     info!("coordinator stopped");
     Ok(())
+}
+
+impl From<TcpListener> for Incoming {
+    fn from(l: TcpListener) -> Self {
+        Self::Tcp(l)
+    }
+}
+
+impl From<urlfleet_shared::inprocess::Incoming> for Incoming {
+    fn from(i: urlfleet_shared::inprocess::Incoming) -> Self {
+        Self::InProcess(i)
+    }
 }
 
 /// A job still receiving its URLs this long after it was created lost its submission (the

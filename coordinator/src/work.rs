@@ -22,6 +22,7 @@ use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
 use urlfleet_shared::telemetry;
 
+use crate::auth::Caller;
 use crate::config::CoordinatorConfig;
 use crate::events::Events;
 use crate::ingest::{Ingestor, NotCommitted};
@@ -90,6 +91,7 @@ impl WorkerService for WorkApi {
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("coordinator shutting down"));
         }
+        let caller = Caller::of(&request)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::WorkerMessage { msg: Some(In::Hello(h)) }) => h,
@@ -105,7 +107,13 @@ impl WorkerService for WorkApi {
         // give them up when it ends.
         let n = self.sessions.fetch_add(1, Ordering::Relaxed);
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(hello.worker_id.clone(), n);
-        let holder = hello.worker_id.clone();
+        // A token's workers hold leases under its name: no other credential can report for them,
+        // renew them or end them.
+        let holder = if caller.name.is_empty() {
+            hello.worker_id.clone()
+        } else {
+            format!("{}/{}", caller.name, hello.worker_id)
+        };
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::Welcome {
             coordinator_id: self.coordinator_id.to_string(),

@@ -16,7 +16,9 @@
 //! - [`shutdown`]: one future for SIGINT / SIGTERM.
 //! - [`time`]: wall-clock milliseconds, the unit of every stored timestamp.
 
+pub mod connect;
 pub mod convert;
+pub mod inprocess;
 pub mod job;
 pub mod metrics;
 pub mod outcome;

@@ -77,7 +77,12 @@ pub struct Planner {
     ready: Vec<Vec<PlannedUrl>>,
     invalid: Vec<InvalidEntry>,
     invalid_seen: HashSet<String>,
+    /// An invalid entry is kept cut to this many bytes.
+    invalid_entry_bytes: usize,
 }
+
+/// Bytes of an invalid entry kept by default.
+pub const DEFAULT_INVALID_ENTRY_BYTES: usize = 1_024;
 
 /// What a whole submission turned out to be.
 #[derive(Debug)]
@@ -113,8 +118,15 @@ impl Planner {
         Self {
             strip_tracking: options.strip_tracking_params,
             ready: (0..lanes.max(1)).map(|_| Vec::new()).collect(),
+            invalid_entry_bytes: DEFAULT_INVALID_ENTRY_BYTES,
             ..Self::default()
         }
+    }
+
+    /// Keeps invalid entries cut to `bytes` (they are listed back, and held until the end).
+    pub fn with_invalid_entry_bytes(mut self, bytes: usize) -> Self {
+        self.invalid_entry_bytes = bytes.max(16);
+        self
     }
 
     /// Adds one entry; blank entries are ignored.
@@ -140,8 +152,9 @@ impl Planner {
                 }
             }
             Err(e) => {
-                if self.invalid_seen.insert(entry.to_string()) {
-                    self.invalid.push(InvalidEntry { input: entry.to_string(), reason: e.to_string() });
+                let kept = crate::convert::truncate(entry.to_string(), self.invalid_entry_bytes);
+                if self.invalid_seen.insert(kept.clone()) {
+                    self.invalid.push(InvalidEntry { input: kept, reason: e.to_string() });
                 } else {
                     self.duplicates += 1;
                 }

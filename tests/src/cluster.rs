@@ -225,7 +225,7 @@ pub async fn stored_job(
 ) -> urlfleet_coordinator::store::JobRecord {
     use urlfleet_coordinator::store::{NewJob, Seal};
     let options = urlfleet_shared::JobOptions { name: name.into(), ..Default::default() };
-    let new = NewJob { options, priority, not_before_ms: 0, trace_parent: None };
+    let new = NewJob { options, priority, not_before_ms: 0, trace_parent: None, owner: String::new() };
     let (job, _) = store.create_job(new).await.expect("create job");
     for chunk in urls.chunks(10_000) {
         store.add_urls(job.id, chunk, recheck).await.expect("add URLs");

@@ -38,7 +38,7 @@ pub async fn open(backend: Backend) -> (TestDb, Arc<dyn Store>) {
 /// A job to create under `key`, at high priority.
 pub fn new_job(key: &str, _total: u64) -> NewJob {
     let options = JobOptions { name: format!("job {key}"), ..Default::default() };
-    NewJob { options, priority: Priority::High, not_before_ms: 0, trace_parent: None }
+    NewJob { options, priority: Priority::High, not_before_ms: 0, trace_parent: None, owner: String::new() }
 }
 
 /// The seal of a submission of `total` distinct entries under `key`, at the job's priority.

@@ -16,7 +16,16 @@ use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker, eventually};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer_stock_clients() {
     let db = TestDb::fresh(Backend::Sqlite).await;
-    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let coordinator = Coordinator::spawn(&db.url, |c| c.reflection = true).await;
+    let without = Coordinator::spawn(&db.url, |_| {}).await;
+    let off = tonic::transport::Endpoint::from_shared(without.addr.clone()).unwrap().connect().await.unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let e = ServerReflectionClient::new(off).server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "reflection is off unless asked for");
+    without.stop().await;
 
     let channel = tonic::transport::Endpoint::from_shared(coordinator.addr.clone()).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel.clone());

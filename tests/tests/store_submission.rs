@@ -213,7 +213,13 @@ async fn stored_options_read_back_as_submitted(backend: Backend) {
         "a.example".into(),
         urlfleet_shared::job::PolicyOverride { concurrency: Some(4), interval_ms: Some(0) },
     );
-    let new = NewJob { options: options.clone(), priority: Priority::Medium, not_before_ms: 0, trace_parent: None };
+    let new = NewJob {
+        options: options.clone(),
+        priority: Priority::Medium,
+        not_before_ms: 0,
+        trace_parent: None,
+        owner: String::new(),
+    };
     let (job, _) = store.create_job(new).await.unwrap();
     assert_eq!(job.options, options);
     assert_eq!(job.priority, Priority::Medium);

@@ -60,6 +60,12 @@ pub struct WorkerConfig {
     /// On shutdown, how long leased checks may run before they are abandoned.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Token and TLS settings for the coordinator connection.
+    #[command(flatten)]
+    pub auth: urlfleet_shared::connect::ClientAuth,
+    /// A coordinator in this process, reached without a socket (instead of `coordinator`).
+    #[arg(skip)]
+    pub in_process: Option<urlfleet_shared::inprocess::Connector>,
 }
 
 impl WorkerConfig {
@@ -79,6 +85,8 @@ impl WorkerConfig {
             allow: Vec::new(),
             batch_size: 500,
             batch_delay: Duration::from_millis(50),
+            auth: Default::default(),
+            in_process: None,
             shutdown_grace: Duration::from_secs(10),
             metrics_listen: None,
         }

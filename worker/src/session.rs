@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use urlfleet_shared::HostPolicy;
+use urlfleet_shared::connect::Target;
 use urlfleet_shared::job::PolicyOverride;
 use urlfleet_shared::proto::v1::worker_service_client::WorkerServiceClient;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as In, worker_message::Msg as Out};
@@ -148,14 +149,12 @@ impl Worker {
     }
 
     async fn connect_and_work(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> anyhow::Result<Ended> {
-        let channel = tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
-            .context("coordinator address")?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connecting")?;
-        let mut client = WorkerServiceClient::new(channel)
+        let target = match &self.config.in_process {
+            Some(c) => Target::InProcess(c.clone()),
+            None => Target::Address(self.config.coordinator.clone()),
+        };
+        let channel = self.config.auth.channel(&target).await?;
+        let mut client = WorkerServiceClient::with_interceptor(channel, self.config.auth.bearer()?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(256);

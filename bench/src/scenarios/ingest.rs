@@ -19,6 +19,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             priority: urlfleet_shared::Priority::Low,
             not_before_ms: 0,
             trace_parent: None,
+            owner: String::new(),
         })
         .await?;
     for chunk in urls.chunks(10_000) {

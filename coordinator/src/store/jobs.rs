@@ -106,11 +106,15 @@ impl SqlStore {
     pub(crate) async fn list_jobs_impl(
         &self,
         states: &[JobState],
+        owner: Option<&str>,
         before: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<JobRecord>> {
         let mut q = sql(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id < "));
         q.push_bind(before.unwrap_or(i64::MAX));
+        if let Some(owner) = owner {
+            q.push(" AND owner = ").push_bind(owner.to_string());
+        }
         if !states.is_empty() {
             q.push(" AND state IN (").push_list(states.iter().map(|s| s.as_str())).push(")");
         }

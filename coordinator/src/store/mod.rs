@@ -23,6 +23,7 @@ use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
 pub(crate) mod db;
 pub use db::is_transient;
+pub(crate) use submission::owned_key;
 mod granting;
 mod ingest;
 mod jobs;
@@ -84,6 +85,9 @@ pub struct NewJob {
     pub not_before_ms: i64,
     /// W3C `traceparent` of the submission, so that the job's leases join its trace.
     pub trace_parent: Option<String>,
+    /// The name of the token that submitted it ('' without tokens). Its idempotency key is its own:
+    /// another owner's equal key is another job.
+    pub owner: String,
 }
 
 /// What a submission turned out to be, once its last entry is stored.
@@ -128,6 +132,8 @@ pub struct JobRecord {
     pub sealed_at_ms: Option<i64>,
     /// When the job ended.
     pub finished_at_ms: Option<i64>,
+    /// The name of the token that submitted it ('' without tokens).
+    pub owner: String,
 }
 
 /// What a lease request asks for.
@@ -303,7 +309,14 @@ pub trait Store: Send + Sync + 'static {
     /// One job.
     async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>>;
     /// Jobs newest first, with id below `before` when given, in the given states (all when empty).
-    async fn list_jobs(&self, states: &[JobState], before: Option<i64>, limit: u32) -> StoreResult<Vec<JobRecord>>;
+    /// Only jobs of `owner` when given.
+    async fn list_jobs(
+        &self,
+        states: &[JobState],
+        owner: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>>;
     /// Cancels a job; returns it and the ids of leases that now hold nothing but cancelled work.
     async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>>;
     /// Leases a batch of URLs of one free, ready host; `None` when no work is ready.
@@ -370,8 +383,14 @@ impl Store for SqlStore {
     async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>> {
         self.get_job_impl(id).await
     }
-    async fn list_jobs(&self, states: &[JobState], before: Option<i64>, limit: u32) -> StoreResult<Vec<JobRecord>> {
-        self.list_jobs_impl(states, before, limit).await
+    async fn list_jobs(
+        &self,
+        states: &[JobState],
+        owner: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<JobRecord>> {
+        self.list_jobs_impl(states, owner, before, limit).await
     }
     async fn cancel_job(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
         self.cancel_job_impl(id).await

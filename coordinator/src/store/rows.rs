@@ -9,7 +9,7 @@ use super::{JobRecord, StoreError, StoreResult};
 /// Columns of `jobs` that [`JobRow`] reads.
 pub(crate) const JOB_COLUMNS: &str = "id, name, state, priority, options, not_before, received, total, duplicates, \
      leased, checked, fresh, invalid, failed, cancelled, n_ok, n_redirected, n_broken, n_error, created_at, \
-     sealed_at, finished_at";
+     sealed_at, finished_at, owner";
 
 /// A `jobs` row as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -36,6 +36,7 @@ pub(crate) struct JobRow {
     created_at: i64,
     sealed_at: Option<i64>,
     finished_at: Option<i64>,
+    owner: String,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -72,6 +73,7 @@ impl TryFrom<JobRow> for JobRecord {
             created_at_ms: r.created_at,
             sealed_at_ms: r.sealed_at,
             finished_at_ms: r.finished_at,
+            owner: r.owner,
         })
     }
 }
@@ -177,6 +179,7 @@ mod tests {
             created_at: 0,
             sealed_at: None,
             finished_at: None,
+            owner: String::new(),
         };
         assert!(matches!(JobRecord::try_from(row), Err(StoreError::Corrupt(_))));
     }

@@ -69,32 +69,38 @@ struct FrontierRow {
     priority: i16,
 }
 
+/// A key scoped to its owner: `owner/key`, or the key alone for the anonymous owner.
+pub(crate) fn owned_key(owner: &str, key: &str) -> String {
+    if owner.is_empty() { key.to_string() } else { format!("{owner}/{key}") }
+}
+
 impl SqlStore {
     pub(crate) async fn create_job_impl(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         // Unique key and counts come with the seal; until then the job absorbs no duplicates.
+        // An idempotency key is its owner's: the column holds both (a token name has no '/').
+        let key = job.options.idempotency_key.as_ref().map(|k| owned_key(&job.owner, k));
         let id: Option<i64> = sql("INSERT INTO jobs (name, state, priority, options, unique_key, unique_active, \
-                                   idempotency_key, not_before, created_at, trace_parent) \
-                                   VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, $5, $6, $7) \
+                                   idempotency_key, not_before, created_at, trace_parent, owner) \
+                                   VALUES ($1, 'receiving', $2, $3, '', FALSE, $4, $5, $6, $7, $8) \
                                    ON CONFLICT DO NOTHING RETURNING id")
         .bind(job.options.name.clone())
         .bind(job.priority.rank())
         .bind(options_json(&job.options))
-        .bind(job.options.idempotency_key.clone())
+        .bind(key.clone())
         .bind(job.not_before_ms)
         .bind(now)
         .bind(job.trace_parent)
+        .bind(job.owner.clone())
         .scalar(&mut tx)
         .await?;
         let (id, existing) = match id {
             Some(id) => (id, false),
             None => {
                 // Only the idempotency key's unique index can conflict here.
-                let id: Option<i64> = sql("SELECT id FROM jobs WHERE idempotency_key = $1")
-                    .bind(job.options.idempotency_key)
-                    .scalar(&mut tx)
-                    .await?;
+                let id: Option<i64> =
+                    sql("SELECT id FROM jobs WHERE idempotency_key = $1").bind(key).scalar(&mut tx).await?;
                 (id.ok_or_else(|| StoreError::Corrupt("job insert conflicted with no visible job".into()))?, true)
             }
         };
