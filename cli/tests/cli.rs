@@ -190,3 +190,65 @@ async fn client_commands_submit_watch_list_and_read_results() {
     worker.stop().await;
     coordinator.stop().await;
 }
+
+/// The inodes of the TCP sockets `pid` has open in the listening state.
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let open: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut listening = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Columns: sl local remote st … inode (10th).
+            if f.len() > 9 && f[3] == "0A" && open.contains(f[9]) {
+                listening.push(format!("{} {}", f[1], f[9]));
+            }
+        }
+    }
+    listening
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_listens_on_no_socket() {
+    let site = Fixture::local().await;
+    let dir = std::env::temp_dir().join(format!("urlfleet-nosocket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("urls.txt");
+    let urls: Vec<String> = (0..6).map(|i| site.url(&format!("/delay/400?n={i}"))).collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    let mut cmd = urlfleet();
+    cmd.arg("check")
+        .arg(&list)
+        .args(["--allow", "127.0.0.0/8", "--db"])
+        .arg(format!("sqlite:{}", dir.join("db").display()));
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    // Sampled while the checks run (the site answers each after 400 ms, two at a time).
+    let mut samples = 0;
+    let mut seen_checks = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert_eq!(listening_sockets(pid), Vec::<String>::new(), "urlfleet check listens on a socket");
+        samples += 1;
+        seen_checks |= !site.seen().is_empty();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(samples > 10 && seen_checks, "sampled {samples} times while checking");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 ok"));
+    // The probe sees a listening socket when there is one (this process has the site's already).
+    let before = listening_sockets(std::process::id()).len();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    assert_eq!(listening_sockets(std::process::id()).len(), before + 1);
+    drop(probe);
+    let _ = std::fs::remove_dir_all(&dir);
+}
