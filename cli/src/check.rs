@@ -15,6 +15,7 @@ use urlfleet_shared::HostPolicy;
 use urlfleet_shared::connect::{ClientAuth, Target};
 use urlfleet_shared::job::{JobCounts, JobOptions, PolicyOverride};
 use urlfleet_shared::proto::v1 as pb;
+use urlfleet_shared::url::redact;
 use urlfleet_worker::WorkerConfig;
 use urlfleet_worker::direct::{DirectCheck, Failed};
 use urlfleet_worker::engine::{Cidr, EngineConfig};
@@ -198,10 +199,10 @@ async fn run_without_store(args: CheckArgs, started: Instant) -> Result<ExitCode
         }
         for e in &report.invalid {
             w.write(&pb::UrlResult {
-                url: e.input.clone(),
+                url: redact(&e.input).into_owned(),
                 outcome_class: pb::OutcomeClass::Invalid as i32,
                 kind: pb::OutcomeKind::Invalid as i32,
-                error: e.reason.clone(),
+                error: redact(&e.reason).into_owned(),
                 ..Default::default()
             })?;
         }
@@ -216,7 +217,7 @@ fn url_result(r: &Failed) -> pb::UrlResult {
     let o = &r.outcome;
     pb::UrlResult {
         cursor: String::new(),
-        url: r.url.clone(),
+        url: redact(&r.url).into_owned(),
         outcome_class: pb::OutcomeClass::from(o.kind.class()) as i32,
         kind: pb::OutcomeKind::from(o.kind) as i32,
         status: o.status.map(u32::from).unwrap_or(0),

@@ -7,6 +7,7 @@ use urlfleet_shared::convert::{class_from_pb, kind_from_pb};
 use urlfleet_shared::job::{JobCounts, JobState, Priority};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::time::rfc3339;
+use urlfleet_shared::url::printable;
 
 /// Output format of result listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -88,7 +89,7 @@ pub fn job_details(job: &pb::Job) -> String {
     let c = counts(job);
     let mut s = format!("job {}", job.id);
     if !job.name.is_empty() {
-        s.push_str(&format!(" ({})", job.name));
+        s.push_str(&format!(" ({})", printable(&job.name)));
     }
     let priority = urlfleet_shared::convert::priority_from_pb(job.priority).ok().flatten().unwrap_or(Priority::Low);
     s.push_str(&format!(
@@ -122,7 +123,7 @@ pub fn jobs_table(jobs: &[pb::Job]) -> comfy_table::Table {
             c.broken.to_string(),
             c.error.to_string(),
             rfc3339(j.created_at_ms),
-            j.name.clone(),
+            printable(&j.name).into_owned(),
         ]);
     }
     for col in [0, 2, 3, 4, 5] {
@@ -169,7 +170,9 @@ impl<W: Write> ResultWriter<W> {
                 };
                 let status = if status.is_empty() { "-" } else { &status };
                 let (class, kind) = (class_name(r.outcome_class), kind_name(r.kind));
-                writeln!(out, "{class:<10} {status:>4}  {kind:<18} {}  {detail}", r.url)
+                // Text from the input and from servers is escaped: it cannot drive the terminal.
+                let (url, detail) = (printable(&r.url), printable(&detail));
+                writeln!(out, "{class:<10} {status:>4}  {kind:<18} {url}  {detail}")
             }
             Output::Json(out) => {
                 let v = serde_json::json!({

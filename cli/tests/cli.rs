@@ -252,3 +252,32 @@ async fn check_listens_on_no_socket() {
     drop(probe);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_leave_the_check_and_hostile_text_cannot_drive_the_terminal() {
+    let site = Fixture::local().await;
+    let dir = std::env::temp_dir().join(format!("urlfleet-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("urls.txt");
+    let with_secret = site.url("/status/404").replace("http://", "http://alice:s3cr3t@");
+    // A redirect to a URL with credentials, and an invalid line that tries to recolour the terminal.
+    let to_secret = site.url(&format!("/to?u=http%3A%2F%2Fbob%3Ahunter2%40{}%2Fstatus%2F410", site.addr()));
+    let hostile = "\u{1b}[2J\u{1b}[31mhttp://evil.example\u{7}/\u{1b}]0;pwned\u{7}";
+    std::fs::write(&list, format!("{with_secret}\n{to_secret}\n{hostile}\n")).unwrap();
+    for store in [vec!["--db".to_string(), format!("sqlite:{}", dir.join("db").display())], vec!["--no-store".into()]] {
+        let mut cmd = urlfleet();
+        cmd.arg("check").arg(&list).args(["--allow", "127.0.0.0/8", "--retries", "0"]).args(&store);
+        cmd.env("RUST_LOG", "debug");
+        let r = run(cmd).await;
+        assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+        for secret in ["s3cr3t", "alice:", "bob:hunter2"] {
+            assert!(!r.stdout.contains(secret), "{secret} printed:\n{}", r.stdout);
+            assert!(!r.stderr.contains(secret), "{secret} logged:\n{}", r.stderr);
+        }
+        assert!(r.stdout.contains("http://***@127.0.0.1"), "{}", r.stdout);
+        assert!(r.stdout.contains(&format!("→ http://***@{}/status/410", site.addr())), "{}", r.stdout);
+        assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{7}'), "raw control characters:\n{}", r.stdout);
+        assert!(r.stdout.contains("\\u{1b}[31m"), "escaped: {}", r.stdout);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,7 @@ use urlfleet_shared::LeaseBudget;
 use urlfleet_shared::job::{JobOptions, JobState, Priority, RecheckPolicy, delay_for_size};
 use urlfleet_shared::proto::v1::{self as pb, job_service_server::JobService};
 use urlfleet_shared::time::{ms, now_ms};
+use urlfleet_shared::url::redact;
 use urlfleet_shared::{OutcomeClass, telemetry};
 
 use crate::auth::Caller;
@@ -494,21 +495,31 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
     }
 }
 
+/// A stored result as a wire message. URL credentials stay in the store, for the checks that need
+/// them; answers carry them redacted.
 fn result_to_pb(r: ResultRow) -> pb::UrlResult {
+    let redacted = |s: String| match redact(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(r) => r,
+    };
     pb::UrlResult {
         cursor: r.cursor.to_string(),
-        url: r.url,
+        url: redacted(r.url),
         outcome_class: r.kind.map_or(pb::OutcomeClass::Unspecified, |k| k.class().into()) as i32,
         kind: r.kind.map_or(pb::OutcomeKind::Unspecified, Into::into) as i32,
         status: r.status.map(u32::from).unwrap_or(0),
-        final_url: r.final_url.unwrap_or_default(),
-        redirects: r.redirects.iter().map(Into::into).collect(),
+        final_url: redacted(r.final_url.unwrap_or_default()),
+        redirects: r
+            .redirects
+            .iter()
+            .map(|h| pb::RedirectHop { url: redact(&h.url).into_owned(), status: u32::from(h.status) })
+            .collect(),
         attempts: r.attempts,
         response_time_ms: r.response_time_ms,
         content_type: r.content_type.unwrap_or_default(),
         content_length: r.content_length,
         checked_at_ms: r.checked_at_ms.unwrap_or(0),
-        error: r.error.unwrap_or_default(),
+        error: redacted(r.error.unwrap_or_default()),
         fresh: r.fresh,
     }
 }

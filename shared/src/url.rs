@@ -104,6 +104,48 @@ impl fmt::Display for NormalizedUrl {
     }
 }
 
+/// `text` with the credentials of every URL in it (`scheme://user:secret@host`) replaced by `***`:
+/// for whatever leaves the check itself — API answers, listings, logs, spans and error messages.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the path, query or fragment, or wherever the URL itself ends.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// `text` safe to print to a terminal: control characters (ANSI escape sequences, carriage returns,
+/// backspaces, bidirectional overrides) are shown as escapes (`\u{1b}`) instead of acting on it.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let hostile = |c: char| {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars().map(|c| if hostile(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 /// Query parameters that identify a campaign or a click, not a resource.
 pub fn is_tracking_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
@@ -228,5 +270,25 @@ mod tests {
         assert!(matches!(NormalizedUrl::parse("not a url"), Err(UrlError::Parse(_))));
         assert!(matches!(NormalizedUrl::parse("mailto:a@b.example"), Err(UrlError::Scheme(_))));
         assert!(matches!(NormalizedUrl::parse("http://"), Err(UrlError::Parse(_))));
+    }
+
+    #[test]
+    fn credentials_are_redacted_wherever_a_url_appears() {
+        assert_eq!(redact("https://user:secret@a.example/x?q=1"), "https://***@a.example/x?q=1");
+        assert_eq!(redact("http://token@a.example"), "http://***@a.example");
+        assert_eq!(redact("http://a.example/p@q"), "http://a.example/p@q", "an @ in the path is no credential");
+        assert_eq!(
+            redact("error sending request for url (http://u:p@b.example/): refused; then ftp://x:y@c.example"),
+            "error sending request for url (http://***@b.example/): refused; then ftp://***@c.example"
+        );
+        assert_eq!(redact("no url here @ all"), "no url here @ all");
+        assert_eq!(redact("http://a:b@c"), "http://***@c");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        assert_eq!(printable("http://a.example/\u{1b}[31mred"), "http://a.example/\\u{1b}[31mred");
+        assert_eq!(printable("a\rb\u{8}c\u{202e}d"), "a\\u{d}b\\u{8}c\\u{202e}d");
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
     }
 }

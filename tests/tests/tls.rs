@@ -120,7 +120,7 @@ async fn an_https_address_to_a_cleartext_coordinator_is_an_error() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::fresh(Backend::Sqlite).await;
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
-    let e = jobs(&ClientAuth::default(), &https(&coordinator.addr)).await.err().expect("no cleartext fallback");
+    let Err(e) = jobs(&ClientAuth::default(), &https(&coordinator.addr)).await else { panic!("no cleartext fallback") };
     assert!(format!("{e:#}").contains("cannot reach"), "{e:#}");
     let pki = Pki::new("plain");
     let e = pki.client(false).channel(&Target::Address(coordinator.addr.clone())).await.unwrap_err();

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::url::host_key;
+use urlfleet_shared::url::redact;
 use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeKind, RedirectHop, policy};
 
 mod batch;
@@ -164,7 +165,7 @@ impl Engine {
     pub fn begin(&self, url: &str) -> Result<InProgress, Box<CheckOutcome>> {
         let span = info_span!(
             "check",
-            url.full = %url,
+            url.full = %redact(url.as_ref()),
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -232,7 +233,16 @@ impl Engine {
     }
 
     /// Ends a check: its span's fields, its metrics, and a span that keeps a failure in the trace.
-    fn conclude(&self, url: &str, span: &tracing::Span, started: Instant, outcome: CheckOutcome) -> CheckOutcome {
+    fn conclude(&self, url: &str, span: &tracing::Span, started: Instant, mut outcome: CheckOutcome) -> CheckOutcome {
+        // What the check learnt leaves it without the credentials of any URL (the final one, a hop, a
+        // URL quoted in an error): only the request itself needs them.
+        let strip = |s: &mut String| {
+            if let std::borrow::Cow::Owned(r) = redact(s) {
+                *s = r;
+            }
+        };
+        outcome.final_url.iter_mut().chain(outcome.error.iter_mut()).for_each(strip);
+        outcome.redirects.iter_mut().for_each(|h| strip(&mut h.url));
         self.metrics.finished(&outcome, started.elapsed().as_secs_f64());
         span.record("attempts", outcome.attempts);
         span.record("outcome", outcome.kind.as_str());
@@ -244,7 +254,7 @@ impl Engine {
             // whose `error.type` makes the sampler keep it.
             let kept = info_span!(
                 "check",
-                url.full = %url,
+                url.full = %redact(url.as_ref()),
                 error.type = outcome.kind.as_str(),
                 attempts = outcome.attempts,
                 http.response.status_code = outcome.status.unwrap_or(0),
@@ -337,7 +347,7 @@ impl Engine {
             "http",
             otel.kind = "client",
             http.request.method = %method,
-            url.full = %url,
+            url.full = %redact(url.as_ref()),
             server.address = url.host_str().unwrap_or_default(),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,

@@ -57,8 +57,9 @@ impl AddressPolicy {
 
 /// An IPv6 address that carries an IPv4 address is judged as that IPv4 address: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64
-/// (`64:ff9b::a.b.c.d`, `64:ff9b:1::/48`) and 6to4 (`2002:aabb:ccdd::`). A gateway on the path may
-/// deliver such an address to the IPv4 host it names.
+/// (`64:ff9b::a.b.c.d`, `64:ff9b:1::/48`), 6to4 (`2002:aabb:ccdd::`), Teredo (`2001::/32`, the
+/// client address inverted in the last 32 bits) and ISATAP (`…:5efe:a.b.c.d`). A gateway on the path
+/// may deliver such an address to the IPv4 host it names.
 fn canonical(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
     let s = v6.segments();
@@ -77,6 +78,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
         [0x64, 0xff9b, 1, _, _, _, hi, lo] => low(hi, lo),
         // 6to4 2002::/16: the IPv4 address follows the prefix.
         [0x2002, hi, lo, ..] => low(hi, lo),
+        // Teredo 2001::/32: the client's IPv4 address is the last 32 bits, inverted.
+        [0x2001, 0, _, _, _, _, hi, lo] => low(!hi, !lo),
+        // ISATAP: any /64 whose interface id is [02]00:5efe:a.b.c.d.
+        [_, _, _, _, 0 | 0x200, 0x5efe, hi, lo] => low(hi, lo),
         _ => ip,
     }
 }
@@ -111,7 +116,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (s[0] & 0xffc0) == 0xfe80 // link local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // deprecated site local
-        || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only 100::/64
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking 2001:2::/48
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010)) // ORCHID 2001:10::/28
 }
 
 #[cfg(test)]
@@ -151,6 +159,14 @@ mod tests {
             "::ffff:0:7f00:1",
             "2002:7f00:1::",
             "2002:a00:1::1",
+            // Teredo with client 127.0.0.1 (inverted: 80ff:fffe) and 10.0.0.1 (f5ff:fffe).
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001::f5ff:fffe",
+            "2606:4700::5efe:7f00:1",
+            "2606:4700::200:5efe:a9fe:a9fe",
+            "100::1",
+            "2001:2::1",
+            "2001:10::1",
         ] {
             assert!(!p.permits(ip(blocked)), "{blocked} must be blocked");
         }
@@ -162,6 +178,8 @@ mod tests {
             "2606:4700::1111",
             "64:ff9b::101:101",
             "2002:101:101::",
+            // Teredo with a public client (1.1.1.1 inverted).
+            "2001::fefe:fefe",
         ] {
             assert!(p.permits(ip(public)), "{public} must be allowed");
         }
