@@ -2,7 +2,7 @@
 //! against real HTTP servers on loopback, and prints a table of figures and ratios.
 //!
 //! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, `many-hosts`, `some-fail`,
-//! `strict-load`, `big-polite`, or `all`; `--smoke` shrinks
+//! `strict-load`, `big-polite`, `trust`, or `all`; `--smoke` shrinks
 //! every size so the whole run takes seconds (CI runs it so the harness cannot rot).
 
 mod proc;
@@ -41,6 +41,7 @@ enum Scenario {
     SomeFail,
     StrictLoad,
     BigPolite,
+    Trust,
 }
 
 #[tokio::main]
@@ -77,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Scenario::BigPolite) {
         scenarios::big_polite(&ctx, &mut report).await?;
+    }
+    if want(Scenario::Trust) {
+        scenarios::trust(&ctx, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

@@ -111,7 +111,7 @@ enum Command {
     /// Check every URL of a list on this machine (embedded coordinator and worker) and print a summary.
     Check(check::CheckArgs),
     /// Run a coordinator.
-    Coordinator(CoordinatorConfig),
+    Coordinator(Box<CoordinatorConfig>),
     /// Run a worker.
     Worker(WorkerConfig),
     /// Submit a URL list to a coordinator as a job.
@@ -215,7 +215,7 @@ async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Check(args) => check::run(args).await,
         Command::Coordinator(config) => {
-            urlfleet_coordinator::serve(config, shutdown()).await?;
+            urlfleet_coordinator::serve(*config, shutdown()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(config) => {

@@ -95,6 +95,10 @@ pub struct CoordinatorConfig {
     /// not on `--listen`.
     #[arg(long, env = "URLFLEET_WORKER_LISTEN")]
     pub worker_listen: Option<SocketAddr>,
+    /// Serve only the gRPC health service, in cleartext and without tokens, on this address too
+    /// (for probes that speak neither TLS nor tokens, like Kubernetes' gRPC probe).
+    #[arg(long, env = "URLFLEET_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Serve gRPC server reflection (service discovery for tools like grpcurl).
     #[arg(long, env = "URLFLEET_REFLECTION")]
     pub reflection: bool,
@@ -238,6 +242,7 @@ impl CoordinatorConfig {
             tokens_inline: None,
             allow_unauthenticated: false,
             worker_listen: None,
+            health_listen: None,
             reflection: false,
             tls_cert: None,
             tls_key: None,

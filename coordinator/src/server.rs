@@ -115,8 +115,18 @@ pub async fn run(
             _ => b,
         })
     };
+    let mut side_servers = Vec::new();
+    if let Some(addr) = config.health_listen.filter(|_| !in_process) {
+        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        info!(address = %listener.local_addr()?, "health serving");
+        let stop = token.clone();
+        side_servers.push(tokio::spawn(
+            Server::builder()
+                .add_service(health.clone())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.cancelled().await }),
+        ));
+    }
     let mut router = builder()?.add_service(health.clone()).add_optional_service(reflection).add_service(jobs);
-    let mut worker_server = None;
     match config.worker_listen {
         Some(addr) if !in_process => {
             let listener =
@@ -127,7 +137,7 @@ pub async fn run(
                 .add_service(health)
                 .add_service(work)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.cancelled().await });
-            worker_server = Some(tokio::spawn(serving));
+            side_servers.push(tokio::spawn(serving));
         }
         _ => router = router.add_service(work),
     }
@@ -148,8 +158,8 @@ pub async fn run(
         Incoming::InProcess(incoming) => router.serve_with_incoming_shutdown(incoming, signal).await?,
     }
     token.cancel();
-    if let Some(w) = worker_server {
-        w.await??;
+    for s in side_servers {
+        s.await??;
     }
     let _ = reaper.await;
     info!("coordinator stopped");

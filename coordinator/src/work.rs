@@ -105,8 +105,6 @@ impl WorkerService for WorkApi {
         // Leases are held by the worker: after a reconnect it keeps checking what it holds, and its
         // heartbeats on the new session renew those leases. Only the worker's latest session may
         // give them up when it ends.
-        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
-        self.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(hello.worker_id.clone(), n);
         // A token's workers hold leases under its name: no other credential can report for them,
         // renew them or end them.
         let holder = if caller.name.is_empty() {
@@ -114,6 +112,8 @@ impl WorkerService for WorkApi {
         } else {
             format!("{}/{}", caller.name, hello.worker_id)
         };
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(holder.clone(), n);
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::Welcome {
             coordinator_id: self.coordinator_id.to_string(),
@@ -152,10 +152,19 @@ struct Session {
     leaving: bool,
     /// Batches being committed; each is acknowledged when its commit completes.
     commits: FuturesUnordered<Commit>,
-    /// The leases this session was granted or renewed, with when: only these does it give up when
-    /// it ends, so a session under the same worker id cannot end another session's leases.
-    held: HashMap<i64, tokio::time::Instant>,
+    /// The leases this session was granted or renewed: only these does it give up when it ends, so a
+    /// session under the same worker id cannot end another session's leases.
+    held: HashMap<i64, Held>,
     warned_credits: bool,
+}
+
+/// A lease a session holds.
+struct Held {
+    /// When it was granted or last renewed.
+    since: tokio::time::Instant,
+    /// Its URLs not reported yet (0 for a lease granted to an earlier session): with the credits, what
+    /// the worker has in hand, which `--max-worker-credits` bounds.
+    open: u64,
 }
 
 impl Session {
@@ -190,6 +199,7 @@ impl Session {
                     () = tokio::time::sleep(IDLE_POLL), if want_work => {}
                     r = revoked.recv() => {
                         if let Ok(lease_id) = r {
+                            self.held.remove(&lease_id);
                             // Every session forwards every revocation; a worker ignores leases it does not hold.
                             let revoke = pb::Revoke { lease_id, reason: "job cancelled".into() };
                             if self.tx.send(Ok(out(Out::Revoke(revoke)))).await.is_err() {
@@ -230,14 +240,15 @@ impl Session {
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
         match msg.msg {
             Some(In::Credits(c)) => {
-                let max = u64::from(self.api.config.max_worker_credits);
+                // URLs in hand and credits together stay within the bound, however often credits come.
+                let room = u64::from(self.api.config.max_worker_credits).saturating_sub(self.in_hand());
                 self.credits += u64::from(c.urls);
-                if self.credits > max {
+                if self.credits > room {
                     if !self.warned_credits {
-                        warn!(credits = self.credits, max, "worker grants more credits than --max-worker-credits");
+                        warn!(credits = self.credits, room, "worker grants more credits than --max-worker-credits");
                         self.warned_credits = true;
                     }
-                    self.credits = max;
+                    self.credits = room;
                 }
             }
             Some(In::Results(batch)) => self.ingest(batch),
@@ -250,6 +261,11 @@ impl Session {
             None => {}
         }
         Ok(())
+    }
+
+    /// URLs leased to this session and not reported yet.
+    fn in_hand(&self) -> u64 {
+        self.held.values().map(|h| h.open).sum()
     }
 
     /// Renews the listed leases this worker holds, within their lifetime, and remembers them as this
@@ -271,10 +287,13 @@ impl Session {
         match self.api.store.renew_leases(&self.holder, &hb.lease_ids, config.lease_ttl, config.max_lease_life).await {
             Ok(renewed) => {
                 // Leases granted since the worker sent this heartbeat may be missing from it.
-                let recent = tokio::time::Instant::now() - config.lease_ttl;
-                self.held.retain(|_, granted| *granted > recent);
                 let now = tokio::time::Instant::now();
-                self.held.extend(renewed.into_iter().map(|id| (id, now)));
+                let recent = now - config.lease_ttl;
+                let renewed: HashSet<i64> = renewed.into_iter().collect();
+                self.held.retain(|id, h| h.since > recent || renewed.contains(id));
+                for id in renewed {
+                    self.held.entry(id).or_insert(Held { since: now, open: 0 }).since = now;
+                }
             }
             Err(e) => warn!(error = %e, "renewing leases failed"),
         }
@@ -298,7 +317,8 @@ impl Session {
         }
         for grant in grants {
             self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
-            self.held.insert(grant.id, tokio::time::Instant::now());
+            let open = grant.urls.len() as u64;
+            self.held.insert(grant.id, Held { since: tokio::time::Instant::now(), open });
             if !self.send_lease(grant).await {
                 return Ok(false);
             }
@@ -342,6 +362,9 @@ impl Session {
         let pause_cap = urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(self.api.config.max_host_pause);
         for r in batch.results {
             let (lease_id, url_id) = (r.lease_id, r.url_id);
+            if let Some(h) = self.held.get_mut(&lease_id) {
+                h.open = h.open.saturating_sub(1);
+            }
             match urlfleet_shared::convert::reported_result(r, reporter.clone()) {
                 Ok(mut r) => {
                     if let Some(p) = r.outcome.host_paused_until_ms.as_mut() {

@@ -25,12 +25,14 @@ mod hosts;
 mod ingest;
 mod politeness;
 mod throughput;
+mod trust;
 
 pub use bigjob::bigjob;
 pub use hosts::{big_polite, many_hosts, some_fail, strict_load};
 pub use ingest::ingest;
 pub use politeness::{polite, scaling};
 pub use throughput::throughput;
+pub use trust::trust;
 
 /// Shared settings of a run.
 pub struct Ctx {

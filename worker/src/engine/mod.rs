@@ -165,7 +165,7 @@ impl Engine {
     pub fn begin(&self, url: &str) -> Result<InProgress, Box<CheckOutcome>> {
         let span = info_span!(
             "check",
-            url.full = %redact(url.as_ref()),
+            url.full = %redact(url),
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -254,7 +254,7 @@ impl Engine {
             // whose `error.type` makes the sampler keep it.
             let kept = info_span!(
                 "check",
-                url.full = %redact(url.as_ref()),
+                url.full = %redact(url),
                 error.type = outcome.kind.as_str(),
                 attempts = outcome.attempts,
                 http.response.status_code = outcome.status.unwrap_or(0),
