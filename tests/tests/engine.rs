@@ -160,6 +160,19 @@ async fn the_ssrf_guard_blocks_internal_targets_without_connecting() {
     assert_eq!(o.kind, OutcomeKind::Blocked, "{o:?}");
     assert_eq!(o.redirects.len(), 1);
     assert_eq!(other.seen().len(), 0, "the redirect target was never contacted");
+
+    // IPv6 addresses that carry 127.0.0.1, directly and as a redirect hop: blocked before any
+    // connection is tried (they are judged as the IPv4 address they carry, which only 127.0.0.2 is
+    // allowed of here).
+    let port = loopback.addr().port();
+    let only_other = engine(|c| c.allow = vec!["127.0.0.2/32".parse().unwrap()]);
+    for v6 in ["::7f00:1", "64:ff9b::7f00:1", "::ffff:0:7f00:1", "2002:7f00:1::", "2001::80ff:fffe"] {
+        let o = check(&strict, &format!("http://[{v6}]:{port}/")).await;
+        assert_eq!((o.kind, o.attempts), (OutcomeKind::Blocked, 1), "{v6}: {o:?}");
+        let hop = format!("http://[{v6}]:{port}/").replace(':', "%3A").replace('/', "%2F");
+        let o = check(&only_other, &other.url(&format!("/to?u={hop}"))).await;
+        assert_eq!((o.kind, o.redirects.len()), (OutcomeKind::Blocked, 1), "a hop to {v6}: {o:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
