@@ -129,6 +129,10 @@ pub struct CoordinatorConfig {
     /// An invalid entry is kept (and listed) cut to this many bytes.
     #[arg(long, env = "URLFLEET_MAX_INVALID_ENTRY_BYTES", default_value_t = 1_024)]
     pub max_invalid_entry_bytes: usize,
+    /// Most distinct invalid entries one job may hold (each is kept and listed); a submission over it
+    /// fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "URLFLEET_MAX_INVALID_ENTRIES", default_value_t = 100_000)]
+    pub max_invalid_entries: usize,
     /// Largest encoded job options (name, labels, per-host policies, …), in bytes.
     #[arg(long, env = "URLFLEET_MAX_OPTIONS_BYTES", default_value_t = 65_536)]
     pub max_options_bytes: usize,
@@ -253,6 +257,7 @@ impl CoordinatorConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_job_urls: 10_000_000,
             max_invalid_entry_bytes: 1_024,
+            max_invalid_entries: 100_000,
             max_options_bytes: 65_536,
             max_lease_life: Duration::from_secs(3_600),
             max_host_pause: Duration::from_secs(300),

@@ -396,6 +396,12 @@ impl JobApi {
                             self.config.max_job_urls
                         )));
                     }
+                    if planner.invalid_entries() > self.config.max_invalid_entries {
+                        return Err(Status::resource_exhausted(format!(
+                            "the job has more than {} invalid entries (--max-invalid-entries)",
+                            self.config.max_invalid_entries
+                        )));
+                    }
                 }
                 Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(_)) }) => {
                     return Err(Status::invalid_argument("options may only be sent once, first"));

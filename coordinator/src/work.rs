@@ -47,6 +47,9 @@ struct Batch {
     malformed: Vec<pb::RefusedResult>,
 }
 
+/// What one worker has in hand: lease → its URLs not reported yet.
+type Hand = HashMap<i64, HashSet<i64>>;
+
 /// Longest worker id accepted in hello.
 pub const MAX_WORKER_ID_BYTES: usize = 128;
 
@@ -61,6 +64,9 @@ pub struct WorkApi {
     sessions: Arc<AtomicU64>,
     /// The latest session of each connected worker.
     latest: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// The URLs each worker has in hand, over all its sessions: lease → URLs not reported yet. With
+    /// a session's credits, what `--max-worker-credits` bounds.
+    hands: Arc<std::sync::Mutex<HashMap<String, Hand>>>,
     ingestor: Ingestor,
     metrics: Arc<crate::metrics::CoordinatorMetrics>,
 }
@@ -77,7 +83,18 @@ impl WorkApi {
         metrics: Arc<crate::metrics::CoordinatorMetrics>,
     ) -> Self {
         let sessions = Arc::new(AtomicU64::new(0));
-        Self { store, events, config, shutdown, coordinator_id, sessions, latest: Arc::default(), ingestor, metrics }
+        Self {
+            store,
+            events,
+            config,
+            shutdown,
+            coordinator_id,
+            sessions,
+            latest: Arc::default(),
+            hands: Arc::default(),
+            ingestor,
+            metrics,
+        }
     }
 }
 
@@ -152,19 +169,10 @@ struct Session {
     leaving: bool,
     /// Batches being committed; each is acknowledged when its commit completes.
     commits: FuturesUnordered<Commit>,
-    /// The leases this session was granted or renewed: only these does it give up when it ends, so a
-    /// session under the same worker id cannot end another session's leases.
-    held: HashMap<i64, Held>,
+    /// The leases this session was granted or renewed, with when: only these does it give up when it
+    /// ends, so a session under the same worker id cannot end another session's leases.
+    held: HashMap<i64, tokio::time::Instant>,
     warned_credits: bool,
-}
-
-/// A lease a session holds.
-struct Held {
-    /// When it was granted or last renewed.
-    since: tokio::time::Instant,
-    /// Its URLs not reported yet (0 for a lease granted to an earlier session): with the credits, what
-    /// the worker has in hand, which `--max-worker-credits` bounds.
-    open: u64,
 }
 
 impl Session {
@@ -174,7 +182,7 @@ impl Session {
             loop {
                 // Lease as long as the worker has credits and work is ready.
                 // No new leases while ingest is behind: results would only pile up.
-                while self.credits > 0
+                while self.grantable() > 0
                     && !self.leaving
                     && !self.api.shutdown.is_cancelled()
                     && !self.api.ingestor.behind()
@@ -188,7 +196,7 @@ impl Session {
                         }
                     }
                 }
-                let want_work = self.credits > 0 && !self.leaving;
+                let want_work = self.grantable() > 0 && !self.leaving;
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(m)) => self.handle(m).await?,
@@ -199,7 +207,7 @@ impl Session {
                     () = tokio::time::sleep(IDLE_POLL), if want_work => {}
                     r = revoked.recv() => {
                         if let Ok(lease_id) = r {
-                            self.held.remove(&lease_id);
+                            self.forget(lease_id);
                             // Every session forwards every revocation; a worker ignores leases it does not hold.
                             let revoke = pb::Revoke { lease_id, reason: "job cancelled".into() };
                             if self.tx.send(Ok(out(Out::Revoke(revoke)))).await.is_err() {
@@ -230,8 +238,11 @@ impl Session {
             mine
         };
         let held: Vec<i64> = self.held.keys().copied().collect();
-        if latest && let Err(e) = self.api.store.expire_worker_leases(&self.holder, &held).await {
-            warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
+        if latest {
+            self.api.hands.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.holder);
+            if let Err(e) = self.api.store.expire_worker_leases(&self.holder, &held).await {
+                warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
+            }
         }
         self.api.events.work_available();
         info!(worker.id = %self.holder, session = self.session, "worker disconnected");
@@ -240,15 +251,11 @@ impl Session {
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
         match msg.msg {
             Some(In::Credits(c)) => {
-                // URLs in hand and credits together stay within the bound, however often credits come.
-                let room = u64::from(self.api.config.max_worker_credits).saturating_sub(self.in_hand());
-                self.credits += u64::from(c.urls);
-                if self.credits > room {
-                    if !self.warned_credits {
-                        warn!(credits = self.credits, room, "worker grants more credits than --max-worker-credits");
-                        self.warned_credits = true;
-                    }
-                    self.credits = room;
+                let max = u64::from(self.api.config.max_worker_credits);
+                self.credits = (self.credits + u64::from(c.urls)).min(max);
+                if self.credits + self.in_hand() > max && !self.warned_credits {
+                    warn!(credits = self.credits, max, "worker grants more credits than --max-worker-credits");
+                    self.warned_credits = true;
                 }
             }
             Some(In::Results(batch)) => self.ingest(batch),
@@ -263,9 +270,25 @@ impl Session {
         Ok(())
     }
 
-    /// URLs leased to this session and not reported yet.
+    /// URLs leased to this worker (on any of its sessions) and not reported yet.
     fn in_hand(&self) -> u64 {
-        self.held.values().map(|h| h.open).sum()
+        let hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
+        hands.get(&self.holder).map_or(0, |leases| leases.values().map(|u| u.len() as u64).sum())
+    }
+
+    /// URLs that may be leased now: the credits, within what the bound leaves beside the URLs in hand
+    /// (however often credits come, and whatever else the worker sends).
+    fn grantable(&self) -> u64 {
+        let room = u64::from(self.api.config.max_worker_credits).saturating_sub(self.in_hand());
+        self.credits.min(room)
+    }
+
+    /// A lease this worker no longer holds (revoked, or ended on the coordinator's side).
+    fn forget(&mut self, lease_id: i64) {
+        self.held.remove(&lease_id);
+        if let Some(leases) = self.api.hands.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.holder) {
+            leases.remove(&lease_id);
+        }
     }
 
     /// Renews the listed leases this worker holds, within their lifetime, and remembers them as this
@@ -288,11 +311,16 @@ impl Session {
             Ok(renewed) => {
                 // Leases granted since the worker sent this heartbeat may be missing from it.
                 let now = tokio::time::Instant::now();
-                let recent = now - config.lease_ttl;
                 let renewed: HashSet<i64> = renewed.into_iter().collect();
-                self.held.retain(|id, h| h.since > recent || renewed.contains(id));
-                for id in renewed {
-                    self.held.entry(id).or_insert(Held { since: now, open: 0 }).since = now;
+                if let Some(recent) = now.checked_sub(config.lease_ttl) {
+                    self.held.retain(|id, since| *since > recent || renewed.contains(id));
+                }
+                for id in &renewed {
+                    self.held.insert(*id, now);
+                }
+                let mut hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(leases) = hands.get_mut(&self.holder) {
+                    leases.retain(|id, _| renewed.contains(id) || self.held.contains_key(id));
                 }
             }
             Err(e) => warn!(error = %e, "renewing leases failed"),
@@ -311,14 +339,21 @@ impl Session {
             ttl: config.lease_ttl,
             politeness: Some(config.site_politeness()),
         };
-        let grants = self.api.store.acquire_leases(&req, self.credits, LEASES_PER_CALL).await?;
+        let grants = self.api.store.acquire_leases(&req, self.grantable(), LEASES_PER_CALL).await?;
         if grants.is_empty() {
             return Ok(false);
         }
         for grant in grants {
             self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
-            let open = grant.urls.len() as u64;
-            self.held.insert(grant.id, Held { since: tokio::time::Instant::now(), open });
+            self.held.insert(grant.id, tokio::time::Instant::now());
+            let urls = grant.urls.iter().map(|(id, _)| *id).collect();
+            self.api
+                .hands
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(self.holder.clone())
+                .or_default()
+                .insert(grant.id, urls);
             if !self.send_lease(grant).await {
                 return Ok(false);
             }
@@ -360,11 +395,21 @@ impl Session {
         let mut malformed = Vec::new();
         let reporter: Arc<str> = self.holder.as_str().into();
         let pause_cap = urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(self.api.config.max_host_pause);
+        // Each leased URL leaves the worker's hand once, with its first result: junk results, repeats
+        // and results of URLs it was never leased free nothing.
+        let mut hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hand = hands.get_mut(&self.holder);
+        for r in &batch.results {
+            if let Some(urls) = hand.as_mut().and_then(|h| h.get_mut(&r.lease_id)) {
+                urls.remove(&r.url_id);
+            }
+        }
+        if let Some(h) = hand {
+            h.retain(|_, urls| !urls.is_empty());
+        }
+        drop(hands);
         for r in batch.results {
             let (lease_id, url_id) = (r.lease_id, r.url_id);
-            if let Some(h) = self.held.get_mut(&lease_id) {
-                h.open = h.open.saturating_sub(1);
-            }
             match urlfleet_shared::convert::reported_result(r, reporter.clone()) {
                 Ok(mut r) => {
                     if let Some(p) = r.outcome.host_paused_until_ms.as_mut() {
@@ -409,6 +454,9 @@ impl Session {
                     reason: r.reason.as_str().into(),
                 }),
         );
+        for r in refused.iter().filter(|r| r.reason == Refusal::LeaseEnded.as_str()) {
+            self.forget(r.lease_id);
+        }
         let ack = pb::Ack { batch_id: batch.id, refused };
         if self.tx.send(Ok(out(Out::Ack(ack)))).await.is_err() {
             return Ok(());

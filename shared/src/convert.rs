@@ -228,6 +228,9 @@ impl TryFrom<&pb::JobOptions> for JobOptions {
                 reason: format!("longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
             });
         }
+        if o.idempotency_key.chars().any(char::is_control) {
+            return Err(ConvertError { field: "idempotency_key", reason: "holds a control character".into() });
+        }
         if o.not_before_ms < 0 {
             return Err(ConvertError { field: "not_before_ms", reason: "negative".into() });
         }
@@ -313,8 +316,8 @@ pub const MAX_RESULT_CONTENT_TYPE_BYTES: usize = 256;
 /// Most redirect hops a result may list (a worker follows at most 10 by default).
 pub const MAX_RESULT_REDIRECTS: usize = 32;
 
-/// A result as `reporter` sent it, bounded: text fields are cut to their limits, URLs longer than a
-/// URL may be and more hops than [`MAX_RESULT_REDIRECTS`] are refused.
+/// A result as `reporter` sent it, bounded: text and URLs are cut to their limits and the hops to
+/// [`MAX_RESULT_REDIRECTS`] (a site that redirects through a very long URL still gets its verdict).
 pub fn reported_result(r: pb::CheckResult, reporter: std::sync::Arc<str>) -> Result<ReportedResult, ConvertError> {
     let kind = kind_from_pb(r.kind)?.ok_or_else(|| ConvertError { field: "kind", reason: "unspecified".into() })?;
     let status = match r.status {
@@ -327,22 +330,13 @@ pub fn reported_result(r: pb::CheckResult, reporter: std::sync::Arc<str>) -> Res
     if r.checked_at_ms <= 0 {
         return Err(ConvertError { field: "checked_at_ms", reason: "must be set".into() });
     }
-    if r.redirects.len() > MAX_RESULT_REDIRECTS {
-        return Err(ConvertError {
-            field: "redirects",
-            reason: format!("{} hops; at most {MAX_RESULT_REDIRECTS}", r.redirects.len()),
-        });
-    }
-    let urls = || std::iter::once(&r.final_url).chain(r.redirects.iter().map(|h| &h.url));
-    if urls().any(|u| u.contains('\0')) {
-        return Err(ConvertError { field: "final_url", reason: "a URL with a NUL character".into() });
-    }
-    if let Some(u) = urls().find(|u| u.len() > crate::url::MAX_URL_LEN) {
-        return Err(ConvertError {
-            field: "final_url",
-            reason: format!("a URL of {} bytes; at most {}", u.len(), crate::url::MAX_URL_LEN),
-        });
-    }
+    let url = |u: String| truncate(text(u), crate::url::MAX_URL_LEN);
+    let redirects = r
+        .redirects
+        .into_iter()
+        .take(MAX_RESULT_REDIRECTS)
+        .map(|h| RedirectHop::from(&pb::RedirectHop { url: url(h.url), status: h.status }))
+        .collect();
     Ok(ReportedResult {
         reporter,
         lease_id: r.lease_id,
@@ -351,8 +345,8 @@ pub fn reported_result(r: pb::CheckResult, reporter: std::sync::Arc<str>) -> Res
         outcome: CheckOutcome {
             kind,
             status,
-            final_url: non_empty(r.final_url),
-            redirects: r.redirects.iter().map(Into::into).collect(),
+            final_url: non_empty(url(r.final_url)),
+            redirects,
             attempts: r.attempts.max(1),
             response_time_ms: r.response_time_ms,
             content_type: non_empty(truncate(text(r.content_type), MAX_RESULT_CONTENT_TYPE_BYTES)),
@@ -429,10 +423,14 @@ mod tests {
         assert!(e.len() <= MAX_RESULT_ERROR_BYTES && e.ends_with('…'), "{}", e.len());
         let r = wire(&|r| r.content_type = "x".repeat(10_000)).unwrap();
         assert!(r.outcome.content_type.unwrap().len() <= MAX_RESULT_CONTENT_TYPE_BYTES);
-        assert_eq!(wire(&|r| r.final_url = "h".repeat(9_000)).unwrap_err().field, "final_url");
+        let long = wire(&|r| r.final_url = "h".repeat(9_000)).unwrap();
+        assert!(
+            long.outcome.final_url.unwrap().len() <= crate::url::MAX_URL_LEN,
+            "a long URL is cut, the verdict kept"
+        );
         let hop = pb::RedirectHop { url: "http://a.example/".into(), status: 301 };
-        assert_eq!(wire(&|r| r.redirects = vec![hop.clone(); 33]).unwrap_err().field, "redirects");
-        assert!(wire(&|r| r.redirects = vec![hop.clone(); 10]).is_ok());
+        assert_eq!(wire(&|r| r.redirects = vec![hop.clone(); 40]).unwrap().outcome.redirects.len(), 32);
+        assert_eq!(wire(&|r| r.redirects = vec![hop.clone(); 10]).unwrap().outcome.redirects.len(), 10);
         assert_eq!(truncate("abc".into(), 3), "abc");
         assert_eq!(wire(&|r| r.error = "a\0b".into()).unwrap().outcome.error.unwrap(), "a\u{fffd}b");
     }
@@ -484,6 +482,8 @@ mod tests {
         let bad = pb::JobOptions { priority: 9, ..Default::default() };
         assert_eq!(JobOptions::try_from(&bad).unwrap_err().field, "priority");
         let bad = pb::JobOptions { idempotency_key: "x".repeat(300), ..Default::default() };
+        assert_eq!(JobOptions::try_from(&bad).unwrap_err().field, "idempotency_key");
+        let bad = pb::JobOptions { idempotency_key: "\u{1f}seo/k".into(), ..Default::default() };
         assert_eq!(JobOptions::try_from(&bad).unwrap_err().field, "idempotency_key");
     }
 }

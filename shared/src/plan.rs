@@ -123,6 +123,11 @@ impl Planner {
         }
     }
 
+    /// Distinct invalid entries so far (held in memory until the end).
+    pub fn invalid_entries(&self) -> usize {
+        self.invalid.len()
+    }
+
     /// Keeps invalid entries cut to `bytes` (they are listed back, and held until the end).
     pub fn with_invalid_entry_bytes(mut self, bytes: usize) -> Self {
         self.invalid_entry_bytes = bytes.max(16);
@@ -154,7 +159,9 @@ impl Planner {
             Err(e) => {
                 let kept = crate::convert::truncate(entry.to_string(), self.invalid_entry_bytes);
                 if self.invalid_seen.insert(kept.clone()) {
-                    self.invalid.push(InvalidEntry { input: kept, reason: e.to_string() });
+                    // The reason may quote the entry (its scheme): it is bounded too.
+                    let reason = crate::convert::truncate(e.to_string(), self.invalid_entry_bytes);
+                    self.invalid.push(InvalidEntry { input: kept, reason });
                 } else {
                     self.duplicates += 1;
                 }

@@ -88,6 +88,7 @@ proptest! {
         if let Ok(r) = reported_result(wire, "w".into()) {
             prop_assert!(r.outcome.error.as_deref().is_none_or(|e| e.len() <= MAX_RESULT_ERROR_BYTES && !e.contains('\0')));
             prop_assert!(r.outcome.redirects.len() <= 32);
+            prop_assert!(r.outcome.final_url.as_deref().is_none_or(|u| u.len() <= 8_192));
             prop_assert!(r.outcome.checked_at_ms > 0);
             prop_assert!(r.outcome.status.is_none_or(|s| s > 0));
         }

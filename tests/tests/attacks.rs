@@ -175,8 +175,8 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
     let db = TestDb::fresh(Backend::Sqlite).await;
     let site = Fixture::local().await;
     let coordinator = Coordinator::spawn(&db.url, |c| {
-        c.lease_ttl = Duration::from_secs(1);
-        c.max_lease_life = Duration::from_secs(2);
+        c.lease_ttl = Duration::from_secs(2);
+        c.max_lease_life = Duration::from_secs(4);
         c.max_worker_credits = 50;
         c.max_lease_attempts = 10;
     })
@@ -187,16 +187,34 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
 
     let mut evil = Raw::open(&coordinator.addr, None, "hoarder").await.unwrap();
     let mut held = Vec::new();
-    let mut leased = 0;
+    let mut leases = Vec::new();
+    // Takes what is leased, and keeps every lease so far alive.
+    async fn drain(raw: &mut Raw, leases: &mut Vec<pb::Lease>) {
+        while let Ok(Ok(In::Lease(l))) = tokio::time::timeout(Duration::from_millis(300), raw.next()).await {
+            leases.push(l);
+        }
+        raw.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect() })).await;
+    }
     // Credits again and again: what is in hand counts against the bound too.
     for _ in 0..3 {
         evil.send(Out::Credits(pb::Credits { urls: u32::MAX })).await;
-        while let Ok(Ok(In::Lease(l))) = tokio::time::timeout(Duration::from_millis(500), evil.next()).await {
-            leased += l.urls.len();
-            held.push(l.id);
-        }
+        drain(&mut evil, &mut leases).await;
     }
-    assert!(leased > 0 && leased <= 50, "credits are held to --max-worker-credits: {leased} URLs leased");
+    // Junk results under a held lease (URLs it never held, repeated) free nothing in hand.
+    let first = leases[0].clone();
+    let junk = (0..200).map(|i| verdict(&first, 1_000_000 + i % 7, 200)).collect();
+    let ack = evil.report(99, junk).await;
+    assert_eq!(ack.refused.len(), 200);
+    evil.send(Out::Credits(pb::Credits { urls: u32::MAX })).await;
+    drain(&mut evil, &mut leases).await;
+    // Nor does a second session under the same id that adopts the leases by heartbeat.
+    let mut twin = Raw::open(&coordinator.addr, None, "hoarder").await.unwrap();
+    twin.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect() })).await;
+    twin.send(Out::Credits(pb::Credits { urls: u32::MAX })).await;
+    drain(&mut twin, &mut leases).await;
+    let leased: usize = leases.iter().map(|l| l.urls.len()).sum();
+    held.extend(leases.iter().map(|l| l.id));
+    assert!(leased > 0 && leased <= 50, "what a worker holds is bounded by --max-worker-credits: {leased} URLs");
     // Renewing forever, reporting nothing.
     let hoarder = tokio::spawn(async move {
         loop {
@@ -260,10 +278,14 @@ async fn a_heartbeat_over_its_bound_ends_the_session_at_once() {
     assert_eq!(ended.code(), Code::InvalidArgument, "{ended:?}");
     assert!(ended.message().contains("--max-worker-credits"), "{ended:?}");
     eprintln!("a 1,000,000-lease heartbeat was refused in {:?}", started.elapsed());
-    // The honest path: a heartbeat of the worker's own leases is fine.
-    let honest = Raw::open(&coordinator.addr, None, "honest").await.unwrap();
-    honest.send(Out::Heartbeat(pb::Heartbeat { lease_ids: vec![1, 2, 3] })).await;
+    // The honest path: a heartbeat within the bound keeps the session, which goes on leasing.
+    let site = Fixture::local().await;
+    let mut client = coordinator.client().await;
+    submit(&mut client, &[site.url("/status/200")], impolite()).await.unwrap();
+    let mut honest = Raw::open(&coordinator.addr, None, "honest").await.unwrap();
+    honest.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..60_000).collect() })).await;
     honest.send(Out::Credits(pb::Credits { urls: 1 })).await;
+    assert_eq!(honest.lease().await.urls.len(), 1, "the session lives on after a heartbeat within the bound");
     coordinator.stop().await;
 }
 

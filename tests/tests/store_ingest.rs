@@ -153,17 +153,24 @@ const TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn the_coordinators_clock_orders_results(backend: Backend) {
     let (db, store) = open(backend).await;
-    let (job, _) = store.create_job(new_job("clock", 1)).await.unwrap();
-    store.add_urls(job.id, &urls("c.example", 1), recheck()).await.unwrap();
-    store.seal_job(job.id, seal("clock", 1, job.priority)).await.unwrap();
+    // Two URLs: the lease stays live after the first is reported.
+    let (job, _) = store.create_job(new_job("clock", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("c.example", 2), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("clock", 2, job.priority)).await.unwrap();
     let before = now_ms();
     let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
     let url_id = lease.urls[0].0;
     // A verdict dated 2036 is stored as of its arrival, so a later check can overwrite it.
     store.ingest(&[result(&lease, url_id, 200, 2_100_000_000_000)]).await.unwrap();
     let after = now_ms();
-    let stored = db.scalar("SELECT checked_at FROM urls").await;
+    let stored = db.scalar(&format!("SELECT checked_at FROM urls WHERE id = {url_id}")).await;
     assert!((before..=after).contains(&stored), "{stored} not in {before}..={after}");
+    // Resent later (the lease still live), it is a replay: no second history row, the same state.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let touched = store.ingest(&[result(&lease, url_id, 200, 2_100_000_000_000)]).await.unwrap();
+    assert!(touched.refused.is_empty());
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 1, "a resent future-dated result is stored once");
+    assert_eq!(db.scalar(&format!("SELECT checked_at FROM urls WHERE id = {url_id}")).await, stored);
     // One dated before its lease was granted is stored as of the grant.
     let (job, _) = store.create_job(new_job("clock2", 1)).await.unwrap();
     store.add_urls(job.id, &urls("d.example", 1), recheck()).await.unwrap();

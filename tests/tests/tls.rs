@@ -99,6 +99,24 @@ async fn tls_is_served_and_required_and_https_never_falls_back_to_cleartext() {
     };
     let refused = work.work(tokio_stream::iter(vec![hello])).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // A client certificate another CA signed does not get through the handshake.
+    let stranger = Pki::new("stranger");
+    let forged = ClientAuth {
+        client_cert: Some(stranger.path("client.pem")),
+        client_key: Some(stranger.path("client.key")),
+        ..pki.client(false)
+    };
+    let e = match forged.channel(&target).await {
+        Err(e) => format!("{e:#}"),
+        Ok(mut ch) => {
+            let mut work = pb::worker_service_client::WorkerServiceClient::new(&mut ch);
+            let hello = pb::WorkerMessage {
+                msg: Some(pb::worker_message::Msg::Hello(pb::Hello { worker_id: "w".into(), ..Default::default() })),
+            };
+            format!("{:?}", work.work(tokio_stream::iter(vec![hello])).await.expect_err("a stranger's certificate"))
+        }
+    };
+    assert!(!e.is_empty());
     let auth = pki.client(true);
     let addr = target_addr(&target);
     let worker = Worker::spawn(&addr, move |c| c.auth = auth);

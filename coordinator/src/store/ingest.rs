@@ -8,7 +8,7 @@ use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeClass, ReportedResult};
 
-use super::db::{Tx, sql};
+use super::db::{Dialect, Tx, sql};
 use super::jobs::{JobDeltas, add_host_pending, complete_if_done};
 use super::leasing::close_lease_urls;
 use super::{RefusedResult, SqlStore, StoreResult, Touched};
@@ -50,16 +50,21 @@ struct FencedLease {
 
 /// Splits a chunk into the results that may be stored — each bounded by the coordinator's clock —
 /// and the refused ones. A result counts only for a URL its lease holds (a `job_urls` row names the
-/// lease), under a live lease held by its reporter, at the lease's epoch. A result of an ended lease
-/// that was stored under it before is a replay: it is accepted, and changes nothing.
+/// lease), under a live lease held by its reporter, at the lease's epoch. A result stored under its
+/// lease before is a replay: it is accepted, and changes nothing.
+///
+/// The leases read stay locked against the reaper (a key-share lock, which its `SKIP LOCKED` passes
+/// over and which this transaction's own counter updates do not wait for): a lease judged live stays
+/// live until the chunk commits.
 async fn fence(
     tx: &mut Tx,
     results: &[ReportedResult],
     now: i64,
+    dialect: &Dialect,
 ) -> StoreResult<(Vec<ReportedResult>, Vec<RefusedResult>)> {
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id IN (");
-    q.push_list(lease_ids.iter().copied()).push(")");
+    q.push_list(lease_ids.iter().copied()).push(") ORDER BY id").push(dialect.for_key_share);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
     let live: Vec<i64> = leases.values().filter(|l| l.active).map(|l| l.id).collect();
@@ -72,6 +77,9 @@ async fn fence(
     let mut accepted = Vec::with_capacity(results.len());
     let mut ended = Vec::new();
     let mut refused = Vec::new();
+    // Results dated after their arrival, whose stored time is the arrival: a resend would arrive
+    // later and be stored again, so they are looked up as replays below.
+    let mut future = Vec::new();
     for r in results {
         let verdict = match leases.get(&r.lease_id) {
             None => Err(Refusal::NoSuchLease),
@@ -84,6 +92,9 @@ async fn fence(
         match verdict {
             Ok(granted) => {
                 let mut r = r.clone();
+                if r.outcome.checked_at_ms > now {
+                    future.push(accepted.len());
+                }
                 r.outcome.checked_at_ms = r.outcome.checked_at_ms.clamp(granted, now.max(granted));
                 accepted.push(r);
             }
@@ -91,11 +102,16 @@ async fn fence(
             Err(reason) => refused.push(refusal(r, reason)),
         }
     }
-    if !ended.is_empty() {
-        // A replay of a result stored under its lease before: its history row names the lease.
+    // A replay of a result stored under its lease before: its history row names the lease.
+    let replays: Vec<(i64, i64)> = ended
+        .iter()
+        .map(|r| (r.url_id, r.lease_id))
+        .chain(future.iter().map(|i| (accepted[*i].url_id, accepted[*i].lease_id)))
+        .collect();
+    if !replays.is_empty() {
         let mut q = sql("SELECT url_id, lease_id FROM checks WHERE url_id IN (");
-        q.push_list(ended.iter().map(|r| r.url_id)).push(") AND lease_id IN (");
-        q.push_list(ended.iter().map(|r| r.lease_id).collect::<BTreeSet<_>>()).push(")");
+        q.push_list(replays.iter().map(|k| k.0).collect::<BTreeSet<_>>()).push(") AND lease_id IN (");
+        q.push_list(replays.iter().map(|k| k.1).collect::<BTreeSet<_>>()).push(")");
         let stored: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().collect();
         refused.extend(
             ended
@@ -103,6 +119,15 @@ async fn fence(
                 .filter(|r| !stored.contains(&(r.url_id, r.lease_id)))
                 .map(|r| refusal(r, Refusal::LeaseEnded)),
         );
+        let stored_before: HashSet<usize> =
+            future.into_iter().filter(|i| stored.contains(&(accepted[*i].url_id, accepted[*i].lease_id))).collect();
+        if !stored_before.is_empty() {
+            let mut i = 0;
+            accepted.retain(|_| {
+                i += 1;
+                !stored_before.contains(&(i - 1))
+            });
+        }
     }
     Ok((accepted, refused))
 }
@@ -118,7 +143,7 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        let (accepted, refused) = fence(&mut tx, results, now).await?;
+        let (accepted, refused) = fence(&mut tx, results, now, self.db.dialect()).await?;
         if !refused.is_empty() {
             tracing::warn!(
                 refused = refused.len(),

@@ -69,9 +69,11 @@ struct FrontierRow {
     priority: i16,
 }
 
-/// A key scoped to its owner: `owner/key`, or the key alone for the anonymous owner.
+/// A key scoped to its owner: `\u{1f}owner/key`, or the key alone for the anonymous owner (as keys
+/// were stored before owners). No submitted key holds a control character, so no key of one owner
+/// can spell another's.
 pub(crate) fn owned_key(owner: &str, key: &str) -> String {
-    if owner.is_empty() { key.to_string() } else { format!("{owner}/{key}") }
+    if owner.is_empty() { key.to_string() } else { format!("\u{1f}{owner}/{key}") }
 }
 
 impl SqlStore {
@@ -105,6 +107,9 @@ impl SqlStore {
             }
         };
         let rec = require_job(&mut tx, id).await?;
+        if existing && rec.owner != job.owner {
+            return Err(StoreError::Corrupt(format!("job {id} matched another owner's idempotency key")));
+        }
         tx.commit().await?;
         Ok((rec, existing))
     }
@@ -137,9 +142,9 @@ impl SqlStore {
             let mut planned = Vec::with_capacity(chunk.len());
             let mut joinable = Vec::new();
             for u in chunk {
-                let s = stored
-                    .get(u.url.as_str())
-                    .ok_or_else(|| StoreError::Corrupt(format!("url {} not stored", u.url)))?;
+                let s = stored.get(u.url.as_str()).ok_or_else(|| {
+                    StoreError::Corrupt(format!("url {} not stored", urlfleet_shared::url::redact(&u.url)))
+                })?;
                 let check = s.check()?;
                 let (state, reason) = match policy.judge(check.as_ref(), now) {
                     Recheck::Check(reason) => (JobUrlState::Pending, reason),
