@@ -51,6 +51,52 @@ where
     }
 }
 
+/// A set of ids bound as one value — an array on PostgreSQL, a JSON array on SQLite — so that a
+/// statement testing membership in it has the same text whatever the set's size, and is prepared
+/// once (see [`Sql::push_id_set`]).
+pub(crate) struct IdSet(pub Vec<i64>);
+
+impl Bind for IdSet {
+    fn bind_pg(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(self.0)
+    }
+
+    fn bind_lite(self: Box<Self>, args: &mut SqliteArguments) -> Result<(), BoxDynError> {
+        let mut json = String::with_capacity(self.0.len() * 8 + 2);
+        json.push('[');
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&id.to_string());
+        }
+        json.push(']');
+        args.add(json)
+    }
+}
+
+/// Marks where a membership test in an [`IdSet`] goes; each dialect spells it at execution.
+const ID_SET: char = '\u{1}';
+
+/// The statement's text for one database: every id-set marker spelled out.
+fn spelled(text: String, pg: bool) -> String {
+    if !text.contains(ID_SET) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut parts = text.split(ID_SET);
+    out.push_str(parts.next().unwrap_or_default());
+    while let (Some(n), Some(rest)) = (parts.next(), parts.next()) {
+        if pg {
+            out.push_str(&format!("= ANY(${n})"));
+        } else {
+            out.push_str(&format!("IN (SELECT value FROM json_each(${n}))"));
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
 /// A row type that both drivers decode (anything `#[derive(sqlx::FromRow)]`, tuples of columns).
 pub(crate) trait Decoded: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
 impl<T> Decoded for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
@@ -192,6 +238,16 @@ impl<'a> Sql<'a> {
         self
     }
 
+    /// Appends a membership test in `ids` (`= ANY($n)` on PostgreSQL, `IN (SELECT value FROM
+    /// json_each($n))` on SQLite), bound as one value: the text does not change with the set's size.
+    pub(crate) fn push_id_set(&mut self, ids: impl IntoIterator<Item = i64>) -> &mut Self {
+        self.args.push(Box::new(IdSet(ids.into_iter().collect())));
+        self.text.push(ID_SET);
+        self.text.push_str(&self.args.len().to_string());
+        self.text.push(ID_SET);
+        self
+    }
+
     /// Appends `v1, v2, …` as placeholders, each bound.
     pub(crate) fn push_list<T: Bind + 'a>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self {
         for (i, v) in values.into_iter().enumerate() {
@@ -221,10 +277,13 @@ impl<'a> Sql<'a> {
 
     /// Every row, decoded.
     pub(crate) async fn fetch_all<T: Decoded>(self, ex: &mut impl Executor) -> StoreResult<Vec<T>> {
-        let text = sqlx::AssertSqlSafe(self.text);
         Ok(match ex.conn() {
-            Conn::Pg(c) => sqlx::query_as_with::<Postgres, T, _>(text, Self::pg_args(self.args)?).fetch_all(c).await?,
+            Conn::Pg(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, true));
+                sqlx::query_as_with::<Postgres, T, _>(text, Self::pg_args(self.args)?).fetch_all(c).await?
+            }
             Conn::Lite(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, false));
                 sqlx::query_as_with::<Sqlite, T, _>(text, Self::lite_args(self.args)?).fetch_all(c).await?
             }
         })
@@ -232,12 +291,13 @@ impl<'a> Sql<'a> {
 
     /// The first row, decoded, if there is one.
     pub(crate) async fn fetch_optional<T: Decoded>(self, ex: &mut impl Executor) -> StoreResult<Option<T>> {
-        let text = sqlx::AssertSqlSafe(self.text);
         Ok(match ex.conn() {
             Conn::Pg(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, true));
                 sqlx::query_as_with::<Postgres, T, _>(text, Self::pg_args(self.args)?).fetch_optional(c).await?
             }
             Conn::Lite(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, false));
                 sqlx::query_as_with::<Sqlite, T, _>(text, Self::lite_args(self.args)?).fetch_optional(c).await?
             }
         })
@@ -258,12 +318,13 @@ impl<'a> Sql<'a> {
 
     /// Runs the statement; returns the rows it changed.
     pub(crate) async fn execute(self, ex: &mut impl Executor) -> StoreResult<u64> {
-        let text = sqlx::AssertSqlSafe(self.text);
         Ok(match ex.conn() {
             Conn::Pg(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, true));
                 sqlx::query_with::<Postgres, _>(text, Self::pg_args(self.args)?).execute(c).await?.rows_affected()
             }
             Conn::Lite(c) => {
+                let text = sqlx::AssertSqlSafe(spelled(self.text, false));
                 sqlx::query_with::<Sqlite, _>(text, Self::lite_args(self.args)?).execute(c).await?.rows_affected()
             }
         })

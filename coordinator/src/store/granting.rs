@@ -202,8 +202,8 @@ async fn grant(
         let mut marked = HashSet::new();
         for chunk in urls.chunks(ROWS_PER_STATEMENT) {
             let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
-            q.push_bind(lease).push(" WHERE state = 'pending' AND url_id IN (");
-            q.push_list(chunk.iter().map(|(id, _)| *id)).push(") RETURNING job_id, url_id");
+            q.push_bind(lease).push(" WHERE state = 'pending' AND url_id ");
+            q.push_id_set(chunk.iter().map(|(id, _)| *id)).push(" RETURNING job_id, url_id");
             for (job, url_id) in q.fetch_all::<(i64, i64)>(tx).await? {
                 deltas.of(job).leased += 1;
                 *open.entry(lease).or_default() += 1;

@@ -63,15 +63,15 @@ async fn fence(
     dialect: &Dialect,
 ) -> StoreResult<(Vec<ReportedResult>, Vec<RefusedResult>)> {
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
-    let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id IN (");
-    q.push_list(lease_ids.iter().copied()).push(") ORDER BY id").push(dialect.for_key_share);
+    let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
+    q.push_id_set(lease_ids.iter().copied()).push(" ORDER BY id").push(dialect.for_key_share);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
     let live: Vec<i64> = leases.values().filter(|l| l.active).map(|l| l.id).collect();
     let mut held: HashSet<(i64, i64)> = HashSet::new();
     if !live.is_empty() {
-        let mut q = sql("SELECT lease_id, url_id FROM job_urls WHERE lease_id IN (");
-        q.push_list(live).push(")");
+        let mut q = sql("SELECT lease_id, url_id FROM job_urls WHERE lease_id ");
+        q.push_id_set(live);
         held.extend(q.fetch_all::<(i64, i64)>(tx).await?);
     }
     let mut accepted = Vec::with_capacity(results.len());
@@ -109,9 +109,9 @@ async fn fence(
         .chain(future.iter().map(|i| (accepted[*i].url_id, accepted[*i].lease_id)))
         .collect();
     if !replays.is_empty() {
-        let mut q = sql("SELECT url_id, lease_id FROM checks WHERE url_id IN (");
-        q.push_list(replays.iter().map(|k| k.0).collect::<BTreeSet<_>>()).push(") AND lease_id IN (");
-        q.push_list(replays.iter().map(|k| k.1).collect::<BTreeSet<_>>()).push(")");
+        let mut q = sql("SELECT url_id, lease_id FROM checks WHERE url_id ");
+        q.push_id_set(replays.iter().map(|k| k.0).collect::<BTreeSet<_>>()).push(" AND lease_id ");
+        q.push_id_set(replays.iter().map(|k| k.1).collect::<BTreeSet<_>>());
         let stored: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().collect();
         refused.extend(
             ended

@@ -10,7 +10,7 @@ use super::db::{Tx, sql};
 use super::jobs::{JobDeltas, complete_if_done};
 use super::{SqlStore, StoreResult, Touched};
 
-/// Rows per `IN (…)` list: under both databases' bind-parameter limits.
+/// Ids per statement, so that no single statement carries an unbounded set.
 const IDS_PER_STATEMENT: usize = 4_000;
 
 /// Added to a polite lease's spacing at the hand-over: the coordinator's clock, not the server's,
@@ -62,8 +62,8 @@ impl SqlStore {
             let mut q = sql("UPDATE leases SET expires_at = CASE WHEN created_at + ");
             q.push_bind(ms(max_life)).push(" < ").push_bind(until).push(" THEN created_at + ");
             q.push_bind(ms(max_life)).push(" ELSE ").push_bind(until).push(" END WHERE holder = ");
-            q.push_bind(worker_id.to_string()).push(" AND active AND id IN (").push_list(chunk.iter().copied());
-            q.push(") RETURNING id");
+            q.push_bind(worker_id.to_string()).push(" AND active AND id ").push_id_set(chunk.iter().copied());
+            q.push(" RETURNING id");
             renewed.extend(q.fetch_all::<(i64,)>(&mut conn).await?.into_iter().map(|(id,)| id));
         }
         Ok(renewed)
@@ -73,8 +73,7 @@ impl SqlStore {
         let mut conn = self.db.acquire().await?;
         for chunk in lease_ids.chunks(IDS_PER_STATEMENT) {
             let mut q = sql("UPDATE leases SET expires_at = 0 WHERE holder = ");
-            q.push_bind(worker_id.to_string()).push(" AND active AND id IN (").push_list(chunk.iter().copied());
-            q.push(")");
+            q.push_bind(worker_id.to_string()).push(" AND active AND id ").push_id_set(chunk.iter().copied());
             q.execute(&mut conn).await?;
         }
         Ok(())

@@ -197,8 +197,8 @@ impl SqlStore {
         if url_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q = sql("SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id IN (");
-        q.push_list(url_ids.iter().copied()).push(") GROUP BY url_id");
+        let mut q = sql("SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id ");
+        q.push_id_set(url_ids.iter().copied()).push(" GROUP BY url_id");
         let running: Vec<(i64, Option<i64>)> = q.fetch_all(tx).await?;
         let mut joined = Vec::new();
         for (url_id, lease_id) in running {
