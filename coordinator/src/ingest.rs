@@ -267,12 +267,11 @@ async fn commit(
     }
 }
 
-/// A constraint violation (for example a result for a URL id that does not exist) fails the same way
-/// every time; everything else (connections, deadlocks, timeouts) may pass on a retry.
+/// A constraint violation fails the same way every time; everything else (connections, deadlocks,
+/// timeouts) may pass on a retry.
 fn is_permanent(e: &crate::store::StoreError) -> bool {
     use sqlx::error::ErrorKind;
     match e {
-        crate::store::StoreError::UnknownUrls(_) => true,
         crate::store::StoreError::Query(sqlx::Error::Database(db)) => matches!(
             db.kind(),
             ErrorKind::ForeignKeyViolation | ErrorKind::NotNullViolation | ErrorKind::CheckViolation

@@ -117,7 +117,7 @@ pub async fn run(
     };
     let mut side_servers = Vec::new();
     if let Some(addr) = config.health_listen.filter(|_| !in_process) {
-        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = listen(addr).await?;
         info!(address = %listener.local_addr()?, "health serving");
         let stop = token.clone();
         side_servers.push(tokio::spawn(
@@ -129,8 +129,7 @@ pub async fn run(
     let mut router = builder()?.add_service(health.clone()).add_optional_service(reflection).add_service(jobs);
     match config.worker_listen {
         Some(addr) if !in_process => {
-            let listener =
-                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            let listener = listen(addr).await?;
             info!(address = %listener.local_addr()?, "worker protocol serving");
             let stop = token.clone();
             let serving = builder()?
@@ -235,8 +234,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = crate::store::connect(&config.database_url).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let listener = listen(config.listen).await?;
     run(listener, store, config, shutdown).await
+}
+
+/// A listener on `addr`; the error names the address.
+async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }

@@ -47,8 +47,46 @@ struct Batch {
     malformed: Vec<pb::RefusedResult>,
 }
 
-/// What one worker has in hand: lease → its URLs not reported yet.
-type Hand = HashMap<i64, HashSet<i64>>;
+/// What one worker has in hand: lease → its URLs not reported yet, and how many those are in all.
+#[derive(Default)]
+struct Hand {
+    leases: HashMap<i64, HashSet<i64>>,
+    urls: u64,
+}
+
+impl Hand {
+    fn grant(&mut self, lease: i64, urls: HashSet<i64>) {
+        self.urls += urls.len() as u64;
+        if let Some(old) = self.leases.insert(lease, urls) {
+            self.urls -= old.len() as u64;
+        }
+    }
+
+    /// A URL reported: it leaves the hand once, with its first result.
+    fn reported(&mut self, lease: i64, url: i64) {
+        if let Some(urls) = self.leases.get_mut(&lease)
+            && urls.remove(&url)
+        {
+            self.urls -= 1;
+            if urls.is_empty() {
+                self.leases.remove(&lease);
+            }
+        }
+    }
+
+    /// Keeps only the leases `keep` says the worker still holds.
+    fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
+        let mut dropped = 0;
+        self.leases.retain(|id, urls| {
+            let k = keep(*id);
+            if !k {
+                dropped += urls.len() as u64;
+            }
+            k
+        });
+        self.urls -= dropped;
+    }
+}
 
 /// Longest worker id accepted in hello.
 pub const MAX_WORKER_ID_BYTES: usize = 128;
@@ -270,10 +308,15 @@ impl Session {
         Ok(())
     }
 
+    /// The worker's hand (on any of its sessions), to read or change.
+    fn hand<T>(&self, f: impl FnOnce(&mut Hand) -> T) -> T {
+        let mut hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
+        f(hands.entry(self.holder.clone()).or_default())
+    }
+
     /// URLs leased to this worker (on any of its sessions) and not reported yet.
     fn in_hand(&self) -> u64 {
-        let hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
-        hands.get(&self.holder).map_or(0, |leases| leases.values().map(|u| u.len() as u64).sum())
+        self.hand(|h| h.urls)
     }
 
     /// URLs that may be leased now: the credits, within what the bound leaves beside the URLs in hand
@@ -286,9 +329,7 @@ impl Session {
     /// A lease this worker no longer holds (revoked, or ended on the coordinator's side).
     fn forget(&mut self, lease_id: i64) {
         self.held.remove(&lease_id);
-        if let Some(leases) = self.api.hands.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.holder) {
-            leases.remove(&lease_id);
-        }
+        self.hand(|h| h.retain(|id| id != lease_id));
     }
 
     /// Renews the listed leases this worker holds, within their lifetime, and remembers them as this
@@ -318,10 +359,7 @@ impl Session {
                 for id in &renewed {
                     self.held.insert(*id, now);
                 }
-                let mut hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(leases) = hands.get_mut(&self.holder) {
-                    leases.retain(|id, _| renewed.contains(id) || self.held.contains_key(id));
-                }
+                self.hand(|h| h.retain(|id| renewed.contains(&id) || self.held.contains_key(&id)));
             }
             Err(e) => warn!(error = %e, "renewing leases failed"),
         }
@@ -346,14 +384,7 @@ impl Session {
         for grant in grants {
             self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
             self.held.insert(grant.id, tokio::time::Instant::now());
-            let urls = grant.urls.iter().map(|(id, _)| *id).collect();
-            self.api
-                .hands
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(self.holder.clone())
-                .or_default()
-                .insert(grant.id, urls);
+            self.hand(|h| h.grant(grant.id, grant.urls.iter().map(|(id, _)| *id).collect()));
             if !self.send_lease(grant).await {
                 return Ok(false);
             }
@@ -397,17 +428,7 @@ impl Session {
         let pause_cap = urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(self.api.config.max_host_pause);
         // Each leased URL leaves the worker's hand once, with its first result: junk results, repeats
         // and results of URLs it was never leased free nothing.
-        let mut hands = self.api.hands.lock().unwrap_or_else(|e| e.into_inner());
-        let mut hand = hands.get_mut(&self.holder);
-        for r in &batch.results {
-            if let Some(urls) = hand.as_mut().and_then(|h| h.get_mut(&r.lease_id)) {
-                urls.remove(&r.url_id);
-            }
-        }
-        if let Some(h) = hand {
-            h.retain(|_, urls| !urls.is_empty());
-        }
-        drop(hands);
+        self.hand(|h| batch.results.iter().for_each(|r| h.reported(r.lease_id, r.url_id)));
         for r in batch.results {
             let (lease_id, url_id) = (r.lease_id, r.url_id);
             match urlfleet_shared::convert::reported_result(r, reporter.clone()) {

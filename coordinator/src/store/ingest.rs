@@ -2,6 +2,7 @@
 //! newest of each URL as its latest state (monotonic), its open `job_urls` rows finished — then the
 //! job counters, the frontier, lease ends, host pauses and job completion. Replays change nothing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use urlfleet_shared::outcome::Refusal;
@@ -56,12 +57,12 @@ struct FencedLease {
 /// The leases read stay locked against the reaper (a key-share lock, which its `SKIP LOCKED` passes
 /// over and which this transaction's own counter updates do not wait for): a lease judged live stays
 /// live until the chunk commits.
-async fn fence(
+async fn fence<'a>(
     tx: &mut Tx,
-    results: &[ReportedResult],
+    results: &'a [ReportedResult],
     now: i64,
     dialect: &Dialect,
-) -> StoreResult<(Vec<ReportedResult>, Vec<RefusedResult>)> {
+) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>)> {
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
     q.push_id_set(lease_ids.iter().copied()).push(" ORDER BY id").push(dialect.for_key_share);
@@ -91,12 +92,17 @@ async fn fence(
         };
         match verdict {
             Ok(granted) => {
-                let mut r = r.clone();
                 if r.outcome.checked_at_ms > now {
                     future.push(accepted.len());
                 }
-                r.outcome.checked_at_ms = r.outcome.checked_at_ms.clamp(granted, now.max(granted));
-                accepted.push(r);
+                let at = r.outcome.checked_at_ms.clamp(granted, now.max(granted));
+                if at == r.outcome.checked_at_ms {
+                    accepted.push(Cow::Borrowed(r));
+                } else {
+                    let mut r = r.clone();
+                    r.outcome.checked_at_ms = at;
+                    accepted.push(Cow::Owned(r));
+                }
             }
             Err(Refusal::LeaseEnded) => ended.push(r),
             Err(reason) => refused.push(refusal(r, reason)),
@@ -119,14 +125,11 @@ async fn fence(
                 .filter(|r| !stored.contains(&(r.url_id, r.lease_id)))
                 .map(|r| refusal(r, Refusal::LeaseEnded)),
         );
-        let stored_before: HashSet<usize> =
+        let replayed: HashSet<usize> =
             future.into_iter().filter(|i| stored.contains(&(accepted[*i].url_id, accepted[*i].lease_id))).collect();
-        if !stored_before.is_empty() {
-            let mut i = 0;
-            accepted.retain(|_| {
-                i += 1;
-                !stored_before.contains(&(i - 1))
-            });
+        if !replayed.is_empty() {
+            accepted =
+                accepted.into_iter().enumerate().filter(|(i, _)| !replayed.contains(i)).map(|(_, r)| r).collect();
         }
     }
     Ok((accepted, refused))
@@ -156,7 +159,7 @@ impl SqlStore {
             tx.commit().await?;
             return Ok(Touched { refused, ..Touched::default() });
         }
-        let accepted: Vec<&ReportedResult> = accepted.iter().collect();
+        let accepted: Vec<&ReportedResult> = accepted.iter().map(AsRef::as_ref).collect();
         let newest = newest_per_url(&accepted);
         let finished = match &mut tx {
             Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest).await?,

@@ -61,9 +61,6 @@ pub enum StoreError {
     /// The row changed under the operation; trying again sees the new state.
     #[error("a concurrent change; try again")]
     Conflict,
-    /// Results name URLs the store does not hold: storing them can never succeed.
-    #[error("results for {0} unknown URL id(s)")]
-    UnknownUrls(usize),
     /// URLs were added to a job that is not receiving them any more (gone, or ended).
     #[error("job {0} is not receiving URLs")]
     NotReceiving(i64),

@@ -3,8 +3,6 @@
 //! the same URL) at once. Its bulk statements take their rows as arrays (`UNNEST`), so a batch costs a
 //! handful of round trips whatever its size.
 
-use std::collections::HashSet;
-
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Acquire, Connection, FromRow, Postgres};
 
@@ -148,20 +146,8 @@ pub(crate) async fn record_results(
     .bind(&kinds)
     .fetch_all(&mut **tx)
     .await?;
-    // Without foreign keys on the hot tables, the URL ids are checked here, as a set: a result for a
-    // URL that does not exist can never be stored. A URL with an open row in a job exists (the rows are
-    // written in one transaction with their URLs), so only the others are looked up.
-    let open: HashSet<i64> = finished.iter().map(|f| f.url_id).collect();
-    let unverified: Vec<i64> = ids.iter().copied().filter(|id| !open.contains(id)).collect();
-    if !unverified.is_empty() {
-        let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM urls WHERE id = ANY($1)")
-            .bind(&unverified)
-            .fetch_one(&mut **tx)
-            .await?;
-        if known < unverified.len() as i64 {
-            return Err(StoreError::UnknownUrls(unverified.len() - known as usize));
-        }
-    }
+    // No foreign keys on the hot tables: every URL here exists, because the fence let through only
+    // URLs a lease holds, and a URL's `job_urls` rows are written in one transaction with it.
     // History and latest state in one statement over one `UNNEST` of the results (unpacking the arrays
     // is a large part of each statement's cost): every result becomes a `checks` row — a replay hits
     // the primary key and changes nothing — and the newest of each URL sets its latest state,
