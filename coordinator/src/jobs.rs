@@ -376,7 +376,19 @@ impl JobApi {
                     };
                 }
                 let write = write_batch(self.store.clone(), job_id, batch, recheck);
-                writes.spawn(async move { (lane, write.await) }.in_current_span());
+                let events = self.events.clone();
+                writes.spawn(
+                    async move {
+                        let written = write.await;
+                        // A receiving job's committed URLs are leasable: workers need not wait for
+                        // the whole upload.
+                        if written.is_ok() {
+                            events.work_available();
+                        }
+                        (lane, written)
+                    }
+                    .in_current_span(),
+                );
                 *busy = true;
             }
             if ended && writes.is_empty() {

@@ -29,9 +29,13 @@ use crate::ingest::{Ingestor, NotCommitted};
 use crate::store::Touched;
 use crate::store::{LeaseGrant, LeaseRequest, Store};
 
-/// Hosts leased per store transaction: a worker with credits for thousands of polite hosts gets them
-/// in a few transactions, not one per host.
-const LEASES_PER_CALL: usize = 64;
+/// Hosts leased by a session's first store transaction: the first leases go out at once.
+const FIRST_LEASES_PER_CALL: usize = 64;
+
+/// Most hosts leased per store transaction. While each call takes all it may, the next takes twice
+/// as many (up to this): a worker with credits for thousands of polite hosts gets them in a few
+/// transactions, not one per host, nor one per few dozen.
+const MAX_LEASES_PER_CALL: usize = 1_024;
 
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -186,6 +190,7 @@ impl WorkerService for WorkApi {
             commits: FuturesUnordered::new(),
             held: HashMap::new(),
             warned_credits: false,
+            leases_per_call: FIRST_LEASES_PER_CALL,
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -211,6 +216,8 @@ struct Session {
     /// ends, so a session under the same worker id cannot end another session's leases.
     held: HashMap<i64, tokio::time::Instant>,
     warned_credits: bool,
+    /// Hosts the next grant may lease (see [`MAX_LEASES_PER_CALL`]).
+    leases_per_call: usize,
 }
 
 impl Session {
@@ -366,7 +373,7 @@ impl Session {
         Ok(())
     }
 
-    /// Leases what the worker's credits allow, up to [`LEASES_PER_CALL`] hosts in one transaction, and
+    /// Leases what the worker's credits allow, up to [`Session::leases_per_call`] hosts in one transaction, and
     /// sends the leases. False when nothing was ready (or the worker is gone).
     async fn lease(&mut self) -> Result<bool, crate::store::StoreError> {
         let config = &self.api.config;
@@ -377,7 +384,12 @@ impl Session {
             ttl: config.lease_ttl,
             politeness: Some(config.site_politeness()),
         };
-        let grants = self.api.store.acquire_leases(&req, self.grantable(), LEASES_PER_CALL).await?;
+        let grants = self.api.store.acquire_leases(&req, self.grantable(), self.leases_per_call).await?;
+        self.leases_per_call = if grants.len() >= self.leases_per_call {
+            (self.leases_per_call * 2).min(MAX_LEASES_PER_CALL)
+        } else {
+            FIRST_LEASES_PER_CALL
+        };
         if grants.is_empty() {
             return Ok(false);
         }

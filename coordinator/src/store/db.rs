@@ -75,11 +75,44 @@ impl Bind for IdSet {
     }
 }
 
+/// Pairs of ids bound as one value (a JSON array of pairs on both databases), read as a table of two
+/// columns `a` and `b` (see [`Sql::push_id_pairs`]).
+pub(crate) struct IdPairs(pub Vec<(i64, i64)>);
+
+impl IdPairs {
+    fn json(&self) -> String {
+        let mut json = String::with_capacity(self.0.len() * 16 + 2);
+        json.push('[');
+        for (i, (a, b)) in self.0.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!("[{a},{b}]"));
+        }
+        json.push(']');
+        json
+    }
+}
+
+impl Bind for IdPairs {
+    fn bind_pg(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(self.json())
+    }
+
+    fn bind_lite(self: Box<Self>, args: &mut SqliteArguments) -> Result<(), BoxDynError> {
+        args.add(self.json())
+    }
+}
+
 /// Marks where a membership test in an [`IdSet`] goes; each dialect spells it at execution.
 const ID_SET: char = '\u{1}';
 
-/// The statement's text for one database: every id-set marker spelled out.
+/// Marks where the table of an [`IdPairs`] goes.
+const ID_PAIRS: char = '\u{2}';
+
+/// The statement's text for one database: every id-set and id-pairs marker spelled out.
 fn spelled(text: String, pg: bool) -> String {
+    let text = spelled_pairs(text, pg);
     if !text.contains(ID_SET) {
         return text;
     }
@@ -91,6 +124,28 @@ fn spelled(text: String, pg: bool) -> String {
             out.push_str(&format!("= ANY(${n})"));
         } else {
             out.push_str(&format!("IN (SELECT value FROM json_each(${n}))"));
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+fn spelled_pairs(text: String, pg: bool) -> String {
+    if !text.contains(ID_PAIRS) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 96);
+    let mut parts = text.split(ID_PAIRS);
+    out.push_str(parts.next().unwrap_or_default());
+    while let (Some(n), Some(rest)) = (parts.next(), parts.next()) {
+        if pg {
+            out.push_str(&format!(
+                "(SELECT (e->>0)::int8 AS a, (e->>1)::int8 AS b FROM jsonb_array_elements(${n}::text::jsonb) AS e)"
+            ));
+        } else {
+            out.push_str(&format!(
+                "(SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b FROM json_each(${n}))"
+            ));
         }
         out.push_str(rest);
     }
@@ -245,6 +300,17 @@ impl<'a> Sql<'a> {
         self.text.push(ID_SET);
         self.text.push_str(&self.args.len().to_string());
         self.text.push(ID_SET);
+        self
+    }
+
+    /// Appends a table of `pairs` with columns `a` and `b` (a subquery: give it an alias), bound as
+    /// one value: the text does not change with the number of pairs, and both databases join it to
+    /// a table through that table's index.
+    pub(crate) fn push_id_pairs(&mut self, pairs: Vec<(i64, i64)>) -> &mut Self {
+        self.args.push(Box::new(IdPairs(pairs)));
+        self.text.push(ID_PAIRS);
+        self.text.push_str(&self.args.len().to_string());
+        self.text.push(ID_PAIRS);
         self
     }
 

@@ -16,8 +16,8 @@ use super::{LeaseGrant, LeaseRequest, SqlStore, StoreError, StoreResult};
 /// Hosts looked at beyond those asked for: some may turn out to have nothing ready.
 const SPARE_CANDIDATES: usize = 4;
 
-/// Rows per multi-row statement: under both databases' bind-parameter limits (4 columns at most).
-const ROWS_PER_STATEMENT: usize = 4_000;
+/// Hosts per frontier read: one statement text, prepared once, whatever the number of hosts leased.
+const HOSTS_PER_READ: usize = 64;
 
 /// A host that may be leased now, and how many URLs its lease may hold.
 #[derive(sqlx::FromRow)]
@@ -141,21 +141,24 @@ impl SqlStore {
         now: i64,
     ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
         let (open, close) = self.db.dialect().in_subquery;
-        let mut q = sql("");
-        for (i, (c, limit)) in planned.iter().enumerate() {
-            if i > 0 {
-                q.push(" UNION ALL ");
+        let mut rows: Vec<Picked> = Vec::new();
+        for chunk in planned.chunks(HOSTS_PER_READ) {
+            let mut q = sql("");
+            for (i, (c, limit)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push(
+                    "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
+                     JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
+                );
+                q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ").push(open);
+                q.push("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= ");
+                q.push_bind(now).push(close);
+                q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ").push_bind(i64::from(*limit)).push(") AS f");
             }
-            q.push(
-                "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
-                 JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
-            );
-            q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ").push(open);
-            q.push("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= ");
-            q.push_bind(now).push(close);
-            q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ").push_bind(i64::from(*limit)).push(") AS f");
+            rows.extend(q.fetch_all::<Picked>(tx).await?);
         }
-        let mut rows: Vec<Picked> = q.fetch_all(tx).await?;
         // The worker checks a lease's URLs in the order given, so the most urgent go first.
         rows.sort_by(|a, b| (&a.host, a.url_order, a.seq, a.url_id).cmp(&(&b.host, b.url_order, b.seq, b.url_id)));
         let mut by_host: HashMap<String, Vec<(i64, String)>> = HashMap::new();
@@ -191,28 +194,29 @@ async fn grant(
     let lease_of =
         |host: &str| ids.get(host).copied().ok_or_else(|| StoreError::Corrupt(format!("no lease for {host}")));
 
-    // Every pending row of the leased URLs, in every job: one statement per lease, its URLs as an
-    // `IN` list that both databases answer from the index on `url_id` (an `UPDATE … FROM` a `VALUES`
-    // list made SQLite scan the table).
+    // Every pending row of the leased URLs, in every job, in one statement whatever the number of
+    // leases: the (URL, lease) pairs are bound as one value and joined through the index on `url_id`.
+    let mut pairs = Vec::with_capacity(hosts.iter().map(|(_, urls)| urls.len()).sum());
+    for (c, urls) in &hosts {
+        let lease = lease_of(&c.host)?;
+        pairs.extend(urls.iter().map(|(id, _)| (*id, lease)));
+    }
+    let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = v.b FROM ");
+    q.push_id_pairs(pairs);
+    q.push(" AS v WHERE job_urls.url_id = v.a AND job_urls.state = 'pending' RETURNING job_id, url_id, lease_id");
     let mut deltas = JobDeltas::default();
     let mut open: BTreeMap<i64, i64> = BTreeMap::new();
     let mut jobs_of: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
-    for (c, urls) in &mut hosts {
-        let lease = lease_of(&c.host)?;
-        let mut marked = HashSet::new();
-        for chunk in urls.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = ");
-            q.push_bind(lease).push(" WHERE state = 'pending' AND url_id ");
-            q.push_id_set(chunk.iter().map(|(id, _)| *id)).push(" RETURNING job_id, url_id");
-            for (job, url_id) in q.fetch_all::<(i64, i64)>(tx).await? {
-                deltas.of(job).leased += 1;
-                *open.entry(lease).or_default() += 1;
-                jobs_of.entry(lease).or_default().insert(job);
-                marked.insert(url_id);
-            }
-        }
-        // A URL that another transaction finished or cancelled since the frontier was read is not
-        // in the lease.
+    let mut marked: HashSet<i64> = HashSet::new();
+    for (job, url_id, lease) in q.fetch_all::<(i64, i64, i64)>(tx).await? {
+        deltas.of(job).leased += 1;
+        *open.entry(lease).or_default() += 1;
+        jobs_of.entry(lease).or_default().insert(job);
+        marked.insert(url_id);
+    }
+    // A URL that another transaction finished or cancelled since the frontier was read is not in
+    // the lease (a URL is in one lease of a grant at most: the frontier read takes each once).
+    for (_, urls) in &mut hosts {
         urls.retain(|(id, _)| marked.contains(id));
     }
 
