@@ -35,6 +35,8 @@ const ADD_RETRIES: usize = 3;
 const RESULTS_PAGE: u32 = 1_000;
 /// Longest wait between two progress checks of a watched job.
 const WATCH_POLL: Duration = Duration::from_millis(500);
+/// Shortest gap between two reads of a watched job: changes in between are seen at the next read.
+const WATCH_GAP: Duration = Duration::from_millis(20);
 
 /// The `JobService` implementation.
 #[derive(Clone)]
@@ -146,6 +148,7 @@ impl JobService for JobApi {
             async move {
                 let mut last = job;
                 let mut first = true;
+                let mut read_at = tokio::time::Instant::now();
                 loop {
                     let done = last.state.is_final();
                     if first || done {
@@ -174,6 +177,9 @@ impl JobService for JobApi {
                         } => {}
                         () = tokio::time::sleep(WATCH_POLL) => {}
                     }
+                    // A busy job changes thousands of times a second: one read per gap at most.
+                    tokio::time::sleep_until(read_at + WATCH_GAP).await;
+                    read_at = tokio::time::Instant::now();
                     match store.get_job(id).await {
                         Ok(Some(job)) => {
                             if job != last {

@@ -25,6 +25,9 @@ pub(crate) struct Dialect {
     pub for_update: &'static str,
     /// A lock that excludes a `FOR UPDATE` (a discard) but not updates of non-key columns (counters).
     pub for_key_share: &'static str,
+    /// The lock an update of non-key columns takes: taken first, in key order, by a statement that
+    /// updates many rows, so that two such transactions never wait on each other in a circle.
+    pub for_no_key_update: &'static str,
     /// Settings a transaction that picks few rows by key out of large tables starts with.
     pub keyed_plans: &'static str,
     /// Opens and closes a membership test against a subquery: an array built once on PostgreSQL
@@ -208,12 +211,19 @@ static POSTGRES: Dialect = Dialect {
     skip_locked: " FOR UPDATE SKIP LOCKED",
     for_update: " FOR UPDATE",
     for_key_share: " FOR KEY SHARE",
+    for_no_key_update: " FOR NO KEY UPDATE",
     keyed_plans: super::postgres::KEYED_PLANS,
     in_subquery: ("= ANY(ARRAY(", "))"),
 };
 
-static SQLITE: Dialect =
-    Dialect { skip_locked: "", for_update: "", for_key_share: "", keyed_plans: "", in_subquery: ("IN (", ")") };
+static SQLITE: Dialect = Dialect {
+    skip_locked: "",
+    for_update: "",
+    for_key_share: "",
+    for_no_key_update: "",
+    keyed_plans: "",
+    in_subquery: ("IN (", ")"),
+};
 
 impl Db {
     /// How this database spells what the dialects do differently.
@@ -251,6 +261,14 @@ impl Db {
 }
 
 impl Tx {
+    /// How this transaction's database spells what the dialects do differently.
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self {
+            Self::Pg(_) => &POSTGRES,
+            Self::Lite(_) => &SQLITE,
+        }
+    }
+
     /// Commits.
     pub(crate) async fn commit(self) -> StoreResult<()> {
         match self {

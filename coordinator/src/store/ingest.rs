@@ -11,7 +11,7 @@ use urlfleet_shared::{OutcomeClass, ReportedResult};
 
 use super::db::{Dialect, Tx, sql};
 use super::jobs::{JobDeltas, add_host_pending, complete_if_done};
-use super::leasing::close_lease_urls;
+use super::leasing::close_leases;
 use super::{RefusedResult, SqlStore, StoreResult, Touched};
 
 /// A `job_urls` row an ingest finished: its job, URL, lease (`None` for a row that was still
@@ -213,9 +213,7 @@ async fn settle(
         .execute(&mut tx)
         .await?;
     }
-    for (lease, n) in &closed {
-        close_lease_urls(&mut tx, *lease, *n, now).await?;
-    }
+    close_leases(&mut tx, &closed, now).await?;
     deltas.apply(&mut tx).await?;
     let jobs = deltas.jobs();
     complete_if_done(&mut tx, &jobs, now).await?;

@@ -1,6 +1,7 @@
 //! The life of a lease once granted (see `granting`): renewing it, ending it as its URLs are
 //! reported, expiring it, and returning the URLs of expired ones to the frontier.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use urlfleet_shared::job::JobUrlState;
@@ -23,24 +24,55 @@ const REAP_BATCH: i64 = 100;
 /// Takes `closed` URLs off a lease's open count and ends the lease when none is left: the host gets
 /// the slot back and stays paused until `not_before`. Returns whether the lease ended.
 pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, not_before: i64) -> StoreResult<bool> {
-    // The update locks the lease row, as a submission joining a URL to the lease does before counting
+    Ok(!close_leases(tx, &BTreeMap::from([(lease_id, closed)]), not_before).await?.is_empty())
+}
+
+/// Takes each lease's closed URLs (lease id → count) off its open count, and ends the leases with
+/// none left: their hosts get the slots back and stay paused until `not_before`, and at least the
+/// lease's spacing from now. A few statements whatever the number of leases. Returns the leases
+/// that ended.
+pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_before: i64) -> StoreResult<Vec<i64>> {
+    if closed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dialect = tx.dialect();
+    if !dialect.for_no_key_update.is_empty() {
+        // The rows are locked in id order before the set-based update, whose own order is the plan's.
+        let mut q = sql("SELECT id FROM leases WHERE id ");
+        q.push_id_set(closed.keys().copied()).push(" ORDER BY id").push(dialect.for_no_key_update);
+        q.execute(tx).await?;
+    }
+    // The update locks the lease rows, as a submission joining a URL to a lease does before counting
     // it in: the two are serialized, and this one sees the joined count.
-    let ended: Option<(String, bool, i64)> = sql("UPDATE leases SET open = open - $2, active = open - $2 > 0 \
-                                                  WHERE id = $1 AND active RETURNING host, active, spacing_ms")
-    .bind(lease_id)
-    .bind(closed)
-    .fetch_optional(tx)
-    .await?;
-    let Some((host, false, spacing)) = ended else { return Ok(false) };
+    let mut q = sql("UPDATE leases SET open = leases.open - v.b, active = leases.open - v.b > 0 FROM ");
+    q.push_id_pairs(closed.iter().map(|(id, n)| (*id, *n)).collect());
+    q.push(" AS v WHERE leases.id = v.a AND leases.active RETURNING id, active, spacing_ms");
+    let ended: Vec<(i64, i64)> = q
+        .fetch_all::<(i64, bool, i64)>(tx)
+        .await?
+        .into_iter()
+        .filter(|(_, active, _)| !active)
+        .map(|(id, _, spacing)| (id, spacing))
+        .collect();
+    if ended.is_empty() {
+        return Ok(Vec::new());
+    }
     // The host's next lease keeps the spacing from this one's last request, whoever holds it.
-    let not_before = not_before.max(now_ms() + spacing);
-    sql("UPDATE hosts SET active_leases = active_leases - 1, \
-         next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END WHERE host = $1")
-    .bind(host)
-    .bind(not_before)
-    .execute(tx)
-    .await?;
-    Ok(true)
+    let now = now_ms();
+    let pauses: Vec<(i64, i64)> = ended.iter().map(|(id, spacing)| (*id, not_before.max(now + spacing))).collect();
+    if !dialect.for_no_key_update.is_empty() {
+        let mut q = sql("SELECT host FROM hosts WHERE host IN (SELECT host FROM leases WHERE id ");
+        q.push_id_set(ended.iter().map(|(id, _)| *id)).push(") ORDER BY host").push(dialect.for_no_key_update);
+        q.execute(tx).await?;
+    }
+    // Two leases of one host may end together: the host's row is written once, with both.
+    let mut q = sql("UPDATE hosts SET active_leases = hosts.active_leases - e.n, next_allowed_at = \
+         CASE WHEN hosts.next_allowed_at < e.t THEN e.t ELSE hosts.next_allowed_at END \
+         FROM (SELECT l.host AS host, COUNT(*) AS n, MAX(v.b) AS t FROM ");
+    q.push_id_pairs(pauses);
+    q.push(" AS v JOIN leases l ON l.id = v.a GROUP BY l.host) AS e WHERE hosts.host = e.host");
+    q.execute(tx).await?;
+    Ok(ended.into_iter().map(|(id, _)| id).collect())
 }
 
 impl SqlStore {
