@@ -15,6 +15,7 @@ urlfleet_tests::on_both_stores!(
     a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job,
     expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit,
     a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls,
+    leases_of_one_host_ending_in_one_chunk_free_a_slot_each,
     a_url_leased_for_another_job_is_checked_once_for_both,
     a_lease_runs_on_while_a_url_it_holds_for_another_job_is_open,
     jobs_of_equal_priority_on_one_host_advance_in_turn,
@@ -128,6 +129,30 @@ async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(
     store.ingest(&l.urls.iter().map(|(id, _)| result(l, *id, 200, now)).collect::<Vec<_>>()).await.unwrap();
     let next = store.acquire_lease(&lease_req("w1")).await.unwrap().expect("a finished lease frees a slot");
     assert!(next.urls.iter().all(|(id, _)| !seen.contains(id)));
+}
+
+async fn leases_of_one_host_ending_in_one_chunk_free_a_slot_each(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("ends", 500)).await.unwrap();
+    let own: Vec<PlannedUrl> = urls("own.example", 500)
+        .into_iter()
+        .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 3, ..u.budget }, ..u })
+        .collect();
+    store.add_urls(job.id, &own, recheck()).await.unwrap();
+    store.seal_job(job.id, seal("ends", 500, job.priority)).await.unwrap();
+    let mut leases = Vec::new();
+    for holder in ["w1", "w2", "w3"] {
+        leases.push(store.acquire_lease(&lease_req(holder)).await.unwrap().expect("a concurrent lease"));
+    }
+    // Two of the host's three leases end in the same chunk.
+    let now = now_ms();
+    let chunk: Vec<ReportedResult> =
+        leases[..2].iter().flat_map(|l| l.urls.iter().map(move |(id, _)| result(l, *id, 200, now))).collect();
+    store.ingest(&chunk).await.unwrap();
+    for holder in ["w1", "w2"] {
+        assert!(store.acquire_lease(&lease_req(holder)).await.unwrap().is_some(), "each ended lease frees a slot");
+    }
+    assert!(store.acquire_lease(&lease_req("w4")).await.unwrap().is_none(), "still at most max_leases at once");
 }
 
 async fn a_url_leased_for_another_job_is_checked_once_for_both(backend: Backend) {
