@@ -155,6 +155,25 @@ fn spelled_pairs(text: String, pg: bool) -> String {
     out
 }
 
+/// Splits `items` into runs whose lengths are powers of four (at most `max`), longest first: a
+/// statement with one placeholder row per item then has one of a handful of texts, each prepared
+/// once and cached, rather than a new text — parsed and planned anew — for every length.
+pub(crate) fn ladder_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 1;
+        while size * 4 <= rest.len().min(max.max(1)) {
+            size *= 4;
+        }
+        let (run, tail) = rest.split_at(size);
+        rest = tail;
+        Some(run)
+    })
+}
+
 /// A row type that both drivers decode (anything `#[derive(sqlx::FromRow)]`, tuples of columns).
 pub(crate) trait Decoded: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
 impl<T> Decoded for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
@@ -448,5 +467,29 @@ pub fn is_transient(e: &super::StoreError) -> bool {
             matches!(e.code().as_deref(), Some("40P01" | "40001"))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ladder_chunks;
+
+    #[test]
+    fn ladder_chunks_cover_every_item_once_in_a_few_lengths() {
+        for (n, max) in [(0, 1_000), (1, 1_000), (1_842, 1_000), (4_000, 4_096), (70, 16), (5, 0)] {
+            let items: Vec<usize> = (0..n).collect();
+            let runs: Vec<&[usize]> = ladder_chunks(&items, max).collect();
+            assert_eq!(runs.concat(), items, "n = {n}");
+            for r in &runs {
+                assert!(r.len().is_power_of_two() && r.len().trailing_zeros() % 2 == 0, "length {}", r.len());
+                assert!(r.len() <= max.max(1));
+            }
+            assert!(runs.windows(2).all(|w| w[0].len() >= w[1].len()), "longest first");
+        }
+        let items: Vec<usize> = (0..1_842).collect();
+        assert_eq!(
+            ladder_chunks(&items, 1_000).map(<[usize]>::len).collect::<Vec<_>>(),
+            [256, 256, 256, 256, 256, 256, 256, 16, 16, 16, 1, 1]
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use urlfleet_shared::job::{FRONTIER_ORDERS_PER_PRIORITY, JobOptions};
 use urlfleet_shared::time::{ms, now_ms};
 
-use super::db::{Tx, sql};
+use super::db::{Tx, ladder_chunks, sql};
 use super::jobs::JobDeltas;
 use super::leasing::HAND_OVER_MARGIN;
 use super::{LeaseGrant, LeaseRequest, SqlStore, StoreError, StoreResult};
@@ -18,6 +18,9 @@ const SPARE_CANDIDATES: usize = 4;
 
 /// Hosts per frontier read: one statement text, prepared once, whatever the number of hosts leased.
 const HOSTS_PER_READ: usize = 64;
+
+/// Most rows per multi-row statement: under both databases' bind-parameter limits (5 columns at most).
+const ROWS_PER_STATEMENT: usize = 1_024;
 
 /// A host that may be leased now, and how many URLs its lease may hold.
 #[derive(sqlx::FromRow)]
@@ -182,15 +185,17 @@ async fn grant(
     now: i64,
 ) -> StoreResult<Vec<LeaseGrant>> {
     let deadline = now + ms(req.ttl);
-    let mut q = sql("INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) VALUES ");
-    for (i, (c, _)) in hosts.iter().enumerate() {
-        q.push(if i == 0 { "(" } else { ", (" });
-        q.push_bind(c.host.clone()).push(", ").push_bind(c.epoch + 1).push(", ").push_bind(req.worker_id.clone());
-        q.push(", ").push_bind(now).push(", ").push_bind(deadline).push(", TRUE)");
+    let mut ids: HashMap<String, i64> = HashMap::with_capacity(hosts.len());
+    for run in ladder_chunks(&hosts, ROWS_PER_STATEMENT) {
+        let mut q = sql("INSERT INTO leases (host, epoch, holder, created_at, expires_at, active) VALUES ");
+        for (i, (c, _)) in run.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" });
+            q.push_bind(c.host.clone()).push(", ").push_bind(c.epoch + 1).push(", ").push_bind(req.worker_id.clone());
+            q.push(", ").push_bind(now).push(", ").push_bind(deadline).push(", TRUE)");
+        }
+        q.push(" RETURNING id, host");
+        ids.extend(q.fetch_all::<(i64, String)>(tx).await?.into_iter().map(|(id, h)| (h, id)));
     }
-    q.push(" RETURNING id, host");
-    let ids: HashMap<String, i64> =
-        q.fetch_all::<(i64, String)>(tx).await?.into_iter().map(|(id, h)| (h, id)).collect();
     let lease_of =
         |host: &str| ids.get(host).copied().ok_or_else(|| StoreError::Corrupt(format!("no lease for {host}")));
 
@@ -222,17 +227,19 @@ async fn grant(
 
     // The hosts: one more lease each, their pending counts, epochs and holder, and their priority
     // from the best URL still waiting.
-    let mut q = sql("WITH v(host, n, epoch, started) AS (VALUES ");
-    for (i, (c, _)) in hosts.iter().enumerate() {
-        let n = open.get(&lease_of(&c.host)?).copied().unwrap_or(0);
-        q.push(if i == 0 { "(" } else { ", (" }).push_bind(c.host.clone()).push(", ").push_bind(n);
-        q.push(", ").push_bind(c.epoch + 1).push(", ").push_bind(i64::from(n > 0)).push(")");
+    for run in ladder_chunks(&hosts, ROWS_PER_STATEMENT) {
+        let mut q = sql("WITH v(host, n, epoch, started) AS (VALUES ");
+        for (i, (c, _)) in run.iter().enumerate() {
+            let n = open.get(&lease_of(&c.host)?).copied().unwrap_or(0);
+            q.push(if i == 0 { "(" } else { ", (" }).push_bind(c.host.clone()).push(", ").push_bind(n);
+            q.push(", ").push_bind(c.epoch + 1).push(", ").push_bind(i64::from(n > 0)).push(")");
+        }
+        q.push(") UPDATE hosts SET active_leases = active_leases + v.started, epoch = v.epoch, pending = pending - v.n, holder = ");
+        q.push_bind(req.worker_id.clone()).push(", priority = COALESCE((SELECT url_order / ");
+        q.push_bind(FRONTIER_ORDERS_PER_PRIORITY);
+        q.push(" FROM job_urls WHERE job_urls.host = hosts.host AND waiting ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
+        q.execute(tx).await?;
     }
-    q.push(") UPDATE hosts SET active_leases = active_leases + v.started, epoch = v.epoch, pending = pending - v.n, holder = ");
-    q.push_bind(req.worker_id.clone()).push(", priority = COALESCE((SELECT url_order / ");
-    q.push_bind(FRONTIER_ORDERS_PER_PRIORITY);
-    q.push(" FROM job_urls WHERE job_urls.host = hosts.host AND waiting ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
-    q.execute(tx).await?;
 
     // Job rows are the most contended: written last, once each, in id order.
     deltas.apply(tx).await?;
@@ -247,8 +254,8 @@ async fn grant(
     }
 
     let mut grants = Vec::with_capacity(hosts.len());
-    let mut q = sql("WITH v(id, open, spacing) AS (VALUES ");
-    for (i, (c, urls)) in hosts.into_iter().enumerate() {
+    let mut ends = Vec::with_capacity(hosts.len());
+    for (c, urls) in hosts {
         let id = lease_of(&c.host)?;
         let jobs: Vec<i64> = jobs_of.remove(&id).map(|j| j.into_iter().collect()).unwrap_or_default();
         let mut job_options: Vec<JobOptions> = Vec::new();
@@ -265,8 +272,7 @@ async fn grant(
             let policy = site.for_lease(&c.host, &job_options);
             if policy.interval.is_zero() { 0 } else { ms(policy.interval + HAND_OVER_MARGIN) }
         });
-        q.push(if i == 0 { "(" } else { ", (" }).push_bind(id).push(", ");
-        q.push_bind(open.get(&id).copied().unwrap_or(0)).push(", ").push_bind(spacing).push(")");
+        ends.push((id, open.get(&id).copied().unwrap_or(0), spacing));
         grants.push(LeaseGrant {
             id,
             epoch: c.epoch + 1,
@@ -280,10 +286,17 @@ async fn grant(
         });
     }
     // A lease that got none of its URLs (all taken by others meanwhile) ends at once.
-    q.push(
-        ") UPDATE leases SET open = v.open, spacing_ms = v.spacing, active = v.open > 0 FROM v WHERE leases.id = v.id",
-    );
-    q.execute(tx).await?;
+    for run in ladder_chunks(&ends, ROWS_PER_STATEMENT) {
+        let mut q = sql("WITH v(id, open, spacing) AS (VALUES ");
+        for (i, (id, open, spacing)) in run.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" }).push_bind(*id).push(", ");
+            q.push_bind(*open).push(", ").push_bind(*spacing).push(")");
+        }
+        q.push(
+            ") UPDATE leases SET open = v.open, spacing_ms = v.spacing, active = v.open > 0 FROM v WHERE leases.id = v.id",
+        );
+        q.execute(tx).await?;
+    }
     grants.retain(|g| !g.urls.is_empty());
     Ok(grants)
 }

@@ -10,6 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Sqlite};
 use urlfleet_shared::{CheckOutcome, ReportedResult};
 
+use super::db::ladder_chunks;
 use super::ingest::Finished;
 use super::rows::OutcomeRow;
 use super::submission::{PlannedRow, StoredUrl, not_stored};
@@ -17,8 +18,11 @@ use super::{PlannedUrl, StoreError, StoreResult, mask_password};
 
 type LiteTx = sqlx::Transaction<'static, Sqlite>;
 
-/// Rows per set-based ingest statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
+/// Most rows per set-based ingest statement: 12 columns × 1,000 = 12,000 binds, under SQLite's 32,766.
 const INGEST_ROWS: usize = 1_000;
+
+/// Most rows per submission statement: 7 columns × 4,096 = 28,672 binds, under SQLite's 32,766.
+const SUBMIT_ROWS: usize = 4_096;
 
 /// Opens (creating when missing) the database and runs pending migrations.
 pub(crate) async fn connect(url: &str) -> StoreResult<SqlitePool> {
@@ -37,7 +41,9 @@ pub(crate) async fn connect(url: &str) -> StoreResult<SqlitePool> {
         .pragma("temp_store", "memory")
         // Rows cross from SQLite's thread to the async side in buffers: a grant's frontier read or
         // an ingest chunk's rows in one hand-over rather than one per 50 rows.
-        .row_buffer_size(4_096);
+        .row_buffer_size(4_096)
+        // Every statement text a run uses stays prepared (see `ladder_chunks`).
+        .statement_cache_capacity(512);
     let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(err)?;
     sqlx::migrate!("migrations/sqlite").run(&pool).await?;
     Ok(pool)
@@ -46,42 +52,49 @@ pub(crate) async fn connect(url: &str) -> StoreResult<SqlitePool> {
 /// Inserts the URLs not stored yet and returns every URL's stored state; a new URL's id comes back
 /// from the insert itself, so only the URLs stored before are looked up again.
 pub(crate) async fn upsert_urls(tx: &mut LiteTx, chunk: &[PlannedUrl]) -> StoreResult<Vec<StoredUrl>> {
-    let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url) ");
-    qb.push_values(chunk, |mut b, u| {
-        b.push_bind(u.url.as_str());
-    });
-    qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, kind, status, checked_at, TRUE AS new");
-    let mut stored: Vec<StoredUrl> = qb.build_query_as().fetch_all(&mut **tx).await?;
+    let mut stored: Vec<StoredUrl> = Vec::with_capacity(chunk.len());
+    for run in ladder_chunks(chunk, SUBMIT_ROWS) {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO urls (url) ");
+        qb.push_values(run, |mut b, u| {
+            b.push_bind(u.url.as_str());
+        });
+        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, kind, status, checked_at, TRUE AS new");
+        stored.extend(qb.build_query_as::<StoredUrl>().fetch_all(&mut **tx).await?);
+    }
     if stored.len() < chunk.len() {
         let known = not_stored(chunk, &stored);
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT url, id, kind, status, checked_at, FALSE AS new FROM urls WHERE url IN (",
-        );
-        let mut sep = qb.separated(", ");
-        for u in known {
-            sep.push_bind(u);
+        for run in ladder_chunks(&known, SUBMIT_ROWS) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT url, id, kind, status, checked_at, FALSE AS new FROM urls WHERE url IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for u in run {
+                sep.push_bind(*u);
+            }
+            qb.push(")");
+            stored.extend(qb.build_query_as::<StoredUrl>().fetch_all(&mut **tx).await?);
         }
-        qb.push(")");
-        stored.extend(qb.build_query_as::<StoredUrl>().fetch_all(&mut **tx).await?);
     }
     Ok(stored)
 }
 
 /// Inserts a job's URL rows.
 pub(crate) async fn insert_job_urls(tx: &mut LiteTx, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
-    let mut qb =
-        QueryBuilder::<Sqlite>::new("INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) ");
-    qb.push_values(planned, |mut b, p| {
-        b.push_bind(job_id)
-            .push_bind(p.url_id)
-            .push_bind(p.host)
-            .push_bind(p.state.as_str())
-            .push_bind(p.url_order)
-            .push_bind(p.kind)
-            .push_bind(p.seq);
-    });
-    qb.push(" ON CONFLICT DO NOTHING");
-    qb.build().execute(&mut **tx).await?;
+    for run in ladder_chunks(planned, SUBMIT_ROWS) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) ");
+        qb.push_values(run, |mut b, p| {
+            b.push_bind(job_id)
+                .push_bind(p.url_id)
+                .push_bind(p.host)
+                .push_bind(p.state.as_str())
+                .push_bind(p.url_order)
+                .push_bind(p.kind)
+                .push_bind(p.seq);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -93,7 +106,7 @@ pub(crate) async fn record_results(
     results: &[&ReportedResult],
     newest: &[&ReportedResult],
 ) -> StoreResult<Vec<Finished>> {
-    for chunk in newest.chunks(INGEST_ROWS) {
+    for chunk in ladder_chunks(newest, INGEST_ROWS) {
         let mut qb = QueryBuilder::<Sqlite>::new(format!("WITH v(id, {OUTCOME_COLUMNS}) AS ("));
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.url_id);
@@ -107,7 +120,7 @@ pub(crate) async fn record_results(
         );
         qb.build().execute(&mut **tx).await?;
     }
-    for chunk in results.chunks(INGEST_ROWS) {
+    for chunk in ladder_chunks(results, INGEST_ROWS) {
         let mut qb = QueryBuilder::<Sqlite>::new(format!("INSERT INTO checks (url_id, lease_id, {OUTCOME_COLUMNS}) "));
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.url_id).push_bind(r.lease_id);
@@ -117,7 +130,7 @@ pub(crate) async fn record_results(
         qb.build().execute(&mut **tx).await?;
     }
     let mut finished = Vec::new();
-    for chunk in newest.chunks(INGEST_ROWS) {
+    for chunk in ladder_chunks(newest, INGEST_ROWS) {
         let mut qb = QueryBuilder::<Sqlite>::new("WITH v(url_id, kind) AS (");
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.url_id).push_bind(r.outcome.kind.as_str());

@@ -7,7 +7,7 @@ use urlfleet_shared::LeaseBudget;
 use urlfleet_shared::job::{CheckReason, CountsDelta, JobUrlState, Priority, Recheck, StoredCheck, frontier_order};
 use urlfleet_shared::time::{ms, now_ms};
 
-use super::db::{Tx, retry_transient, sql};
+use super::db::{Tx, ladder_chunks, retry_transient, sql};
 use super::jobs::{JobDeltas, add_host_pending, cancel_pending, complete_if_done, require_job};
 use super::rows::{options_json, parse_kind};
 use super::{InvalidEntry, JobRecord, NewJob, PlannedUrl, RecheckPolicy, Seal, SqlStore, StoreError, StoreResult};
@@ -240,7 +240,7 @@ impl SqlStore {
         priority: Priority,
     ) -> StoreResult<()> {
         let hosts: Vec<&str> = per_host.keys().copied().collect();
-        for chunk in hosts.chunks(CHUNK_ROWS) {
+        for chunk in ladder_chunks(&hosts, CHUNK_ROWS) {
             let mut q = sql("INSERT INTO hosts (host) VALUES ");
             for (i, h) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" }).push_bind(*h).push(")");
