@@ -33,7 +33,7 @@ struct Candidate {
 
 /// A frontier row picked for a lease.
 #[derive(sqlx::FromRow)]
-struct Picked {
+pub(crate) struct Picked {
     host: String,
     url_id: i64,
     url: String,
@@ -133,8 +133,8 @@ impl SqlStore {
     }
 
     /// Each planned host's next URLs in frontier order, each URL once (a URL pending for two jobs
-    /// comes up twice): one statement, one branch per host, each reading the frontier index in order
-    /// up to the lease's size. The jobs whose URLs may go are computed by a subquery, not joined to
+    /// comes up twice): per host, a read of the frontier index in order up to the lease's size — a
+    /// lateral join over all hosts on PostgreSQL, a branch per host of a `UNION ALL` on SQLite. The jobs whose URLs may go are computed by a subquery, not joined to
     /// every frontier row (a join makes the planner collect the host's whole frontier and sort it),
     /// and `job_id + 0` keeps the primary key's index (every row of the job) out of it.
     async fn pick_frontier(
@@ -143,9 +143,17 @@ impl SqlStore {
         planned: &[(Candidate, u32)],
         now: i64,
     ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
+        let mut rows: Vec<Picked> = match tx {
+            Tx::Pg(t) => {
+                let hosts: Vec<(&str, i64)> = planned.iter().map(|(c, n)| (c.host.as_str(), i64::from(*n))).collect();
+                super::postgres::pick_frontier(t, &hosts, now).await?
+            }
+            Tx::Lite(_) => Vec::new(),
+        };
         let (open, close) = self.db.dialect().in_subquery;
-        let mut rows: Vec<Picked> = Vec::new();
-        for chunk in planned.chunks(HOSTS_PER_READ) {
+        // SQLite has no lateral join: a branch per host, in reads of a fixed width.
+        let per_read = if matches!(tx, Tx::Lite(_)) { planned.chunks(HOSTS_PER_READ) } else { planned[..0].chunks(1) };
+        for chunk in per_read {
             let mut q = sql("");
             for (i, (c, limit)) in chunk.iter().enumerate() {
                 if i > 0 {

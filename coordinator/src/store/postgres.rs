@@ -6,6 +6,7 @@
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Acquire, Connection, FromRow, Postgres};
 
+use super::granting::Picked;
 use super::ingest::Finished;
 use super::rows::OutcomeRow;
 use super::submission::{PlannedRow, StoredUrl, not_stored};
@@ -100,6 +101,25 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
         stored.extend(rows);
     }
     Ok(stored)
+}
+
+/// Each host's next URLs in frontier order, up to its limit, for any number of hosts in one short
+/// statement: a lateral read of the frontier index per host (see `granting::pick_frontier`).
+pub(crate) async fn pick_frontier(tx: &mut PgTx, hosts: &[(&str, i64)], now: i64) -> StoreResult<Vec<Picked>> {
+    let names: Vec<&str> = hosts.iter().map(|(h, _)| *h).collect();
+    let limits: Vec<i64> = hosts.iter().map(|(_, n)| *n).collect();
+    Ok(sqlx::query_as::<_, Picked>(
+        "SELECT f.* FROM UNNEST($1::text[], $2::bigint[]) AS h(host, n) CROSS JOIN LATERAL \
+         (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju JOIN urls u ON u.id = ju.url_id \
+          WHERE ju.host = h.host AND ju.waiting AND ju.job_id + 0 = ANY(ARRAY(SELECT id FROM jobs \
+          WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $3)) \
+          ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT h.n) AS f",
+    )
+    .bind(&names)
+    .bind(&limits)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
 /// Inserts a job's URL rows, passed as column arrays.
