@@ -40,6 +40,11 @@ const MAX_LEASES_PER_CALL: usize = 1_024;
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
+/// Shortest wait before looking for work again when nothing was leasable: every committed result
+/// batch wakes every session, and most wake-ups find nothing new (the freed host still keeps its
+/// spacing); each look is a transaction.
+const LEASE_RETRY_GAP: Duration = Duration::from_millis(50);
+
 /// A result batch on its way to the database: once committed, what it touched.
 type Commit = Pin<Box<dyn Future<Output = (Batch, Result<Touched, NotCommitted>)> + Send>>;
 
@@ -191,6 +196,7 @@ impl WorkerService for WorkApi {
             held: HashMap::new(),
             warned_credits: false,
             leases_per_call: FIRST_LEASES_PER_CALL,
+            found_nothing_at: None,
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -218,6 +224,8 @@ struct Session {
     warned_credits: bool,
     /// Hosts the next grant may lease (see [`MAX_LEASES_PER_CALL`]).
     leases_per_call: usize,
+    /// When a look for work last found nothing (see [`LEASE_RETRY_GAP`]).
+    found_nothing_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -227,14 +235,19 @@ impl Session {
             loop {
                 // Lease as long as the worker has credits and work is ready.
                 // No new leases while ingest is behind: results would only pile up.
+                let retry_at = self.found_nothing_at.map(|t| t + LEASE_RETRY_GAP);
                 while self.grantable() > 0
                     && !self.leaving
                     && !self.api.shutdown.is_cancelled()
                     && !self.api.ingestor.behind()
+                    && retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
                 {
                     match self.lease().await {
-                        Ok(true) => {}
-                        Ok(false) => break,
+                        Ok(true) => self.found_nothing_at = None,
+                        Ok(false) => {
+                            self.found_nothing_at = Some(tokio::time::Instant::now());
+                            break;
+                        }
                         Err(e) => {
                             warn!(error = %e, "leasing failed");
                             break;
@@ -248,7 +261,13 @@ impl Session {
                         Ok(None) => return Ok(()),
                         Err(status) => return Err(format!("stream error: {}", status.message())),
                     },
-                    () = self.api.events.work_notified(), if want_work => {}
+                    // Within the gap a notification only ends the wait at the gap's end.
+                    () = async {
+                        self.api.events.work_notified().await;
+                        if let Some(t) = self.found_nothing_at {
+                            tokio::time::sleep_until(t + LEASE_RETRY_GAP).await;
+                        }
+                    }, if want_work => {}
                     () = tokio::time::sleep(IDLE_POLL), if want_work => {}
                     r = revoked.recv() => {
                         if let Ok(lease_id) = r {

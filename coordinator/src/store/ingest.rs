@@ -68,11 +68,19 @@ async fn fence<'a>(
     q.push_id_set(lease_ids.iter().copied()).push(" ORDER BY id").push(dialect.for_key_share);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
-    let live: Vec<i64> = leases.values().filter(|l| l.active).map(|l| l.id).collect();
+    // Which reported (URL, lease) pairs of live leases a `job_urls` row holds: read by URL (`+ 0`
+    // keeps the lease's index out of it), so the read is the size of the chunk, not of every URL
+    // its leases hold.
+    let reported: BTreeSet<(i64, i64)> = results
+        .iter()
+        .filter(|r| leases.get(&r.lease_id).is_some_and(|l| l.active))
+        .map(|r| (r.url_id, r.lease_id))
+        .collect();
     let mut held: HashSet<(i64, i64)> = HashSet::new();
-    if !live.is_empty() {
-        let mut q = sql("SELECT lease_id, url_id FROM job_urls WHERE lease_id ");
-        q.push_id_set(live);
+    if !reported.is_empty() {
+        let mut q = sql("SELECT ju.lease_id, ju.url_id FROM ");
+        q.push_id_pairs(reported.into_iter().collect());
+        q.push(" AS v JOIN job_urls ju ON ju.url_id = v.a AND ju.lease_id + 0 = v.b");
         held.extend(q.fetch_all::<(i64, i64)>(tx).await?);
     }
     let mut accepted = Vec::with_capacity(results.len());
