@@ -7,13 +7,19 @@ use tokio::sync::{Notify, broadcast};
 #[derive(Debug)]
 pub struct Events {
     work: Notify,
+    committed: Notify,
     jobs: broadcast::Sender<i64>,
     revoked: broadcast::Sender<i64>,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        Self { work: Notify::new(), jobs: broadcast::channel(1024).0, revoked: broadcast::channel(1024).0 }
+        Self {
+            work: Notify::new(),
+            committed: Notify::new(),
+            jobs: broadcast::channel(1024).0,
+            revoked: broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -26,6 +32,17 @@ impl Events {
     /// Completes at the next [`Events::work_available`].
     pub async fn work_notified(&self) {
         self.work.notified().await;
+    }
+
+    /// Results were committed: leases may have ended and freed their hosts (which still keep their
+    /// spacing). Frequent under load, so sessions may defer what it wakes them for.
+    pub fn results_committed(&self) {
+        self.committed.notify_waiters();
+    }
+
+    /// Completes at the next [`Events::results_committed`].
+    pub async fn results_committed_notified(&self) {
+        self.committed.notified().await;
     }
 
     /// A job's counters or state changed.

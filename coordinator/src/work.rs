@@ -40,9 +40,9 @@ const MAX_LEASES_PER_CALL: usize = 1_024;
 /// Longest wait before looking for work again when nothing was leasable.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// Shortest wait before looking for work again when nothing was leasable: every committed result
-/// batch wakes every session, and most wake-ups find nothing new (the freed host still keeps its
-/// spacing); each look is a transaction.
+/// Shortest wait before looking for work again after committed results when nothing was leasable:
+/// every committed result batch wakes every session, and most wake-ups find nothing new (a freed
+/// host still keeps its spacing); each look is a transaction. New work is looked at at once.
 const LEASE_RETRY_GAP: Duration = Duration::from_millis(50);
 
 /// A result batch on its way to the database: once committed, what it touched.
@@ -261,9 +261,11 @@ impl Session {
                         Ok(None) => return Ok(()),
                         Err(status) => return Err(format!("stream error: {}", status.message())),
                     },
-                    // Within the gap a notification only ends the wait at the gap's end.
+                    // New work (a submission, expired leases) is looked at at once; committed
+                    // results within the gap only at the gap's end.
+                    () = self.api.events.work_notified(), if want_work => self.found_nothing_at = None,
                     () = async {
-                        self.api.events.work_notified().await;
+                        self.api.events.results_committed_notified().await;
                         if let Some(t) = self.found_nothing_at {
                             tokio::time::sleep_until(t + LEASE_RETRY_GAP).await;
                         }
@@ -516,7 +518,7 @@ impl Session {
         for job in touched.jobs {
             self.api.events.job_changed(job);
         }
-        self.api.events.work_available();
+        self.api.events.results_committed();
         Ok(())
     }
 }
