@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use urlfleet_coordinator::store::{
-    JobState, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, Seal,
+    JobState, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, Seal, Store,
 };
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeKind, ReportedResult};
@@ -103,15 +103,20 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     assert_eq!((j.counts.failed, j.counts.checked), (2, 0));
 }
 
-async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(backend: Backend) {
-    let (_db, store) = open(backend).await;
-    let (job, _) = store.create_job(new_job("shared", 500)).await.unwrap();
+/// A sealed job of 500 URLs of one host whose limits are lifted: up to 3 leases of it at once.
+async fn lifted_host_job(store: &dyn Store, name: &str) {
+    let (job, _) = store.create_job(new_job(name, 500)).await.unwrap();
     let own: Vec<PlannedUrl> = urls("own.example", 500)
         .into_iter()
         .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 3, ..u.budget }, ..u })
         .collect();
     store.add_urls(job.id, &own, recheck()).await.unwrap();
-    store.seal_job(job.id, seal("shared", 500, job.priority)).await.unwrap();
+    store.seal_job(job.id, seal(name, 500, job.priority)).await.unwrap();
+}
+
+async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    lifted_host_job(&*store, "shared").await;
     let mut seen = std::collections::HashSet::new();
     let mut leases = Vec::new();
     for holder in ["w1", "w2", "w3"] {
@@ -133,13 +138,7 @@ async fn a_host_with_lifted_limits_is_leased_several_times_without_sharing_urls(
 
 async fn leases_of_one_host_ending_in_one_chunk_free_a_slot_each(backend: Backend) {
     let (_db, store) = open(backend).await;
-    let (job, _) = store.create_job(new_job("ends", 500)).await.unwrap();
-    let own: Vec<PlannedUrl> = urls("own.example", 500)
-        .into_iter()
-        .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 3, ..u.budget }, ..u })
-        .collect();
-    store.add_urls(job.id, &own, recheck()).await.unwrap();
-    store.seal_job(job.id, seal("ends", 500, job.priority)).await.unwrap();
+    lifted_host_job(&*store, "ends").await;
     let mut leases = Vec::new();
     for holder in ["w1", "w2", "w3"] {
         leases.push(store.acquire_lease(&lease_req(holder)).await.unwrap().expect("a concurrent lease"));

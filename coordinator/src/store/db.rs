@@ -115,41 +115,26 @@ const ID_PAIRS: char = '\u{2}';
 
 /// The statement's text for one database: every id-set and id-pairs marker spelled out.
 fn spelled(text: String, pg: bool) -> String {
-    let text = spelled_pairs(text, pg);
-    if !text.contains(ID_SET) {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len() + 32);
-    let mut parts = text.split(ID_SET);
-    out.push_str(parts.next().unwrap_or_default());
-    while let (Some(n), Some(rest)) = (parts.next(), parts.next()) {
+    let text = spell(text, ID_PAIRS, |n| {
         if pg {
-            out.push_str(&format!("= ANY(${n})"));
+            format!("(SELECT (e->>0)::int8 AS a, (e->>1)::int8 AS b FROM jsonb_array_elements(${n}::text::jsonb) AS e)")
         } else {
-            out.push_str(&format!("IN (SELECT value FROM json_each(${n}))"));
+            format!("(SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b FROM json_each(${n}))")
         }
-        out.push_str(rest);
-    }
-    out
+    });
+    spell(text, ID_SET, |n| if pg { format!("= ANY(${n})") } else { format!("IN (SELECT value FROM json_each(${n}))") })
 }
 
-fn spelled_pairs(text: String, pg: bool) -> String {
-    if !text.contains(ID_PAIRS) {
+/// Replaces each `marker N marker` in `text` by `spelling(N)`.
+fn spell(text: String, marker: char, spelling: impl Fn(&str) -> String) -> String {
+    if !text.contains(marker) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 96);
-    let mut parts = text.split(ID_PAIRS);
+    let mut parts = text.split(marker);
     out.push_str(parts.next().unwrap_or_default());
     while let (Some(n), Some(rest)) = (parts.next(), parts.next()) {
-        if pg {
-            out.push_str(&format!(
-                "(SELECT (e->>0)::int8 AS a, (e->>1)::int8 AS b FROM jsonb_array_elements(${n}::text::jsonb) AS e)"
-            ));
-        } else {
-            out.push_str(&format!(
-                "(SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b FROM json_each(${n}))"
-            ));
-        }
+        out.push_str(&spelling(n));
         out.push_str(rest);
     }
     out
