@@ -179,7 +179,9 @@ pub fn host_key(url: &url::Url) -> Option<String> {
     })
 }
 
-/// Upper-cases percent-escapes and decodes those of unreserved characters (RFC 3986 §6.2.2).
+/// Upper-cases percent-escapes and decodes those of unreserved characters (RFC 3986 §6.2.2). A `%`
+/// that starts no escape is written `%25`: left bare, it could start one with a decoded character
+/// (`%%61` would become `%a`), and normalizing twice would give another URL.
 fn normalize_escapes(s: &str) -> String {
     if !s.contains('%') {
         return s.to_string();
@@ -202,6 +204,11 @@ fn normalize_escapes(s: &str) -> String {
                 i += 3;
                 continue;
             }
+        }
+        if b[i] == b'%' {
+            out.push_str("%25");
+            i += 1;
+            continue;
         }
         // Push the whole UTF-8 character starting here (the url crate escapes non-ASCII, but be safe).
         let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
@@ -243,6 +250,10 @@ mod tests {
     #[test]
     fn percent_escapes_are_normalized() {
         assert_eq!(n("http://a.example/%7euser/%2f?q=%7e%2a"), "http://a.example/~user/%2F?q=~%2A");
+        // A bare `%` cannot pair with a decoded character into a new escape.
+        assert_eq!(n("http://A?%%610"), "http://a/?%25a0");
+        assert_eq!(n(&n("http://A?%%610")), n("http://A?%%610"));
+        assert_eq!(n("http://a.example/100%"), "http://a.example/100%25");
     }
 
     #[test]
