@@ -30,9 +30,6 @@ pub(crate) struct Dialect {
     pub for_no_key_update: &'static str,
     /// Settings a transaction that picks few rows by key out of large tables starts with.
     pub keyed_plans: &'static str,
-    /// Opens and closes a membership test against a subquery: an array built once on PostgreSQL
-    /// (the planner keeps an index's order), `IN (…)` on SQLite.
-    pub in_subquery: (&'static str, &'static str),
 }
 
 /// A value that binds to either database.
@@ -217,17 +214,10 @@ static POSTGRES: Dialect = Dialect {
     for_key_share: " FOR KEY SHARE",
     for_no_key_update: " FOR NO KEY UPDATE",
     keyed_plans: super::postgres::KEYED_PLANS,
-    in_subquery: ("= ANY(ARRAY(", "))"),
 };
 
-static SQLITE: Dialect = Dialect {
-    skip_locked: "",
-    for_update: "",
-    for_key_share: "",
-    for_no_key_update: "",
-    keyed_plans: "",
-    in_subquery: ("IN (", ")"),
-};
+static SQLITE: Dialect =
+    Dialect { skip_locked: "", for_update: "", for_key_share: "", for_no_key_update: "", keyed_plans: "" };
 
 impl Db {
     /// How this database spells what the dialects do differently.

@@ -136,42 +136,45 @@ impl SqlStore {
 
     /// Each planned host's next URLs in frontier order, each URL once (a URL pending for two jobs
     /// comes up twice): per host, a read of the frontier index in order up to the lease's size — a
-    /// lateral join over all hosts on PostgreSQL, a branch per host of a `UNION ALL` on SQLite. The jobs whose URLs may go are computed by a subquery, not joined to
-    /// every frontier row (a join makes the planner collect the host's whole frontier and sort it),
-    /// and `job_id + 0` keeps the primary key's index (every row of the job) out of it.
+    /// lateral join over all hosts on PostgreSQL, a branch per host of a `UNION ALL` on SQLite. The
+    /// jobs whose URLs may go are computed by a subquery, not joined to every frontier row (a join
+    /// makes the planner collect the host's whole frontier and sort it), and `job_id + 0` keeps the
+    /// primary key's index (every row of the job) out of it.
     async fn pick_frontier(
         &self,
         tx: &mut Tx,
         planned: &[(Candidate, u32)],
         now: i64,
     ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
-        let mut rows: Vec<Picked> = match tx {
-            Tx::Pg(t) => {
-                let hosts: Vec<(&str, i64)> = planned.iter().map(|(c, n)| (c.host.as_str(), i64::from(*n))).collect();
-                super::postgres::pick_frontier(t, &hosts, now).await?
-            }
-            Tx::Lite(_) => Vec::new(),
-        };
-        let (open, close) = self.db.dialect().in_subquery;
-        // SQLite has no lateral join: a branch per host, in reads of a fixed width.
-        let per_read = if matches!(tx, Tx::Lite(_)) { planned.chunks(HOSTS_PER_READ) } else { planned[..0].chunks(1) };
-        for chunk in per_read {
-            let mut q = sql("");
-            for (i, (c, limit)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    q.push(" UNION ALL ");
+        let mut rows: Vec<Picked> = if let Tx::Pg(t) = tx {
+            let hosts: Vec<(&str, i64)> = planned.iter().map(|(c, n)| (c.host.as_str(), i64::from(*n))).collect();
+            super::postgres::pick_frontier(t, &hosts, now).await?
+        } else {
+            // SQLite has no lateral join: a branch per host, in reads of a fixed width.
+            let mut rows = Vec::new();
+            for chunk in planned.chunks(HOSTS_PER_READ) {
+                let mut q = sql("");
+                for (i, (c, limit)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" UNION ALL ");
+                    }
+                    q.push(
+                        "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
+                         JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
+                    );
+                    q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 IN (");
+                    q.push(
+                        "SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= ",
+                    );
+                    q.push_bind(now).push(")");
+                    q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ")
+                        .push_bind(i64::from(*limit))
+                        .push(") AS f");
                 }
-                q.push(
-                    "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
-                     JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
-                );
-                q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ").push(open);
-                q.push("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= ");
-                q.push_bind(now).push(close);
-                q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ").push_bind(i64::from(*limit)).push(") AS f");
+                rows.extend(q.fetch_all::<Picked>(tx).await?);
             }
-            rows.extend(q.fetch_all::<Picked>(tx).await?);
-        }
+            rows
+        };
         // The worker checks a lease's URLs in the order given, so the most urgent go first.
         rows.sort_by(|a, b| (&a.host, a.url_order, a.seq, a.url_id).cmp(&(&b.host, b.url_order, b.seq, b.url_id)));
         let mut by_host: HashMap<String, Vec<(i64, String)>> = HashMap::new();
@@ -277,7 +280,7 @@ async fn grant(
                 job_options.push(o.clone());
             }
         }
-        // The spacing the host's next lease keeps from this one's end (see `close_lease_urls`).
+        // The spacing the host's next lease keeps from this one's end (see `close_leases`).
         let spacing = req.politeness.as_ref().map_or(0, |site| {
             let policy = site.for_lease(&c.host, &job_options);
             if policy.interval.is_zero() { 0 } else { ms(policy.interval + HAND_OVER_MARGIN) }

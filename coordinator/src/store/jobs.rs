@@ -147,13 +147,8 @@ impl SqlStore {
         for l in leased.iter().filter_map(|(l,)| *l) {
             *per_lease.entry(l).or_default() += 1;
         }
-        let mut revoked = Vec::new();
-        for (lease, n) in per_lease {
-            // A lease that still holds URLs of other jobs keeps running for them.
-            if super::leasing::close_lease_urls(&mut tx, lease, n, 0).await? {
-                revoked.push(lease);
-            }
-        }
+        // A lease that still holds URLs of other jobs keeps running for them.
+        let revoked = super::leasing::close_leases(&mut tx, &per_lease, 0).await?;
         sql("UPDATE jobs SET state = 'cancelled', finished_at = $2, unique_active = FALSE, \
              cancelled = cancelled + $3, leased = leased - $4 WHERE id = $1")
         .bind(id)

@@ -21,12 +21,6 @@ pub(crate) const HAND_OVER_MARGIN: std::time::Duration = std::time::Duration::fr
 /// Expired leases reaped per transaction.
 const REAP_BATCH: i64 = 100;
 
-/// Takes `closed` URLs off a lease's open count and ends the lease when none is left: the host gets
-/// the slot back and stays paused until `not_before`. Returns whether the lease ended.
-pub(crate) async fn close_lease_urls(tx: &mut Tx, lease_id: i64, closed: i64, not_before: i64) -> StoreResult<bool> {
-    Ok(!close_leases(tx, &BTreeMap::from([(lease_id, closed)]), not_before).await?.is_empty())
-}
-
 /// Takes each lease's closed URLs (lease id → count) off its open count, and ends the leases with
 /// none left: their hosts get the slots back and stay paused until `not_before`, and at least the
 /// lease's spacing from now. A few statements whatever the number of leases. Returns the leases

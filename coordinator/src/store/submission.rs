@@ -458,11 +458,8 @@ impl SqlStore {
         .fetch_all(tx)
         .await?;
         sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
-        for (lease, n) in leased {
-            if let Some(lease) = lease {
-                super::leasing::close_lease_urls(tx, lease, n, 0).await?;
-            }
-        }
+        let leased: BTreeMap<i64, i64> = leased.into_iter().filter_map(|(l, n)| Some((l?, n))).collect();
+        super::leasing::close_leases(tx, &leased, 0).await?;
         sql("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(tx).await?;
         sql("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(tx).await?;
         Ok(())
