@@ -37,6 +37,11 @@ const RESULTS_PAGE: u32 = 1_000;
 const WATCH_POLL: Duration = Duration::from_millis(500);
 /// Shortest gap between two reads of a watched job: changes in between are seen at the next read.
 const WATCH_GAP: Duration = Duration::from_millis(20);
+/// How often a live upload records that it is alive (see `--abandoned-after` in the reaper).
+pub(crate) const UPLOAD_TOUCH: Duration = Duration::from_secs(30);
+/// How long a retried submission waits for the first one with its idempotency key to be sealed
+/// or discarded.
+const RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// The `JobService` implementation.
 #[derive(Clone)]
@@ -268,6 +273,27 @@ impl JobService for JobApi {
 }
 
 impl JobApi {
+    /// The job of a retried submission once its first submission is sealed (`Some`) or discarded
+    /// (`None`: the retry takes its place).
+    async fn settled(&self, job: JobRecord) -> Result<Option<JobRecord>, Status> {
+        let until = tokio::time::Instant::now() + RETRY_WAIT;
+        let mut job = Some(job);
+        while let Some(j) = job {
+            if j.state != JobState::Receiving {
+                return Ok(Some(j));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(Status::aborted(format!(
+                    "job {} with this idempotency key is still being submitted; try again",
+                    j.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            job = self.store.get_job(j.id).await.map_err(store_status)?;
+        }
+        Ok(None)
+    }
+
     /// A job the caller may see: another owner's job is as absent as one that does not exist.
     async fn job_of(&self, caller: &Caller, id: i64) -> Result<JobRecord, Status> {
         match self.store.get_job(id).await.map_err(store_status)? {
@@ -314,21 +340,36 @@ impl JobApi {
             trace_parent,
             owner: caller.name.to_string(),
         };
-        let (job, existing) = self.store.create_job(new).await.map_err(store_status)?;
+        let job = loop {
+            let (job, existing) = self.store.create_job(new.clone()).await.map_err(store_status)?;
+            if !existing {
+                break job;
+            }
+            // The first submission with this key may still be arriving, or be about to be discarded
+            // (its client gave up): the retry gets the job it seals, or takes its place.
+            match self.settled(job).await? {
+                Some(job) => {
+                    tracing::Span::current().record("job.id", job.id);
+                    info!(job.id = job.id, "a retried submission returns the job of its idempotency key");
+                    return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
+                }
+                None => continue,
+            }
+        };
         tracing::Span::current().record("job.id", job.id);
-        if existing {
-            info!(job.id = job.id, "a retried submission returns the job of its idempotency key");
-            return Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_pb(&job)), deduplicated: true }));
-        }
         // Its own task: a client that goes away drops this call, and the submission must still be
         // cleaned up, which the task does when the stream breaks.
         let planning = tracing::info_span!("plan", job.id = job.id, urls = tracing::field::Empty);
         let api = self.clone();
         let job_id = job.id;
         let owner = caller.name.clone();
+        // A client that gives up (a deadline, a cancelled call) drops this call: the guard tells the
+        // task, which discards the job instead of sealing what arrived so far.
+        let gone = CancellationToken::new();
+        let _gone_on_drop = gone.clone().drop_guard();
         let receiving = tokio::spawn(
             async move {
-                match api.receive(job_id, &owner, &options, stream).instrument(planning).await {
+                match api.receive(job_id, &owner, &options, stream, &gone).instrument(planning).await {
                     Ok(done) => Ok(done),
                     Err(status) => {
                         if let Err(e) = api.store.discard_job(job_id).await {
@@ -352,8 +393,11 @@ impl JobApi {
         owner: &str,
         options: &JobOptions,
         mut stream: Streaming<pb::SubmitJobRequest>,
+        gone: &CancellationToken,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let recheck = options.recheck();
+        let client_gone = || Status::cancelled("the client gave up the submission; the job is discarded");
+        let mut touch = tokio::time::interval_at(tokio::time::Instant::now() + UPLOAD_TOUCH, UPLOAD_TOUCH);
         let mut planner =
             Planner::new(options, ADD_LANES).with_invalid_entry_bytes(self.config.max_invalid_entry_bytes);
         // Each host's lease budget from this job's politeness for it: a polite host one lease at a
@@ -405,7 +449,17 @@ impl JobApi {
                 busy[settle_write(writes.join_next().await)?] = false;
                 continue;
             }
-            match stream.message().await? {
+            let message = tokio::select! {
+                m = stream.message() => m?,
+                () = gone.cancelled() => return Err(client_gone()),
+                _ = touch.tick() => {
+                    if let Err(e) = self.store.touch_upload(job_id).await {
+                        warn!(error = %e, job.id = job_id, "recording upload activity failed");
+                    }
+                    continue;
+                }
+            };
+            match message {
                 Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(chunk)) }) => {
                     chunk.urls.iter().for_each(|u| planner.push(u));
                     if planner.received() > self.config.max_job_urls {
@@ -425,6 +479,8 @@ impl JobApi {
                     return Err(Status::invalid_argument("options may only be sent once, first"));
                 }
                 Some(_) => {}
+                // An end the client did not send (the call was dropped first) seals nothing.
+                None if gone.is_cancelled() => return Err(client_gone()),
                 None => ended = true,
             }
         }
@@ -451,6 +507,9 @@ impl JobApi {
                 options.not_before_ms.unwrap_or(0)
             },
         };
+        if gone.is_cancelled() {
+            return Err(client_gone());
+        }
         let (job, deduplicated) = self.store.seal_job(job_id, seal).await.map_err(store_status)?;
         if deduplicated {
             info!(job.id = job.id, discarded = job_id, "duplicate submission returns the existing job");
