@@ -177,12 +177,20 @@ impl From<urlfleet_shared::inprocess::Incoming> for Incoming {
     }
 }
 
-/// A job still receiving its URLs this long after it was created lost its submission (the
-/// coordinator that took it died): it is discarded.
-const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3_600);
+/// A job still receiving whose upload has not shown it is alive for this long lost its submission
+/// (the coordinator that took it died): it is discarded. A live upload shows it every
+/// [`crate::jobs::UPLOAD_TOUCH`], however slowly its client sends.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Returns the URLs of expired leases to the frontier, periodically, and discards abandoned
 /// submissions.
+///
+/// A lease's expiry means its worker stopped renewing it, which it could do only while a coordinator
+/// and the database were there to take its heartbeats. So after an outage of the database the
+/// leases that expired during it first get a TTL of their own, within which their workers' next
+/// heartbeats renew them; and a coordinator that starts treats the time before it as such an outage
+/// (it cannot know whether any coordinator was up): the leases that expired before it came give
+/// their workers one TTL to reconnect and renew them.
 async fn reap(
     store: Arc<dyn Store>,
     events: Arc<Events>,
@@ -192,16 +200,45 @@ async fn reap(
 ) {
     let mut tick = tokio::time::interval(config.reap_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While the database does not answer: the last time it did (at the start: ever).
+    let mut outage_since: Option<i64> = Some(0);
+    let mut last_ok = urlfleet_shared::time::now_ms();
     loop {
         tokio::select! {
             () = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Ok(stats) = store.frontier_stats().await {
-            metrics.leases_active.set(stats.active_leases);
-            metrics.frontier_pending.set(stats.pending);
+        match store.frontier_stats().await {
+            Ok(stats) => {
+                metrics.leases_active.set(stats.active_leases);
+                metrics.frontier_pending.set(stats.pending);
+            }
+            Err(e) => {
+                if outage_since.is_none() {
+                    warn!(error = %e, "the database is out of reach; leases are not reaped until it is back");
+                }
+                outage_since.get_or_insert(last_ok);
+                continue;
+            }
         }
-        let abandoned = urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(ABANDONED_AFTER);
+        let now = urlfleet_shared::time::now_ms();
+        if let Some(since) = outage_since {
+            let until = now + urlfleet_shared::time::ms(config.lease_ttl);
+            match store.extend_leases_after_outage(since, until).await {
+                Ok(n) => {
+                    if n > 0 {
+                        info!(extended = n, "leases that expired while nobody could renew them live one more TTL");
+                    }
+                    outage_since = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "extending leases after the outage failed; retrying");
+                    continue;
+                }
+            }
+        }
+        last_ok = now;
+        let abandoned = now - urlfleet_shared::time::ms(ABANDONED_AFTER);
         if let Err(e) = store.discard_abandoned(abandoned).await {
             warn!(error = %e, "discarding abandoned submissions failed");
         }

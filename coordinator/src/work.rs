@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::proto::v1::worker_service_server::WorkerService;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as Out, worker_message::Msg as In};
-use urlfleet_shared::telemetry;
+use urlfleet_shared::{policy, telemetry};
 
 use crate::auth::Caller;
 use crate::config::CoordinatorConfig;
@@ -197,6 +197,7 @@ impl WorkerService for WorkApi {
             warned_credits: false,
             leases_per_call: FIRST_LEASES_PER_CALL,
             found_nothing_at: None,
+            last_heard: tokio::time::Instant::now(),
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -226,6 +227,9 @@ struct Session {
     leases_per_call: usize,
     /// When a look for work last found nothing (see [`LEASE_RETRY_GAP`]).
     found_nothing_at: Option<tokio::time::Instant>,
+    /// When the worker last sent anything: a worker sends a heartbeat every
+    /// [`policy::heartbeat_interval`], so a silent one is frozen, partitioned or gone.
+    last_heard: tokio::time::Instant,
 }
 
 impl Session {
@@ -255,9 +259,13 @@ impl Session {
                     }
                 }
                 let want_work = self.grantable() > 0 && !self.leaving;
+                let silent_at = self.last_heard + self.silence_limit();
                 tokio::select! {
                     msg = inbound.message() => match msg {
-                        Ok(Some(m)) => self.handle(m).await?,
+                        Ok(Some(m)) => {
+                            self.last_heard = tokio::time::Instant::now();
+                            self.handle(m).await?;
+                        }
                         Ok(None) => return Ok(()),
                         Err(status) => return Err(format!("stream error: {}", status.message())),
                     },
@@ -284,7 +292,14 @@ impl Session {
                     Some((batch, committed)) = self.commits.next(), if !self.commits.is_empty() => {
                         self.committed(batch, committed).await?;
                     }
-                    () = self.api.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep_until(silent_at) => {
+                        return Err("the worker went silent".into());
+                    }
+                    () = self.api.shutdown.cancelled() => {
+                        // The worker keeps its leases and takes them to another coordinator.
+                        let _ = self.tx.send(Err(Status::unavailable("coordinator shutting down; reconnect"))).await;
+                        return Ok(());
+                    }
                     () = self.tx.closed() => return Ok(()),
                 }
             }
@@ -306,7 +321,21 @@ impl Session {
         let held: Vec<i64> = self.held.keys().copied().collect();
         if latest {
             self.api.hands.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.holder);
-            if let Err(e) = self.api.store.expire_worker_leases(&self.holder, &held).await {
+        }
+        // A coordinator that shuts down hands its workers over: they renew their leases elsewhere.
+        if latest && !self.api.shutdown.is_cancelled() && !held.is_empty() {
+            // A worker that said goodbye has finished or abandoned its leases. Any other may still
+            // be working on them (a broken connection, a partition), but starts no check later than
+            // its confirmation window after its last heartbeat: from then on nobody works on them.
+            let ttl = self.api.config.lease_ttl;
+            let at = if self.leaving {
+                urlfleet_shared::time::now_ms()
+            } else {
+                let since = tokio::time::Instant::now().saturating_duration_since(self.last_heard);
+                let window = policy::confirmation_window(ttl) + policy::heartbeat_interval(ttl);
+                urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(window.saturating_sub(since))
+            };
+            if let Err(e) = self.api.store.expire_worker_leases(&self.holder, &held, at).await {
                 warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
             }
         }
@@ -347,9 +376,19 @@ impl Session {
         self.hand(|h| h.urls)
     }
 
+    /// How long a worker may stay silent before its session is ended.
+    fn silence_limit(&self) -> Duration {
+        let ttl = self.api.config.lease_ttl;
+        policy::confirmation_window(ttl) + policy::heartbeat_interval(ttl)
+    }
+
     /// URLs that may be leased now: the credits, within what the bound leaves beside the URLs in hand
-    /// (however often credits come, and whatever else the worker sends).
+    /// (however often credits come, and whatever else the worker sends). A worker that has been
+    /// silent for its confirmation window is given nothing: it may be frozen.
     fn grantable(&self) -> u64 {
+        if self.last_heard.elapsed() >= policy::confirmation_window(self.api.config.lease_ttl) {
+            return 0;
+        }
         let room = u64::from(self.api.config.max_worker_credits).saturating_sub(self.in_hand());
         self.credits.min(room)
     }
@@ -378,9 +417,21 @@ impl Session {
         }
         match self.api.store.renew_leases(&self.holder, &hb.lease_ids, config.lease_ttl, config.max_lease_life).await {
             Ok(renewed) => {
+                let now_ms = urlfleet_shared::time::now_ms();
+                let leases = renewed
+                    .iter()
+                    .map(|(lease_id, until)| pb::RenewedLease {
+                        lease_id: *lease_id,
+                        remaining_ms: u64::try_from(until - now_ms).unwrap_or(0),
+                    })
+                    .collect();
+                let answer = pb::Renewed { sequence: hb.sequence, leases };
+                if self.tx.send(Ok(out(Out::Renewed(answer)))).await.is_err() {
+                    return Ok(());
+                }
                 // Leases granted since the worker sent this heartbeat may be missing from it.
                 let now = tokio::time::Instant::now();
-                let renewed: HashSet<i64> = renewed.into_iter().collect();
+                let renewed: HashSet<i64> = renewed.into_iter().map(|(id, _)| id).collect();
                 if let Some(recent) = now.checked_sub(config.lease_ttl) {
                     self.held.retain(|id, since| *since > recent || renewed.contains(id));
                 }

@@ -34,7 +34,8 @@ pub struct ClientAuth {
 /// Where a coordinator is.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// `http://host:port` or `https://host:port`.
+    /// `http://host:port` or `https://host:port`, or several of them separated by commas; a host name
+    /// stands for every address it resolves to (a headless Service's name, say). Any of them will do.
     Address(String),
     /// In this process.
     InProcess(Connector),
@@ -67,13 +68,35 @@ impl ClientAuth {
         Ok(Bearer(value))
     }
 
-    /// A channel to `target`.
+    /// A channel to `target`: the first of its addresses that answers.
     pub async fn channel(&self, target: &Target) -> Result<Channel> {
-        let addr = match target {
-            Target::InProcess(c) => return c.channel().await.context("connecting in process"),
+        Ok(self.channel_from(target, 0).await?.0)
+    }
+
+    /// A channel to the first of `target`'s addresses that answers, trying them in turn from the
+    /// `start`th (modulo their number); returns the channel and the position of the address that
+    /// answered, so that a client can move on from it when it fails.
+    pub async fn channel_from(&self, target: &Target, start: usize) -> Result<(Channel, usize)> {
+        let list = match target {
+            Target::InProcess(c) => return Ok((c.channel().await.context("connecting in process")?, 0)),
             Target::Address(a) => a,
         };
-        let mut endpoint = Endpoint::from_shared(addr.clone())
+        let candidates = candidates(list).await?;
+        let mut last = None;
+        for i in 0..candidates.len() {
+            let at = (start + i) % candidates.len();
+            match self.channel_to(&candidates[at]).await {
+                Ok(channel) => return Ok((channel, at)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address in {list:?}")))
+    }
+
+    /// A channel to one resolved address.
+    async fn channel_to(&self, c: &Candidate) -> Result<Channel> {
+        let addr = &c.given;
+        let mut endpoint = Endpoint::from_shared(c.uri.clone())
             .with_context(|| format!("bad coordinator address {addr:?}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -83,6 +106,9 @@ impl ClientAuth {
         match endpoint.uri().scheme_str() {
             Some("https") => {
                 let mut tls = ClientTlsConfig::new();
+                if let Some(host) = &c.host_name {
+                    tls = tls.domain_name(host.clone());
+                }
                 tls = match &self.ca_cert {
                     Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
                     None => tls.with_webpki_roots(),
@@ -99,7 +125,93 @@ impl ClientAuth {
             }
             _ => bail!("the coordinator address {addr:?} must start with http:// or https://"),
         }
-        endpoint.connect().await.with_context(|| format!("cannot reach the coordinator at {addr}"))
+        if c.host_name.is_some() {
+            endpoint = endpoint.origin(addr.parse().with_context(|| format!("bad coordinator address {addr:?}"))?);
+        }
+        let shown = match &c.host_name {
+            Some(_) => format!("{addr} ({})", c.uri),
+            None => addr.clone(),
+        };
+        endpoint.connect().await.with_context(|| format!("cannot reach the coordinator at {shown}"))
+    }
+}
+
+/// Where in a list of coordinator addresses a client whose id is `id` starts (modulo the list's
+/// length): clients spread over the coordinators by id, the same way on every start.
+pub fn spread(id: &str) -> usize {
+    id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
+}
+
+/// One address a coordinator may be reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    /// The address as given.
+    given: String,
+    /// The address to connect to: the given one with its host name resolved.
+    uri: String,
+    /// The host name resolved, for TLS and the `:authority` of requests.
+    host_name: Option<String>,
+}
+
+/// The addresses of a comma-separated list, each host name expanded to every address it resolves
+/// to (in the resolver's order). A name that does not resolve is kept as given, so that the attempt
+/// to connect says why it failed.
+async fn candidates(list: &str) -> Result<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for given in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let uri: tonic::transport::Uri = given.parse().with_context(|| format!("bad coordinator address {given:?}"))?;
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            bail!("the coordinator address {given:?} must look like http://host:port or https://host:port");
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let as_given = Candidate { given: given.to_string(), uri: given.to_string(), host_name: None };
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            out.push(as_given);
+            continue;
+        }
+        match tokio::net::lookup_host((bare, port)).await {
+            Ok(addrs) => {
+                let before = out.len();
+                for a in addrs {
+                    let c = Candidate {
+                        given: given.to_string(),
+                        uri: format!("{scheme}://{a}"),
+                        host_name: Some(bare.to_string()),
+                    };
+                    if !out.contains(&c) {
+                        out.push(c);
+                    }
+                }
+                if out.len() == before {
+                    out.push(as_given);
+                }
+            }
+            Err(_) => out.push(as_given),
+        }
+    }
+    if out.is_empty() {
+        bail!("no coordinator address given");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lists_and_names_expand_to_every_address() {
+        let c = candidates("http://127.0.0.1:1, https://localhost:2").await.unwrap();
+        assert_eq!(
+            c[0],
+            Candidate { given: "http://127.0.0.1:1".into(), uri: "http://127.0.0.1:1".into(), host_name: None }
+        );
+        let named: Vec<_> = c[1..].iter().map(|c| (c.uri.as_str(), c.host_name.as_deref())).collect();
+        assert!(named.contains(&("https://127.0.0.1:2", Some("localhost"))), "{named:?}");
+        assert!(c[1..].iter().all(|c| c.given == "https://localhost:2"));
+        assert!(candidates(" , ").await.is_err());
+        assert!(candidates("127.0.0.1:7700").await.is_err());
     }
 }
 

@@ -11,6 +11,21 @@ pub const DEFAULT_HOST_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_WORKER_CONCURRENCY: u32 = 128;
 /// Default lease time to live.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a worker sends a heartbeat (leases or not): a tenth of the lease TTL, between 100 ms and
+/// 3 s. Both sides derive their timing from the TTL the coordinator announces in its welcome.
+pub fn heartbeat_interval(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(3))
+}
+
+/// How long after sending a heartbeat that renewed a lease a worker may still start checks of it:
+/// three heartbeat intervals. A session whose worker has been silent that long gets no new leases,
+/// and one silent a heartbeat longer is ended and its leases given up: by then the worker has
+/// stopped working on them, so giving them to another worker keeps each host's requests in one
+/// place.
+pub fn confirmation_window(lease_ttl: Duration) -> Duration {
+    heartbeat_interval(lease_ttl) * 3
+}
+
 /// Default maximum URLs in one lease.
 pub const DEFAULT_LEASE_SIZE: u32 = 100;
 /// Work a lease of a polite host holds at the host's pace: 50 URLs at the default 100 ms interval.

@@ -48,6 +48,18 @@ struct State {
     counters: HashMap<String, u32>,
     last_start: Option<Instant>,
     throttled: u64,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: u32,
+    most_in_flight: u32,
+}
+
+/// Counts a request in flight until dropped (also when the client goes away mid-answer).
+struct InFlight(Arc<Mutex<State>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 /// A running fixture server; stops when dropped.
@@ -118,6 +130,11 @@ impl Fixture {
         self.state.lock().unwrap().seen.iter().filter(|s| s.path.starts_with(prefix)).count()
     }
 
+    /// The most requests this server was ever answering at once.
+    pub fn most_in_flight(&self) -> u32 {
+        self.state.lock().unwrap().most_in_flight
+    }
+
     /// 429 answers given by `/polite/…`.
     pub fn throttled(&self) -> u64 {
         self.state.lock().unwrap().throttled
@@ -145,8 +162,11 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let previous_start = {
         let mut st = state.lock().unwrap();
         st.seen.push(Seen { method: method.clone(), path: full.clone(), at: now });
+        st.in_flight += 1;
+        st.most_in_flight = st.most_in_flight.max(st.in_flight);
         st.last_start.replace(now)
     };
+    let _in_flight = InFlight(state.clone());
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match parts.as_slice() {
         ["status", code] => {

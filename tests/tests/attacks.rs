@@ -193,7 +193,7 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
         while let Ok(Ok(In::Lease(l))) = tokio::time::timeout(Duration::from_millis(300), raw.next()).await {
             leases.push(l);
         }
-        raw.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect() })).await;
+        raw.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect(), sequence: 0 })).await;
     }
     // Credits again and again: what is in hand counts against the bound too.
     for _ in 0..3 {
@@ -209,7 +209,7 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
     drain(&mut evil, &mut leases).await;
     // Nor does a second session under the same id that adopts the leases by heartbeat.
     let mut twin = Raw::open(&coordinator.addr, None, "hoarder").await.unwrap();
-    twin.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect() })).await;
+    twin.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect(), sequence: 0 })).await;
     twin.send(Out::Credits(pb::Credits { urls: u32::MAX })).await;
     drain(&mut twin, &mut leases).await;
     let leased: usize = leases.iter().map(|l| l.urls.len()).sum();
@@ -218,7 +218,7 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
     // Renewing forever, reporting nothing.
     let hoarder = tokio::spawn(async move {
         loop {
-            evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: held.clone() })).await;
+            evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: held.clone(), sequence: 0 })).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -268,7 +268,7 @@ async fn a_heartbeat_over_its_bound_ends_the_session_at_once() {
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let mut evil = Raw::open(&coordinator.addr, None, "flood").await.unwrap();
     let started = std::time::Instant::now();
-    evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..1_000_000).collect() })).await;
+    evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..1_000_000).collect(), sequence: 0 })).await;
     let ended = loop {
         match evil.next().await {
             Err(status) => break status,
@@ -283,7 +283,7 @@ async fn a_heartbeat_over_its_bound_ends_the_session_at_once() {
     let mut client = coordinator.client().await;
     submit(&mut client, &[site.url("/status/200")], impolite()).await.unwrap();
     let mut honest = Raw::open(&coordinator.addr, None, "honest").await.unwrap();
-    honest.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..60_000).collect() })).await;
+    honest.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..60_000).collect(), sequence: 0 })).await;
     honest.send(Out::Credits(pb::Credits { urls: 1 })).await;
     assert_eq!(honest.lease().await.urls.len(), 1, "the session lives on after a heartbeat within the bound");
     coordinator.stop().await;
@@ -405,12 +405,12 @@ async fn a_coordinator_without_tokens_serves_only_loopback_unless_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_departing_worker_gives_its_leases_back_at_once_under_its_token() {
+async fn a_departing_worker_gives_its_leases_back_before_their_ttl_under_its_token() {
     let db = TestDb::fresh(Backend::Sqlite).await;
     let site = Fixture::local().await;
     let coordinator = Coordinator::spawn(&db.url, |c| {
         c.tokens_inline = Some(TOKENS.into());
-        c.lease_ttl = Duration::from_secs(60);
+        c.lease_ttl = Duration::from_secs(20);
     })
     .await;
     let ch = channel(&coordinator.addr).await;
@@ -427,10 +427,11 @@ async fn a_departing_worker_gives_its_leases_back_at_once_under_its_token() {
     let lease = fleet.lease().await;
     assert_eq!(lease.urls.len(), 4);
     drop(fleet);
-    // Not after the 60 s TTL: the session's end gave the lease back.
+    // Not after the 20 s TTL: the session's end gave the lease back, once the worker's confirmation
+    // window (three 2 s heartbeat intervals) was over.
     let worker = Worker::spawn(&coordinator.addr, |c| c.auth.token = Some("wwwwwwwwwwwwwwwwwwww".into()));
     let mut done = false;
-    for _ in 0..100 {
+    for _ in 0..150 {
         let j = seo.get_job(pb::GetJobRequest { id }).await.unwrap().into_inner();
         if j.state == pb::JobState::Completed as i32 {
             done = true;

@@ -183,3 +183,77 @@ async fn a_job_waits_for_its_not_before_or_for_the_delay_its_size_asks_for() {
     assert_eq!((lease.host.as_str(), lease.jobs.as_slice()), ("due.example", [due.id].as_slice()));
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_its_client_gives_up_is_discarded_and_its_retry_makes_one_whole_job() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let client = coordinator.client().await;
+    let options = pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions {
+            name: "retried".into(),
+            idempotency_key: "upload-1".into(),
+            ..impolite()
+        })),
+    };
+    let chunk = |from: usize| pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+            urls: (from..from + 10_000).map(|i| format!("http://h{}.example/{i}", i % 20)).collect(),
+        })),
+    };
+    // The whole upload, sent slowly: a chunk every 50 ms.
+    let slow = move || {
+        let messages: Vec<_> = std::iter::once(options.clone()).chain((0..30).map(|i| chunk(i * 10_000))).collect();
+        futures::stream::unfold(messages.into_iter(), |mut rest| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            rest.next().map(|m| (m, rest))
+        })
+    };
+    let gave_up = || async {
+        eventually(Duration::from_secs(30), "the abandoned upload discarded", || async {
+            let jobs = db.scalar("SELECT COUNT(*) FROM jobs").await;
+            let rows = db.scalar("SELECT COUNT(*) FROM job_urls").await;
+            (jobs == 0 && rows == 0).then_some(())
+        })
+        .await;
+    };
+
+    // A deadline that ends the call mid-upload: nothing is sealed, the partial job goes.
+    let mut request = tonic::Request::new(slow());
+    request.set_timeout(Duration::from_millis(600));
+    let e = client.clone().submit_job(request).await.unwrap_err();
+    assert!(matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{e:?}");
+    gave_up().await;
+
+    // A client that drops the call mid-upload: the same.
+    let mut c = client.clone();
+    let upload = slow();
+    let call = tokio::spawn(async move { c.submit_job(upload).await });
+    eventually(Duration::from_secs(10), "the upload under way", || async {
+        (db.scalar("SELECT COUNT(*) FROM job_urls").await > 0).then_some(())
+    })
+    .await;
+    call.abort();
+    gave_up().await;
+
+    // A retry with the same key while a first attempt is still arriving gets the job that attempt
+    // seals; an attempt after it gets the same job. One job, whole.
+    let mut c = client.clone();
+    let upload = slow();
+    let first = tokio::spawn(async move { c.submit_job(upload).await });
+    eventually(Duration::from_secs(10), "the first attempt under way", || async {
+        (db.scalar("SELECT COUNT(*) FROM job_urls").await > 0).then_some(())
+    })
+    .await;
+    let retry = client.clone().submit_job(slow()).await.unwrap().into_inner();
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert!(!first.deduplicated && retry.deduplicated);
+    let job = first.job.unwrap();
+    assert_eq!(retry.job.unwrap().id, job.id);
+    assert_eq!(job.counts.unwrap().total, 300_000);
+    let again = client.clone().submit_job(slow()).await.unwrap().into_inner();
+    assert_eq!((again.job.unwrap().id, again.deduplicated), (job.id, true));
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs").await, 1);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls").await, 300_000);
+    coordinator.stop().await;
+}

@@ -127,9 +127,11 @@ async fn only_the_holder_may_report_and_only_urls_its_live_lease_holds(backend: 
 
     // Another session cannot renew or end the holder's leases.
     assert!(store.renew_leases("thief", &[lease.id], TTL, TTL).await.unwrap().is_empty());
-    store.expire_worker_leases("thief", &[lease.id]).await.unwrap();
+    store.expire_worker_leases("thief", &[lease.id], now_ms() - 1).await.unwrap();
     assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 0, "the thief ended nothing");
-    assert_eq!(store.renew_leases("w", &[lease.id, lease.id, 9_999], TTL, TTL).await.unwrap(), [lease.id]);
+    let renewed = store.renew_leases("w", &[lease.id, lease.id, 9_999], TTL, TTL).await.unwrap();
+    assert_eq!(renewed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [lease.id]);
+    assert!(renewed[0].1 >= now_ms() + 29_000, "renewed for the TTL: {renewed:?}");
 
     // Once the lease ended, a replay of what it stored is accepted and changes nothing; a result it
     // never stored is refused.
@@ -142,8 +144,9 @@ async fn only_the_holder_may_report_and_only_urls_its_live_lease_holds(backend: 
     assert_eq!(store.get_job(job.id).await.unwrap().unwrap(), done);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "and is not stored");
 
-    // An expired lease counts nothing more.
-    store.expire_worker_leases("w", &[other.id]).await.unwrap();
+    // An expired lease is not revived by a late heartbeat, and counts nothing more.
+    store.expire_worker_leases("w", &[other.id], now_ms() - 1).await.unwrap();
+    assert!(store.renew_leases("w", &[other.id], TTL, TTL).await.unwrap().is_empty());
     assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 1);
     let touched = store.ingest(&[result(&other, other.urls[0].0, 200, now_ms())]).await.unwrap();
     assert_eq!(reasons(&touched), [Refusal::LeaseEnded]);

@@ -24,6 +24,7 @@ urlfleet_tests::on_both_stores!(
     a_polite_host_s_next_lease_keeps_its_spacing_from_the_last_one,
     many_hosts_are_leased_in_one_call_within_the_credits,
     hosts_with_nothing_ready_do_not_hold_back_a_ready_one,
+    leases_that_expired_in_an_outage_live_on_and_can_be_renewed,
 );
 
 async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(backend: Backend) {
@@ -394,3 +395,23 @@ async fn hosts_with_nothing_ready_do_not_hold_back_a_ready_one(backend: Backend)
     let grants = store.acquire_leases(&lease_req("w"), 1_000, 1).await.unwrap();
     assert_eq!(grants.iter().map(|g| g.host.as_str()).collect::<Vec<_>>(), ["ready.example"]);
 }
+
+async fn leases_that_expired_in_an_outage_live_on_and_can_be_renewed(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("outage", 2)).await.unwrap();
+    store.add_urls(job.id, &urls("o1.example", 1), recheck()).await.unwrap();
+    store.add_urls(job.id, &urls("o2.example", 1), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("outage", 2, job.priority)).await.unwrap();
+    let before = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let during = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    let now = now_ms();
+    // One lease expired before the database went away (its worker really stopped), one during.
+    store.expire_worker_leases("w", &[before.id], now - 10_000).await.unwrap();
+    store.expire_worker_leases("w", &[during.id], now - 1_000).await.unwrap();
+    assert_eq!(store.extend_leases_after_outage(now - 5_000, now + 30_000).await.unwrap(), 1);
+    let renewed = store.renew_leases("w", &[before.id, during.id], TTL, TTL).await.unwrap();
+    assert_eq!(renewed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [during.id], "only the one the outage expired");
+    assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 1);
+}
+
+const TTL: Duration = Duration::from_secs(30);

@@ -79,7 +79,7 @@ pub async fn check_list<E>(
         let (engine, tally) = (&engine, &tally);
         async move {
             let urls = urls.into_iter().map(|u| (u.clone(), u)).collect();
-            check_batch(engine, urls, policy, cancel, |url, outcome| {
+            check_batch(engine, urls, policy, cancel, None, |url, outcome| {
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
                 t.0.checked += 1;
                 t.0.add_class(outcome.kind.class());

@@ -5,24 +5,34 @@
 //! coordinator acknowledges it (it acknowledges only what is committed), and unacknowledged batches
 //! are resent after every reconnect; the coordinator's writes are idempotent, so a resend changes
 //! nothing.
+//!
+//! A lease is worked on only while the coordinator confirms it: every heartbeat lists the leases
+//! held, and its answer says which are renewed. No check of a lease starts later than the
+//! confirmation window after the last heartbeat that renewed it (see
+//! [`policy::confirmation_window`]); a lease the answer leaves out is given up. A coordinator that
+//! gives up a silent worker's leases does so only after that window, so a lease is never worked on
+//! by two workers, whatever froze, broke or was cut off.
+//!
+//! `--coordinator` may list several coordinators (or name one that resolves to several): the worker
+//! works for one at a time and moves on to the next when it stops answering, keeping its leases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
-use urlfleet_shared::HostPolicy;
 use urlfleet_shared::connect::Target;
 use urlfleet_shared::job::PolicyOverride;
 use urlfleet_shared::proto::v1::worker_service_client::WorkerServiceClient;
 use urlfleet_shared::proto::v1::{self as pb, coordinator_message::Msg as In, worker_message::Msg as Out};
+use urlfleet_shared::{HostPolicy, policy};
 
 use crate::config::WorkerConfig;
 use crate::engine::Engine;
@@ -32,6 +42,23 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Reconnect back-off bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for a coordinator to answer hello: a frozen one accepts connections and says nothing.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// Heartbeats remembered until answered.
+const HEARTBEATS_REMEMBERED: usize = 8;
+
+/// A lease in hand: how to stop it, and until when its checks may start.
+struct Held {
+    token: CancellationToken,
+    valid_until: watch::Sender<Instant>,
+}
+
+/// A heartbeat sent and not answered yet.
+struct SentHeartbeat {
+    sequence: u64,
+    at: Instant,
+    leases: Vec<i64>,
+}
 
 /// Runs a worker until `shutdown` completes, then leaves gracefully: it says goodbye, lets its leased
 /// checks finish within the grace period, waits for their results to be acknowledged and exits.
@@ -55,7 +82,7 @@ struct Worker {
     config: WorkerConfig,
     id: String,
     engine: Arc<Engine>,
-    leases: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    leases: Arc<Mutex<HashMap<i64, Held>>>,
     /// URLs leased and not finished.
     outstanding: Arc<AtomicUsize>,
     finished_tx: mpsc::UnboundedSender<Finished>,
@@ -68,6 +95,13 @@ struct Worker {
     /// Credits owed to the coordinator (URLs finished since the last grant).
     owed: u32,
     stopping: Option<Instant>,
+    /// The heartbeats not answered yet, oldest first.
+    heartbeats: VecDeque<SentHeartbeat>,
+    next_heartbeat: u64,
+    /// How long a confirmation lets a lease's checks start (from the coordinator's TTL).
+    window: Duration,
+    /// Which of the coordinator addresses to try first.
+    next_address: usize,
 }
 
 /// How a connection ended.
@@ -82,6 +116,7 @@ impl Worker {
     fn new(config: WorkerConfig, engine: Arc<Engine>) -> Self {
         let id = config.worker_id.clone().unwrap_or_else(default_worker_id);
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let next_address = urlfleet_shared::connect::spread(&id);
         Self {
             config,
             id,
@@ -95,6 +130,11 @@ impl Worker {
             next_batch: 1,
             owed: 0,
             stopping: None,
+            heartbeats: VecDeque::new(),
+            next_heartbeat: 1,
+            window: policy::confirmation_window(policy::DEFAULT_LEASE_TTL),
+            // Workers of one cluster spread over its coordinators.
+            next_address,
         }
     }
 
@@ -153,7 +193,9 @@ impl Worker {
             Some(c) => Target::InProcess(c.clone()),
             None => Target::Address(self.config.coordinator.clone()),
         };
-        let channel = self.config.auth.channel(&target).await?;
+        let (channel, at) = self.config.auth.channel_from(&target, self.next_address).await?;
+        // The next attempt starts with the next address unless this one proves good.
+        self.next_address = at + 1;
         let mut client = WorkerServiceClient::with_interceptor(channel, self.config.auth.bearer()?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -168,14 +210,24 @@ impl Worker {
             capacity: self.config.concurrency as u32,
         };
         send(&tx, Out::Hello(hello)).await;
-        let mut inbound = client.work(ReceiverStream::new(rx)).await.context("opening the work stream")?.into_inner();
-        let ttl = match inbound.message().await.context("reading welcome")? {
+        let opened = tokio::time::timeout(WELCOME_TIMEOUT, async {
+            let mut inbound =
+                client.work(ReceiverStream::new(rx)).await.context("opening the work stream")?.into_inner();
+            let welcome = inbound.message().await.context("reading welcome")?;
+            anyhow::Ok((inbound, welcome))
+        });
+        let (mut inbound, welcome) = opened.await.context("the coordinator did not answer hello in time")??;
+        let (ttl, coordinator) = match welcome {
             Some(pb::CoordinatorMessage { msg: Some(In::Welcome(w)) }) => {
-                Duration::from_millis(w.lease_ttl_ms.max(300))
+                (Duration::from_millis(w.lease_ttl_ms.max(300)), w.coordinator_id)
             }
             _ => anyhow::bail!("the coordinator did not answer hello with welcome"),
         };
-        info!(worker.id = %self.id, "connected to coordinator");
+        self.next_address = at;
+        self.window = policy::confirmation_window(ttl);
+        self.heartbeats.clear();
+        let mut last_heard = Instant::now();
+        info!(worker.id = %self.id, coordinator.id = %coordinator, "connected to coordinator");
         for batch in self.unacked.values() {
             send(&tx, Out::Results(batch.clone())).await;
         }
@@ -194,7 +246,9 @@ impl Worker {
             send(&tx, Out::Goodbye(pb::Goodbye { reason: "shutting down".into() })).await;
         }
         let mut flush = tokio::time::interval(self.config.batch_delay.max(Duration::from_millis(1)));
-        let mut heartbeat = tokio::time::interval(ttl / 3);
+        // The first heartbeat goes at once: leases kept across a reconnect are confirmed (or given
+        // up) before their window runs out.
+        let mut heartbeat = tokio::time::interval(policy::heartbeat_interval(ttl));
         loop {
             if let Some(deadline) = self.stopping {
                 let idle = self.leases.lock().map(|l| l.is_empty()).unwrap_or(true);
@@ -203,6 +257,10 @@ impl Worker {
                     && self.unacked.is_empty()
                     && self.outstanding.load(Ordering::Relaxed) == 0
                 {
+                    // Close the stream and let the coordinator end the session: a clean goodbye.
+                    drop(tx);
+                    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
                     return Ok(Ended::Done);
                 }
                 if Instant::now() >= deadline {
@@ -212,10 +270,19 @@ impl Worker {
             let grace_tick = tokio::time::sleep(Duration::from_millis(100));
             tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => self.handle(m),
+                    Ok(Some(m)) => {
+                        last_heard = Instant::now();
+                        self.handle(m);
+                    }
                     Ok(None) => return Ok(Ended::Lost("the coordinator closed the stream".into())),
                     Err(status) => return Ok(Ended::Lost(status.message().to_string())),
                 },
+                // A coordinator answers every heartbeat; one silent for two windows is frozen or cut
+                // off (or its database is down): another may answer.
+                () = tokio::time::sleep_until(last_heard + self.window * 2) => {
+                    self.next_address += 1;
+                    return Ok(Ended::Lost("the coordinator went silent".into()));
+                }
                 f = self.finished_rx.recv() => {
                     // The worker holds a sender itself, so the channel never closes.
                     if let Some(f) = f {
@@ -239,9 +306,13 @@ impl Worker {
                 }
                 _ = heartbeat.tick() => {
                     let lease_ids: Vec<i64> = self.leases.lock().map(|l| l.keys().copied().collect()).unwrap_or_default();
-                    if !lease_ids.is_empty() {
-                        send(&tx, Out::Heartbeat(pb::Heartbeat { lease_ids })).await;
+                    let sequence = self.next_heartbeat;
+                    self.next_heartbeat += 1;
+                    if self.heartbeats.len() == HEARTBEATS_REMEMBERED {
+                        self.heartbeats.pop_front();
                     }
+                    self.heartbeats.push_back(SentHeartbeat { sequence, at: Instant::now(), leases: lease_ids.clone() });
+                    send(&tx, Out::Heartbeat(pb::Heartbeat { lease_ids, sequence })).await;
                 }
                 () = &mut *shutdown, if self.stopping.is_none() => {
                     self.begin_stop();
@@ -271,12 +342,43 @@ impl Worker {
                 self.refused(&ack.refused);
             }
             Some(In::Revoke(r)) => {
-                if let Some(token) = self.leases.lock().ok().and_then(|mut l| l.remove(&r.lease_id)) {
+                if let Some(held) = self.leases.lock().ok().and_then(|mut l| l.remove(&r.lease_id)) {
                     info!(lease.id = r.lease_id, reason = %r.reason, "lease revoked");
-                    token.cancel();
+                    held.token.cancel();
                 }
             }
+            Some(In::Renewed(r)) => self.renewed(r),
             Some(In::Welcome(_)) | None => {}
+        }
+    }
+
+    /// A heartbeat's answer: its renewed leases may start checks for another window from when the
+    /// heartbeat left (never past their expiry); those it listed and the answer leaves out are not
+    /// this worker's any more.
+    fn renewed(&mut self, r: pb::Renewed) {
+        while self.heartbeats.front().is_some_and(|h| h.sequence < r.sequence) {
+            self.heartbeats.pop_front();
+        }
+        let Some(sent) = self.heartbeats.pop_front().filter(|h| h.sequence == r.sequence) else { return };
+        let renewed: HashSet<i64> = r.leases.iter().map(|l| l.lease_id).collect();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for l in &r.leases {
+            if let Some(held) = leases.get(&l.lease_id) {
+                let until = sent.at + self.window.min(Duration::from_millis(l.remaining_ms));
+                held.valid_until.send_if_modified(|v| {
+                    let later = until > *v;
+                    if later {
+                        *v = until;
+                    }
+                    later
+                });
+            }
+        }
+        for id in sent.leases.iter().filter(|id| !renewed.contains(id)) {
+            if let Some(held) = leases.remove(id) {
+                warn!(lease.id = id, "the coordinator no longer renews this lease; giving it up");
+                held.token.cancel();
+            }
         }
     }
 
@@ -293,17 +395,17 @@ impl Worker {
         let gone = ["no_such_lease", "not_holder", "stale_epoch", "lease_ended"];
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         for r in refused.iter().filter(|r| gone.contains(&r.reason.as_str())) {
-            if let Some(token) = leases.remove(&r.lease_id) {
-                token.cancel();
+            if let Some(held) = leases.remove(&r.lease_id) {
+                held.token.cancel();
             }
         }
     }
 
     fn abandon_leases(&mut self) {
         if let Ok(mut leases) = self.leases.lock() {
-            for (id, token) in leases.drain() {
+            for (id, held) in leases.drain() {
                 warn!(lease.id = id, "shutdown grace period over: abandoning lease");
-                token.cancel();
+                held.token.cancel();
             }
         }
     }
@@ -314,7 +416,12 @@ impl Worker {
             .policy
             .as_ref()
             .map_or(HostPolicy::default(), |p| PolicyOverride::from(p).over(HostPolicy::default()));
-        self.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(lease.id, token.clone());
+        // A grant is a confirmation, from when it arrived.
+        let (valid_until, valid) = watch::channel(Instant::now() + self.window);
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lease.id, Held { token: token.clone(), valid_until });
         self.outstanding.fetch_add(lease.urls.len(), Ordering::Relaxed);
         let span = info_span!(
             "lease",
@@ -342,7 +449,7 @@ impl Worker {
                 // One task per lease: its URLs wait as data, at most the host's concurrency of them
                 // under way (see `check_batch`).
                 let urls = lease.urls.into_iter().map(|u| (u.url_id, u.url)).collect();
-                crate::engine::check_batch(&engine, urls, policy, &token, |url_id, outcome| {
+                crate::engine::check_batch(&engine, urls, policy, &token, Some(valid), |url_id, outcome| {
                     let result = (!token.is_cancelled())
                         .then(|| urlfleet_shared::convert::check_result(lease_id, epoch, url_id, &outcome));
                     outstanding.fetch_sub(1, Ordering::Relaxed);

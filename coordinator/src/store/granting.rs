@@ -220,8 +220,19 @@ async fn grant(
         pairs.extend(urls.iter().map(|(id, _)| (*id, lease)));
     }
     let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = v.b FROM ");
-    q.push_id_pairs(pairs);
-    q.push(" AS v WHERE job_urls.url_id = v.a AND job_urls.state = 'pending' RETURNING job_id, url_id, lease_id");
+    if tx.dialect().for_no_key_update.is_empty() {
+        q.push_id_pairs(pairs);
+        q.push(" AS v WHERE job_urls.url_id = v.a AND job_urls.state = 'pending'");
+    } else {
+        // The grant holds its hosts and never waits for a URL row: one that another transaction
+        // is changing (finishing, cancelling, discarding it) is left out, like one it changed
+        // before. So a grant cannot take part in a deadlock (see the lock order).
+        q.push("(SELECT ju.job_id, ju.url_id, p.b FROM ");
+        q.push_id_pairs(pairs);
+        q.push(" AS p JOIN job_urls ju ON ju.url_id = p.a AND ju.state = 'pending' FOR NO KEY UPDATE OF ju SKIP LOCKED) AS v \
+                WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id");
+    }
+    q.push(" RETURNING job_urls.job_id, job_urls.url_id, job_urls.lease_id");
     let mut deltas = JobDeltas::default();
     let mut open: BTreeMap<i64, i64> = BTreeMap::new();
     let mut jobs_of: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();

@@ -54,9 +54,8 @@ struct FencedLease {
 /// lease), under a live lease held by its reporter, at the lease's epoch. A result stored under its
 /// lease before is a replay: it is accepted, and changes nothing.
 ///
-/// The leases read stay locked against the reaper (a key-share lock, which its `SKIP LOCKED` passes
-/// over and which this transaction's own counter updates do not wait for): a lease judged live stays
-/// live until the chunk commits.
+/// The leases read stay locked until the chunk commits (the reaper's `SKIP LOCKED` passes over
+/// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile.
 async fn fence<'a>(
     tx: &mut Tx,
     results: &'a [ReportedResult],
@@ -64,8 +63,15 @@ async fn fence<'a>(
     dialect: &Dialect,
 ) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>)> {
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
+    // The store's lock order starts with leases: the reported ones, and those holding the reported
+    // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
-    q.push_id_set(lease_ids.iter().copied()).push(" ORDER BY id").push(dialect.for_key_share);
+    q.push_id_set(lease_ids.iter().copied());
+    if !dialect.for_no_key_update.is_empty() {
+        q.push(" OR id IN (SELECT lease_id FROM job_urls WHERE url_id ");
+        q.push_id_set(results.iter().map(|r| r.url_id)).push(" AND state = 'leased')");
+    }
+    q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
     // Which reported (URL, lease) pairs of live leases a `job_urls` row holds: read by URL (`+ 0`
@@ -206,6 +212,11 @@ async fn settle(
             None => *per_host.entry(f.host).or_default() -= 1,
         }
     }
+    // Hosts in name order, before the first is written: the hosts of the chunk's leases (every URL
+    // it finishes is of its lease's host).
+    let mut leases: BTreeSet<i64> = closed.keys().copied().collect();
+    leases.extend(results.iter().map(|r| r.lease_id));
+    super::leasing::lock_hosts_of_leases(&mut tx, leases).await?;
     add_host_pending(&mut tx, &per_host).await?;
     let mut pauses: BTreeMap<i64, i64> = BTreeMap::new();
     for r in results {

@@ -1,7 +1,7 @@
 //! Jobs: reading, listing and cancelling them, and the counters and completion every write that
 //! moves a job's URLs ends with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use urlfleet_shared::job::{CountsDelta, JobState};
 use urlfleet_shared::time::now_ms;
@@ -124,16 +124,27 @@ impl SqlStore {
     }
 
     pub(crate) async fn cancel_job_impl(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
+        super::db::retry_transient("cancel", || self.cancel_once(id), |_| false).await
+    }
+
+    async fn cancel_once(&self, id: i64) -> StoreResult<Option<(JobRecord, Vec<i64>)>> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         let Some(job) = fetch_job(&mut tx, id).await? else { return Ok(None) };
         if job.state.is_final() {
             return Ok(Some((job, Vec::new())));
         }
-        let pending = cancel_pending(&mut tx, id).await?;
+        // The store's lock order: the job's leases, its URLs, then their hosts, the job last.
+        super::leasing::lock_job_leases(&mut tx, id).await?;
+        let cancelled: Vec<(String,)> =
+            sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host")
+                .bind(id)
+                .fetch_all(&mut tx)
+                .await?;
+        let pending = cancelled.len() as i64;
         // RETURNING yields new values, so read the lease ids before clearing them.
-        let leased: Vec<(Option<i64>,)> = sql(format!(
-            "SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased'{}",
+        let leased: Vec<(Option<i64>, String)> = sql(format!(
+            "SELECT lease_id, host FROM job_urls WHERE job_id = $1 AND state = 'leased'{}",
             self.db.dialect().for_update
         ))
         .bind(id)
@@ -143,8 +154,16 @@ impl SqlStore {
             .bind(id)
             .execute(&mut tx)
             .await?;
+        let hosts: BTreeSet<String> =
+            cancelled.iter().map(|(h,)| h).chain(leased.iter().map(|(_, h)| h)).cloned().collect();
+        super::leasing::lock_hosts(&mut tx, &hosts).await?;
+        let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
+        for (h,) in &cancelled {
+            *per_host.entry(h.clone()).or_default() -= 1;
+        }
+        add_host_pending(&mut tx, &per_host).await?;
         let mut per_lease: BTreeMap<i64, i64> = BTreeMap::new();
-        for l in leased.iter().filter_map(|(l,)| *l) {
+        for l in leased.iter().filter_map(|(l, _)| *l) {
             *per_lease.entry(l).or_default() += 1;
         }
         // A lease that still holds URLs of other jobs keeps running for them.

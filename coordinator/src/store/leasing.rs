@@ -1,7 +1,7 @@
 //! The life of a lease once granted (see `granting`): renewing it, ending it as its URLs are
 //! reported, expiring it, and returning the URLs of expired ones to the frontier.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use urlfleet_shared::job::JobUrlState;
@@ -69,6 +69,59 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
     Ok(ended.into_iter().map(|(id, _)| id).collect())
 }
 
+/// The first locks of a transaction about to change a job's open URLs, in the store's lock order
+/// (leases by id, then `job_urls`, then hosts by name, then `jobs` — see `docs/ARCHITECTURE.md`):
+/// the leases of the job's leased URLs, then its open URL rows by URL. PostgreSQL only: SQLite runs
+/// one writer at a time.
+pub(crate) async fn lock_job_leases(tx: &mut Tx, job_id: i64) -> StoreResult<()> {
+    let dialect = tx.dialect();
+    if dialect.for_no_key_update.is_empty() {
+        return Ok(());
+    }
+    sql(format!(
+        "SELECT id FROM leases WHERE id IN (SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased') \
+         ORDER BY id{}",
+        dialect.for_no_key_update
+    ))
+    .bind(job_id)
+    .execute(tx)
+    .await?;
+    // Then its open URL rows in URL order, the order in which an ingest finishes a URL's rows.
+    sql(format!(
+        "SELECT url_id FROM job_urls WHERE job_id = $1 AND state IN ('pending', 'leased') ORDER BY url_id{}",
+        dialect.for_update
+    ))
+    .bind(job_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Locks hosts by name, in name order, before a transaction updates several of them in statements
+/// of its own (PostgreSQL only).
+pub(crate) async fn lock_hosts(tx: &mut Tx, hosts: &BTreeSet<String>) -> StoreResult<()> {
+    let dialect = tx.dialect();
+    if dialect.for_no_key_update.is_empty() || hosts.is_empty() {
+        return Ok(());
+    }
+    let mut q = sql("SELECT host FROM hosts WHERE host IN (");
+    q.push_list(hosts.iter().cloned()).push(") ORDER BY host").push(dialect.for_no_key_update);
+    q.execute(tx).await?;
+    Ok(())
+}
+
+/// Locks the hosts of leases, in name order (PostgreSQL only).
+pub(crate) async fn lock_hosts_of_leases(tx: &mut Tx, leases: impl IntoIterator<Item = i64>) -> StoreResult<()> {
+    let dialect = tx.dialect();
+    if dialect.for_no_key_update.is_empty() {
+        return Ok(());
+    }
+    let mut q = sql("SELECT host FROM hosts WHERE host IN (SELECT host FROM leases WHERE id ");
+    q.push_id_set(leases).push(") ORDER BY host").push(dialect.for_no_key_update);
+    q.execute(tx).await?;
+    Ok(())
+}
+
 impl SqlStore {
     pub(crate) async fn renew_leases_impl(
         &self,
@@ -76,47 +129,82 @@ impl SqlStore {
         lease_ids: &[i64],
         ttl: Duration,
         max_life: Duration,
-    ) -> StoreResult<Vec<i64>> {
-        let until = now_ms() + ms(ttl);
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        let now = now_ms();
+        let until = now + ms(ttl);
         let mut ids = lease_ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
         let mut renewed = Vec::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(renewed);
+        }
         let mut conn = self.db.acquire().await?;
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
             // A lease lives at most `max_life`: heartbeats alone cannot hold a host's URLs forever.
             let mut q = sql("UPDATE leases SET expires_at = CASE WHEN created_at + ");
             q.push_bind(ms(max_life)).push(" < ").push_bind(until).push(" THEN created_at + ");
-            q.push_bind(ms(max_life)).push(" ELSE ").push_bind(until).push(" END WHERE holder = ");
-            q.push_bind(worker_id.to_string()).push(" AND active AND id ").push_id_set(chunk.iter().copied());
-            q.push(" RETURNING id");
-            renewed.extend(q.fetch_all::<(i64,)>(&mut conn).await?.into_iter().map(|(id,)| id));
+            // The rows are locked in id order, as every transaction locks leases.
+            q.push_bind(ms(max_life)).push(" ELSE ").push_bind(until);
+            q.push(" END WHERE id IN (SELECT id FROM leases WHERE holder = ").push_bind(worker_id.to_string());
+            q.push(" AND active AND expires_at >= ").push_bind(now).push(" AND id ").push_id_set(chunk.iter().copied());
+            q.push(" ORDER BY id").push(self.db.dialect().for_no_key_update).push(") RETURNING id, expires_at");
+            renewed.extend(q.fetch_all::<(i64, i64)>(&mut conn).await?);
         }
         Ok(renewed)
     }
 
-    pub(crate) async fn expire_worker_leases_impl(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()> {
+    pub(crate) async fn expire_worker_leases_impl(
+        &self,
+        worker_id: &str,
+        lease_ids: &[i64],
+        at_ms: i64,
+    ) -> StoreResult<()> {
         let mut conn = self.db.acquire().await?;
         for chunk in lease_ids.chunks(IDS_PER_STATEMENT) {
-            let mut q = sql("UPDATE leases SET expires_at = 0 WHERE holder = ");
-            q.push_bind(worker_id.to_string()).push(" AND active AND id ").push_id_set(chunk.iter().copied());
+            let mut q = sql("UPDATE leases SET expires_at = ");
+            q.push_bind(at_ms).push(" WHERE id IN (SELECT id FROM leases WHERE holder = ");
+            q.push_bind(worker_id.to_string()).push(" AND active AND expires_at > ").push_bind(at_ms);
+            q.push(" AND id ").push_id_set(chunk.iter().copied());
+            q.push(" ORDER BY id").push(self.db.dialect().for_no_key_update).push(")");
             q.execute(&mut conn).await?;
         }
         Ok(())
     }
 
+    pub(crate) async fn extend_leases_after_outage_impl(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64> {
+        let mut conn = self.db.acquire().await?;
+        let extended = sql(format!(
+            "UPDATE leases SET expires_at = $1 WHERE id IN (SELECT id FROM leases WHERE active AND expires_at >= $2 \
+             AND expires_at < $1 ORDER BY id{})",
+            self.db.dialect().for_no_key_update
+        ))
+        .bind(until_ms)
+        .bind(since_ms)
+        .execute(&mut conn)
+        .await?;
+        Ok(extended)
+    }
+
     pub(crate) async fn reap_expired_impl(&self, max_attempts: u32) -> StoreResult<Touched> {
+        super::db::retry_transient("reap", || self.reap_once(max_attempts), |_| false).await
+    }
+
+    async fn reap_once(&self, max_attempts: u32) -> StoreResult<Touched> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
+        let dialect = self.db.dialect();
         let expired: Vec<(String, i64, i64)> = sql(format!(
             "SELECT host, id, spacing_ms FROM leases WHERE active AND expires_at < $1 ORDER BY id LIMIT $2{}",
-            self.db.dialect().skip_locked
+            dialect.skip_locked
         ))
         .bind(now)
         .bind(REAP_BATCH)
         .fetch_all(&mut tx)
         .await?;
+        // In the store's lock order: the leases (above), their URL rows, then their hosts by name.
         let mut deltas = JobDeltas::default();
+        let mut returned = Vec::with_capacity(expired.len());
         for (host, lease_id, spacing) in &expired {
             let rows: Vec<(i64, String)> = sql("UPDATE job_urls SET attempts = attempts + 1, lease_id = NULL, \
                  state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE 'pending' END, \
@@ -138,6 +226,13 @@ impl SqlStore {
                 }
             }
             sql("UPDATE leases SET active = FALSE WHERE id = $1").bind(*lease_id).execute(&mut tx).await?;
+            tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
+            returned.push((host, back, *spacing));
+        }
+        if !expired.is_empty() {
+            lock_hosts_of_leases(&mut tx, expired.iter().map(|(_, id, _)| *id)).await?;
+        }
+        for (host, back, spacing) in returned {
             // The expired holder may still be sending: the host's next lease keeps the spacing.
             // Its priority is that of the best URL waiting again (a grant that emptied the host's
             // frontier had set it to none).
@@ -147,11 +242,10 @@ impl SqlStore {
                  ORDER BY url_order LIMIT 1), 9) WHERE host = $1")
             .bind(host.as_str())
             .bind(back)
-            .bind(now + *spacing)
+            .bind(now + spacing)
             .bind(urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
             .execute(&mut tx)
             .await?;
-            tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
         }
         deltas.apply(&mut tx).await?;
         let jobs = deltas.jobs();

@@ -300,9 +300,12 @@ pub trait Store: Send + Sync + 'static {
     async fn seal_job(&self, job_id: i64, seal: Seal) -> StoreResult<(JobRecord, bool)>;
     /// Removes a job still `receiving` and everything written for it (a submission that failed).
     async fn discard_job(&self, job_id: i64) -> StoreResult<()>;
-    /// Discards the jobs still `receiving` that were created before `before_ms` (their submission
-    /// died with its coordinator); returns how many.
+    /// Discards the jobs still `receiving` whose upload last showed it was alive (see
+    /// [`Store::touch_upload`]; else: was created) before `before_ms` (their submission died with its
+    /// coordinator); returns how many.
     async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64>;
+    /// Records that a receiving job's upload is alive now.
+    async fn touch_upload(&self, job_id: i64) -> StoreResult<()>;
     /// One job.
     async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>>;
     /// Jobs newest first, with id below `before` when given, in the given states (all when empty).
@@ -324,18 +327,23 @@ pub trait Store: Send + Sync + 'static {
     /// `req` and all together holding at most `credits` URLs; empty when no work is ready.
     async fn acquire_leases(&self, req: &LeaseRequest, credits: u64, max_leases: usize)
     -> StoreResult<Vec<LeaseGrant>>;
-    /// Renews those of `lease_ids` that the worker holds for `ttl`, but never beyond `max_life` after
-    /// each was granted; returns the ids renewed.
+    /// Renews those of `lease_ids` that the worker holds and that have not expired for `ttl`, but
+    /// never beyond `max_life` after each was granted; returns the leases renewed with their new
+    /// expiry (ms). An expired lease is never revived: it is the reaper's, and may be re-leased.
     async fn renew_leases(
         &self,
         worker_id: &str,
         lease_ids: &[i64],
         ttl: Duration,
         max_life: Duration,
-    ) -> StoreResult<Vec<i64>>;
-    /// Makes those of `lease_ids` that the worker holds expire now (the worker's session that held
-    /// them went away).
-    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()>;
+    ) -> StoreResult<Vec<(i64, i64)>>;
+    /// Makes those of `lease_ids` that the worker holds expire at `at_ms` at the latest (the
+    /// worker's session that held them went away).
+    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64], at_ms: i64) -> StoreResult<()>;
+    /// After the database was out of reach since `since_ms`: the live leases that expired meanwhile,
+    /// or would before `until_ms`, live until `until_ms`, so that their workers' next heartbeats renew
+    /// them (an outage is no worker's fault). Returns how many were extended.
+    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64>;
     /// Returns the URLs of expired leases to the frontier, failing those whose leases expired
     /// `max_attempts` times.
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
@@ -377,6 +385,14 @@ impl Store for SqlStore {
     async fn discard_abandoned(&self, before_ms: i64) -> StoreResult<u64> {
         self.discard_abandoned_impl(before_ms).await
     }
+    async fn touch_upload(&self, job_id: i64) -> StoreResult<()> {
+        db::sql("UPDATE jobs SET touched_at = $2 WHERE id = $1 AND state = 'receiving'")
+            .bind(job_id)
+            .bind(urlfleet_shared::time::now_ms())
+            .execute(&mut self.db.acquire().await?)
+            .await?;
+        Ok(())
+    }
     async fn get_job(&self, id: i64) -> StoreResult<Option<JobRecord>> {
         self.get_job_impl(id).await
     }
@@ -406,11 +422,14 @@ impl Store for SqlStore {
         lease_ids: &[i64],
         ttl: Duration,
         max_life: Duration,
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<Vec<(i64, i64)>> {
         self.renew_leases_impl(worker_id, lease_ids, ttl, max_life).await
     }
-    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64]) -> StoreResult<()> {
-        self.expire_worker_leases_impl(worker_id, lease_ids).await
+    async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64], at_ms: i64) -> StoreResult<()> {
+        self.expire_worker_leases_impl(worker_id, lease_ids, at_ms).await
+    }
+    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64> {
+        self.extend_leases_after_outage_impl(since_ms, until_ms).await
     }
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched> {
         self.reap_expired_impl(max_attempts).await

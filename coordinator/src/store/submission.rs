@@ -200,6 +200,13 @@ impl SqlStore {
         let mut q = sql("SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id ");
         q.push_id_set(url_ids.iter().copied()).push(" GROUP BY url_id");
         let running: Vec<(i64, Option<i64>)> = q.fetch_all(tx).await?;
+        let leases: std::collections::BTreeSet<i64> = running.iter().filter_map(|(_, l)| *l).collect();
+        if !leases.is_empty() && !self.db.dialect().for_update.is_empty() {
+            // All of them at once, in id order, as every transaction locks leases.
+            let mut q = sql("SELECT id FROM leases WHERE id ");
+            q.push_id_set(leases).push(" ORDER BY id").push(self.db.dialect().for_update);
+            q.execute(tx).await?;
+        }
         let mut joined = Vec::new();
         for (url_id, lease_id) in running {
             let Some(lease_id) = lease_id else { continue };
@@ -371,11 +378,14 @@ impl SqlStore {
         }
         let priority = seal.priority.rank().min(provisional);
         if priority < provisional {
-            // Known small only now: its waiting URLs move up (a small job, so few rows).
-            sql("UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
-                 (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')")
+            // Known small only now: its waiting URLs move up (a small job, so few rows). In the
+            // store's lock order: its URL rows (by URL), then their hosts (by name).
+            let dialect = self.db.dialect();
+            sql(format!(
+                "SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending' ORDER BY url_id{}",
+                dialect.for_update
+            ))
             .bind(job_id)
-            .bind(priority)
             .execute(&mut tx)
             .await?;
             sql("UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'")
@@ -383,6 +393,20 @@ impl SqlStore {
                 .bind((provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
                 .execute(&mut tx)
                 .await?;
+            sql(format!(
+                "SELECT host FROM hosts WHERE host IN (SELECT host FROM job_urls WHERE job_id = $1 \
+                 AND state = 'pending') ORDER BY host{}",
+                dialect.for_no_key_update
+            ))
+            .bind(job_id)
+            .execute(&mut tx)
+            .await?;
+            sql("UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
+                 (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')")
+            .bind(job_id)
+            .bind(priority)
+            .execute(&mut tx)
+            .await?;
         }
         let sealed = sql("UPDATE jobs SET state = CASE WHEN leased > 0 OR checked > 0 OR failed > 0 THEN 'running' \
                           ELSE 'scheduled' END, unique_key = $2, unique_active = TRUE, received = $3, \
@@ -409,8 +433,6 @@ impl SqlStore {
     }
 
     pub(crate) async fn discard_job_impl(&self, job_id: i64) -> StoreResult<()> {
-        // The job's row is locked first here, and last by an ingest finishing its leased URLs: a
-        // deadlock between the two is retried.
         retry_transient(
             "discard",
             || async {
@@ -424,10 +446,11 @@ impl SqlStore {
     }
 
     pub(crate) async fn discard_abandoned_impl(&self, before_ms: i64) -> StoreResult<u64> {
-        let ids: Vec<(i64,)> = sql("SELECT id FROM jobs WHERE state = 'receiving' AND created_at < $1")
-            .bind(before_ms)
-            .fetch_all(&mut self.db.acquire().await?)
-            .await?;
+        let ids: Vec<(i64,)> =
+            sql("SELECT id FROM jobs WHERE state = 'receiving' AND COALESCE(touched_at, created_at) < $1")
+                .bind(before_ms)
+                .fetch_all(&mut self.db.acquire().await?)
+                .await?;
         for (id,) in &ids {
             tracing::warn!(job.id = id, "discarding a job whose submission never ended");
             self.discard_job_impl(*id).await?;
@@ -438,28 +461,40 @@ impl SqlStore {
     /// Removes a `receiving` job and everything written for it, taking its waiting URLs off the
     /// frontier counters and its leased ones off their leases (a lease left with none ends).
     async fn discard_receiving(&self, tx: &mut Tx, job_id: i64) -> StoreResult<()> {
+        let receiving = Some(urlfleet_shared::JobState::Receiving.as_str());
+        let state: Option<String> = sql("SELECT state FROM jobs WHERE id = $1").bind(job_id).scalar(tx).await?;
+        if state.as_deref() != receiving {
+            return Ok(());
+        }
+        // In the store's lock order: leases, the job's URLs, hosts, and the job itself last.
+        super::leasing::lock_job_leases(tx, job_id).await?;
+        let gone: Vec<(String, String, Option<i64>)> = sql(
+            "DELETE FROM job_urls WHERE job_id = $1 AND state IN ('pending', 'leased') RETURNING host, state, lease_id",
+        )
+        .bind(job_id)
+        .fetch_all(tx)
+        .await?;
+        sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
+        let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
+        let mut leased: BTreeMap<i64, i64> = BTreeMap::new();
+        for (host, state, lease) in &gone {
+            match lease {
+                Some(l) if state == "leased" => *leased.entry(*l).or_default() += 1,
+                _ => *waiting.entry(host.clone()).or_default() -= 1,
+            }
+        }
+        super::leasing::lock_hosts(tx, &gone.iter().map(|(h, _, _)| h.clone()).collect()).await?;
+        add_host_pending(tx, &waiting).await?;
+        super::leasing::close_leases(tx, &leased, 0).await?;
         let state: Option<String> =
             sql(format!("SELECT state FROM jobs WHERE id = $1{}", self.db.dialect().for_update))
                 .bind(job_id)
                 .scalar(tx)
                 .await?;
-        if state.as_deref() != Some(urlfleet_shared::JobState::Receiving.as_str()) {
-            return Ok(());
+        if state.as_deref() != receiving {
+            // Sealed or cancelled meanwhile: nothing of this is kept, and the next attempt leaves it.
+            return Err(super::StoreError::Conflict);
         }
-        let waiting: Vec<(String, i64)> = sql("SELECT host, COUNT(*) FROM job_urls WHERE job_id = $1 \
-                                               AND state = 'pending' GROUP BY host ORDER BY host")
-        .bind(job_id)
-        .fetch_all(tx)
-        .await?;
-        add_host_pending(tx, &waiting.into_iter().map(|(h, n)| (h, -n)).collect()).await?;
-        let leased: Vec<(Option<i64>, i64)> = sql("SELECT lease_id, COUNT(*) FROM job_urls WHERE job_id = $1 \
-                                                   AND state = 'leased' GROUP BY lease_id ORDER BY lease_id")
-        .bind(job_id)
-        .fetch_all(tx)
-        .await?;
-        sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
-        let leased: BTreeMap<i64, i64> = leased.into_iter().filter_map(|(l, n)| Some((l?, n))).collect();
-        super::leasing::close_leases(tx, &leased, 0).await?;
         sql("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(tx).await?;
         sql("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(tx).await?;
         Ok(())

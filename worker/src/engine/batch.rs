@@ -4,9 +4,11 @@
 //! politeness gate then spaces the attempts and bounds the requests in flight across all batches.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeKind};
@@ -16,11 +18,16 @@ use super::{Engine, InProgress, Step};
 /// Checks every URL of `urls` under `policy`, calling `done` with each URL's key and outcome as it
 /// finishes, in the order they finish. URLs start in the order given. Cancelling `cancel` ends the
 /// batch: checks under way end with what they have, and the others are reported as cancelled.
+///
+/// With `valid_until`, no attempt starts at or after the instant it holds (a lease whose renewal is
+/// not confirmed): the batch waits until the instant moves on, or it is cancelled. A check that
+/// panics ends as an error of its own; the batch goes on.
 pub async fn check_batch<K: Send>(
     engine: &Engine,
     urls: Vec<(K, String)>,
     policy: HostPolicy,
     cancel: &CancellationToken,
+    mut valid_until: Option<watch::Receiver<Instant>>,
     mut done: impl FnMut(K, CheckOutcome),
 ) {
     let limit = policy.concurrency.max(1) as usize;
@@ -30,12 +37,22 @@ pub async fn check_batch<K: Send>(
     let mut arrivals = 0u64;
     let mut under_way = FuturesUnordered::new();
     let attempt = |key: K, mut check: InProgress| async move {
-        let step = engine.step(&mut check, policy, cancel).await;
+        let step = AssertUnwindSafe(engine.step(&mut check, policy, cancel)).catch_unwind().await;
+        let step = step.unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %why, "a check panicked; it ends as an error");
+            Step::Done(CheckOutcome::error(OutcomeKind::Other, format!("the check failed unexpectedly: {why}"), 0))
+        });
         (key, check, step)
     };
+    let open = |v: &Option<watch::Receiver<Instant>>| v.as_ref().is_none_or(|v| Instant::now() < *v.borrow());
     loop {
         // Checks due for a retry go first (they came first), then new ones, up to the limit.
-        while under_way.len() < limit && !cancel.is_cancelled() {
+        while under_way.len() < limit && !cancel.is_cancelled() && open(&valid_until) {
             let now = Instant::now();
             if let Some(entry) = waiting.first_entry().filter(|e| e.key().0 <= now) {
                 let (key, check) = entry.remove();
@@ -62,9 +79,24 @@ pub async fn check_batch<K: Send>(
         }
         // A check due for its retry matters only when there is room to start it; otherwise the next
         // check to finish makes room (and a due timer would spin).
-        let next_due =
-            waiting.first_key_value().map(|(k, _)| k.0).filter(|_| under_way.len() < limit && !cancel.is_cancelled());
+        let gate_open = open(&valid_until);
+        let next_due = waiting
+            .first_key_value()
+            .map(|(k, _)| k.0)
+            .filter(|_| under_way.len() < limit && !cancel.is_cancelled() && gate_open);
+        let reopened = async {
+            match valid_until.as_mut() {
+                Some(v) if !gate_open => {
+                    if v.changed().await.is_err() {
+                        // The lease's owner is gone: nothing will renew it.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            () = reopened => {}
             Some((key, check, step)) = under_way.next(), if !under_way.is_empty() => match step {
                 Step::Done(outcome) => done(key, outcome),
                 Step::RetryAfter(delay) => {
