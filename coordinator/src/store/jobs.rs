@@ -135,7 +135,7 @@ impl SqlStore {
             return Ok(Some((job, Vec::new())));
         }
         // The store's lock order: the job's leases, its URLs, then their hosts, the job last.
-        super::leasing::lock_job_leases(&mut tx, id).await?;
+        super::leasing::lock_job_open_urls(&mut tx, id).await?;
         let cancelled: Vec<(String,)> =
             sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host")
                 .bind(id)

@@ -54,11 +54,7 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
     // The host's next lease keeps the spacing from this one's last request, whoever holds it.
     let now = now_ms();
     let pauses: Vec<(i64, i64)> = ended.iter().map(|(id, spacing)| (*id, not_before.max(now + spacing))).collect();
-    if !dialect.for_no_key_update.is_empty() {
-        let mut q = sql("SELECT host FROM hosts WHERE host IN (SELECT host FROM leases WHERE id ");
-        q.push_id_set(ended.iter().map(|(id, _)| *id)).push(") ORDER BY host").push(dialect.for_no_key_update);
-        q.execute(tx).await?;
-    }
+    lock_hosts_of_leases(tx, ended.iter().map(|(id, _)| *id)).await?;
     // Two leases of one host may end together: the host's row is written once, with both.
     let mut q = sql("UPDATE hosts SET active_leases = hosts.active_leases - e.n, next_allowed_at = \
          CASE WHEN hosts.next_allowed_at < e.t THEN e.t ELSE hosts.next_allowed_at END \
@@ -73,7 +69,7 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
 /// (leases by id, then `job_urls`, then hosts by name, then `jobs` — see `docs/ARCHITECTURE.md`):
 /// the leases of the job's leased URLs, then its open URL rows by URL. PostgreSQL only: SQLite runs
 /// one writer at a time.
-pub(crate) async fn lock_job_leases(tx: &mut Tx, job_id: i64) -> StoreResult<()> {
+pub(crate) async fn lock_job_open_urls(tx: &mut Tx, job_id: i64) -> StoreResult<()> {
     let dialect = tx.dialect();
     if dialect.for_no_key_update.is_empty() {
         return Ok(());

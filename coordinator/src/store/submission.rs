@@ -467,7 +467,7 @@ impl SqlStore {
             return Ok(());
         }
         // In the store's lock order: leases, the job's URLs, hosts, and the job itself last.
-        super::leasing::lock_job_leases(tx, job_id).await?;
+        super::leasing::lock_job_open_urls(tx, job_id).await?;
         let gone: Vec<(String, String, Option<i64>)> = sql(
             "DELETE FROM job_urls WHERE job_id = $1 AND state IN ('pending', 'leased') RETURNING host, state, lease_id",
         )
