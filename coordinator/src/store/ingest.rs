@@ -56,12 +56,13 @@ struct FencedLease {
 ///
 /// The leases read stay locked until the chunk commits (the reaper's `SKIP LOCKED` passes over
 /// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile.
+/// Returns the ids of the leases it locked too: the only leases whose rows the chunk may finish.
 async fn fence<'a>(
     tx: &mut Tx,
     results: &'a [ReportedResult],
     now: i64,
     dialect: &Dialect,
-) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>)> {
+) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>, Vec<i64>)> {
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     // The store's lock order starts with leases: the reported ones, and those holding the reported
     // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
@@ -74,6 +75,8 @@ async fn fence<'a>(
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
+    let mut locked: Vec<i64> = leases.keys().copied().collect();
+    locked.sort_unstable();
     // Which reported (URL, lease) pairs of live leases a `job_urls` row holds: read by URL (`+ 0`
     // keeps the lease's index out of it), so the read is the size of the chunk, not of every URL
     // its leases hold.
@@ -146,7 +149,7 @@ async fn fence<'a>(
                 accepted.into_iter().enumerate().filter(|(i, _)| !replayed.contains(i)).map(|(_, r)| r).collect();
         }
     }
-    Ok((accepted, refused))
+    Ok((accepted, refused, locked))
 }
 
 fn refusal(r: &ReportedResult, reason: Refusal) -> RefusedResult {
@@ -160,7 +163,7 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        let (accepted, refused) = fence(&mut tx, results, now, self.db.dialect()).await?;
+        let (accepted, refused, locked) = fence(&mut tx, results, now, self.db.dialect()).await?;
         if !refused.is_empty() {
             tracing::warn!(
                 refused = refused.len(),
@@ -176,7 +179,7 @@ impl SqlStore {
         let accepted: Vec<&ReportedResult> = accepted.iter().map(AsRef::as_ref).collect();
         let newest = newest_per_url(&accepted);
         let finished = match &mut tx {
-            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest).await?,
+            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked).await?,
             Tx::Lite(t) => super::sqlite::record_results(t, &accepted, &newest).await?,
         };
         let mut touched = settle(tx, finished, &newest, &accepted, now).await?;

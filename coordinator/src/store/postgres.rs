@@ -152,18 +152,24 @@ pub(crate) async fn record_results(
     tx: &mut PgTx,
     results: &[&ReportedResult],
     newest: &[&ReportedResult],
+    locked_leases: &[i64],
 ) -> StoreResult<Vec<Finished>> {
     let ids: Vec<i64> = newest.iter().map(|r| r.url_id).collect();
     let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
     // If another transaction moves a row meanwhile, the condition is checked again on its new version.
+    // A row leased only after the fence (a grant marked it since) stays with its new lease, whose
+    // holder reports it: finishing it here would end a lease this chunk did not lock first, out of
+    // the store's lock order.
     let finished: Vec<Finished> = sqlx::query_as(
         "UPDATE job_urls ju SET state = 'done', kind = t.kind \
          FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
-         WHERE ju.url_id = t.url_id AND ju.state IN ('pending', 'leased') \
+         WHERE ju.url_id = t.url_id AND (ju.state = 'pending' \
+         OR (ju.state = 'leased' AND ju.lease_id = ANY($3::bigint[]))) \
          RETURNING ju.job_id, ju.url_id, ju.lease_id, ju.host",
     )
     .bind(&ids)
     .bind(&kinds)
+    .bind(locked_leases)
     .fetch_all(&mut **tx)
     .await?;
     // No foreign keys on the hot tables: every URL here exists, because the fence let through only
