@@ -1,33 +1,38 @@
 //! `urlfleet check`: a whole cluster in one process — an embedded coordinator with the chosen store
-//! (SQLite by default), one worker connected to it over gRPC, and a client that submits the list,
-//! follows the job and prints the summary. The same code paths as a cluster, so what works here works
+//! (SQLite by default), one worker connected to it over gRPC, and a client that submits the inputs,
+//! follows the job and lists the results. The same code paths as a cluster, so what works here works
 //! there; but the gRPC connections are in-memory pipes, not sockets: no other process on the machine
 //! can reach the embedded coordinator (and forge its verdicts).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 use urlfleet_coordinator::CoordinatorConfig;
-use urlfleet_shared::HostPolicy;
 use urlfleet_shared::connect::{ClientAuth, Target};
 use urlfleet_shared::job::{JobCounts, JobOptions, PolicyOverride};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::url::redact;
+use urlfleet_shared::{HostPolicy, OutcomeClass};
 use urlfleet_worker::WorkerConfig;
-use urlfleet_worker::direct::{DirectCheck, Failed};
-use urlfleet_worker::engine::{Cidr, EngineConfig};
+use urlfleet_worker::direct::{DirectCheck, Failed, Progress as DirectProgress};
+use urlfleet_worker::engine::EngineConfig;
 
-use crate::output::{self, Format, ResultWriter};
-use crate::{JobArgs, client};
+use crate::client::{self, Entries};
+use crate::input::InputArgs;
+use crate::output::{self, Progress};
+use crate::{JobArgs, Listing};
 
 /// Arguments of `urlfleet check`.
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// File with one URL per line (blank lines and # comments ignored), or - for standard input.
-    file: PathBuf,
+    /// Inputs: files (a URL list, a CSV/TSV export, an XML sitemap or sitemap index, gzipped or
+    /// not), - for standard input, or the http(s) URL of a sitemap to fetch.
+    #[arg(required = true)]
+    inputs: Vec<String>,
     /// Database URL: sqlite:PATH (default ./urlfleet.db) or postgres://…
     #[arg(long, env = "URLFLEET_DB", default_value = "sqlite:urlfleet.db")]
     db: String,
@@ -43,21 +48,19 @@ pub struct CheckArgs {
     /// Back-off base between retries.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     backoff_base: Duration,
-    /// Networks the SSRF guard lets through (CIDR, repeatable or comma-separated), e.g. 127.0.0.0/8.
-    #[arg(long, env = "URLFLEET_ALLOW", value_delimiter = ',')]
-    allow: Vec<Cidr>,
     /// Turn politeness off for every host (for one's own sites): no per-host interval, per-host
     /// concurrency up to the global bound.
     #[arg(long)]
     no_politeness: bool,
-    /// How to list the URLs that failed.
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-    /// Keep nothing: run the check engine straight on the list, with no database, coordinator or
+    #[command(flatten)]
+    listing: Listing,
+    /// Keep nothing: run the check engine straight on the inputs, with no database, coordinator or
     /// worker (for CI gates that only need the verdict). Every URL is checked: with no stored
     /// state there is nothing to be fresh against.
     #[arg(long, conflicts_with = "db")]
     no_store: bool,
+    #[command(flatten)]
+    input: InputArgs,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -65,8 +68,14 @@ pub struct CheckArgs {
 /// Runs the check; exit 0 when nothing failed, 2 otherwise.
 pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    let mut entries = Entries::start(args.inputs.clone(), args.input.clone());
+    if entries.is_empty().await? {
+        eprintln!("no URLs in {}", args.inputs.join(", "));
+        summary(&JobCounts::default(), started, &args.listing);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.no_store {
-        return run_without_store(args, started).await;
+        return run_without_store(args, entries, started).await;
     }
     let store = urlfleet_coordinator::store::connect(&args.db).await?;
     let (connector, incoming) = urlfleet_shared::inprocess::pair();
@@ -90,7 +99,7 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     worker_config.timeout = args.timeout;
     worker_config.retries = args.retries;
     worker_config.backoff_base = args.backoff_base;
-    worker_config.allow = args.allow.clone();
+    worker_config.allow = args.input.allow.clone();
     worker_config.shutdown_grace = Duration::from_secs(2);
     let (stop_worker, worker_stopped) = oneshot::channel::<()>();
     let worker = tokio::spawn(urlfleet_worker::run(worker_config, async {
@@ -100,24 +109,21 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let options = job_options(&args);
     let outcome = async {
         let mut c = client::connect(&target, &ClientAuth::default()).await?;
-        let span = tracing::info_span!("submit", otel.kind = "client", file = %args.file.display());
-        let resp = tracing::Instrument::instrument(client::submit(&mut c, &args.file, (&options).into()), span).await?;
+        let span = tracing::info_span!("submit", otel.kind = "client", inputs = %args.inputs.join(" "));
+        let resp = tracing::Instrument::instrument(client::submit(&mut c, entries, (&options).into()), span).await?;
         let job = resp.job.unwrap_or_default();
+        let progress = Progress::new(args.listing.quiet);
         let done = tokio::select! {
-            r = crate::follow(&mut c, job.id) => r?,
+            r = client::watch(&mut c, job.id, |j| output::show_progress(&progress, j)) => r?,
             () = urlfleet_shared::shutdown::signal() => {
                 let cancelled = c.cancel_job(pb::CancelJobRequest { id: job.id }).await.map_err(client::status_error)?;
                 eprintln!("interrupted: job {} cancelled; finished results are kept", job.id);
                 cancelled.into_inner()
             }
         };
-        if output::counts(&done).failures() > 0 {
-            println!("Failed URLs:");
-            let classes = [pb::OutcomeClass::Broken, pb::OutcomeClass::Error, pb::OutcomeClass::Invalid];
-            let mut w = ResultWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), args.format);
-            client::results(&mut c, done.id, &classes, |r| Ok(w.write(&r)?)).await?;
-            w.finish()?;
-        }
+        let counts = output::counts(&done);
+        progress.finish(counts.total - counts.unresolved(), counts.total, &output::outcome_note(&done));
+        args.listing.list(&mut c, done.id, &counts).await?;
         Ok::<_, anyhow::Error>(done)
     }
     .await;
@@ -127,24 +133,31 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let _ = stop_coordinator.send(());
     let _ = coordinator.await;
     let done = outcome?;
-    summary(&output::counts(&done), started);
-    Ok(crate::gate(&done))
+    summary(&output::counts(&done), started, &args.listing);
+    Ok(crate::gate(&output::counts(&done)))
 }
 
-/// The job options the arguments ask for.
+/// The job options the arguments ask for; an unnamed job is named after its inputs, so that the
+/// next run of the same list can be compared with it (`urlfleet report`).
 fn job_options(args: &CheckArgs) -> JobOptions {
     let mut options = args.job.options();
+    if options.name.is_empty() {
+        options.name = args.inputs.join(" ");
+    }
     if args.no_politeness {
         options.politeness = PolicyOverride { concurrency: Some(args.concurrency as u32), interval_ms: Some(0) };
     }
     options
 }
 
-/// The closing line: counts and rate.
-fn summary(c: &JobCounts, started: Instant) {
+/// The closing line, on standard error: counts and rate.
+fn summary(c: &JobCounts, started: Instant, listing: &Listing) {
+    if listing.quiet {
+        return;
+    }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{} URLs in {:.1}s ({:.0} checks/s): {} ok, {} redirected, {} broken, {} errors, {} invalid{}{}",
+    eprintln!(
+        "{} URLs in {:.1}s ({:.0} checks/s): {} ok, {} redirected, {} broken, {} errors, {} invalid{}{}{}",
         c.total,
         secs,
         c.checked as f64 / secs.max(0.001),
@@ -153,63 +166,90 @@ fn summary(c: &JobCounts, started: Instant) {
         c.broken,
         c.error,
         c.invalid,
+        if c.cancelled > 0 { format!(", {} cancelled", c.cancelled) } else { String::new() },
         if c.fresh > 0 { format!(" ({} fresh, not re-checked)", c.fresh) } else { String::new() },
         if c.duplicates > 0 { format!(" ({} duplicates collapsed)", c.duplicates) } else { String::new() },
     );
 }
 
-/// `--no-store`: the engine runs straight on the list ([`urlfleet_worker::direct`]), with the same
+/// `--no-store`: the engine runs straight on the inputs ([`urlfleet_worker::direct`]), with the same
 /// normalization, deduplication, politeness, listing and exit code as a stored check.
-async fn run_without_store(args: CheckArgs, started: Instant) -> Result<ExitCode> {
-    use futures::TryStreamExt as _;
-
+async fn run_without_store(args: CheckArgs, mut entries: Entries, started: Instant) -> Result<ExitCode> {
     let defaults = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "");
-    let check = DirectCheck {
-        engine: EngineConfig {
+    let mut check = DirectCheck::new(
+        EngineConfig {
             concurrency: args.concurrency.max(1),
             request_timeout: args.timeout,
             retries: args.retries,
             backoff_base: args.backoff_base,
-            allow: args.allow.clone(),
+            allow: args.input.allow.clone(),
             ..EngineConfig::default()
         },
-        options: job_options(&args),
-        base: HostPolicy { concurrency: defaults.host_concurrency, interval: defaults.host_interval },
-        site_policies: Vec::new(),
-    };
+        job_options(&args),
+        HostPolicy { concurrency: defaults.host_concurrency, interval: defaults.host_interval },
+    );
+    let only = args.listing.classes();
+    check.keep = only.iter().copied().filter(|c| *c != OutcomeClass::Invalid).collect();
     let cancel = tokio_util::sync::CancellationToken::new();
     let interrupt = cancel.clone();
     tokio::spawn(async move {
         urlfleet_shared::shutdown::signal().await;
         interrupt.cancel();
     });
-    let lines = tokio_stream::wrappers::LinesStream::new(client::input_lines(&args.file).await?)
-        .try_filter_map(|line: String| std::future::ready(Ok(client::entry(&line).map(str::to_string))));
-    let report = urlfleet_worker::direct::check_list(lines, &check, &cancel)
-        .await
-        .with_context(|| format!("checking {}", args.file.display()))?;
+    let stream = futures::stream::unfold(&mut entries, |s| async move { s.next().await.map(|item| (item, s)) });
+    let stream = futures::StreamExt::flat_map(stream, |batch: Result<Vec<_>>| {
+        let items: Vec<Result<_>> = match batch {
+            Ok(b) => b.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    });
+    let progress = Arc::new(DirectProgress::default());
+    let display = Arc::new(Progress::new(args.listing.quiet));
+    let stop_ticker = tokio_util::sync::CancellationToken::new();
+    let ticker = tokio::spawn({
+        let (progress, display, stop) = (progress.clone(), display.clone(), stop_ticker.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let total = progress.total.load(Ordering::Relaxed);
+                if total > 0 {
+                    display.update(progress.checked.load(Ordering::Relaxed), total, "");
+                }
+            }
+        }
+    });
+    let report = urlfleet_worker::direct::check_list(stream, &check, &cancel, &progress).await;
+    stop_ticker.cancel();
+    let _ = ticker.await;
+    let report = report.with_context(|| format!("checking {}", args.inputs.join(", ")))?;
+    display.finish(report.counts.checked, report.counts.total, "");
     if report.interrupted {
         eprintln!("interrupted: the URLs not checked yet count as errors");
     }
-    if report.counts.failures() > 0 {
-        println!("Failed URLs:");
-        let mut w = ResultWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), args.format);
-        for r in &report.failed {
-            w.write(&url_result(r))?;
-        }
-        for e in &report.invalid {
-            w.write(&pb::UrlResult {
-                url: redact(&e.input).into_owned(),
-                outcome_class: pb::OutcomeClass::Invalid as i32,
-                kind: pb::OutcomeKind::Invalid as i32,
-                error: redact(&e.reason).into_owned(),
-                ..Default::default()
-            })?;
-        }
-        w.finish()?;
+    let mut results: Vec<pb::UrlResult> = report.failed.iter().map(url_result).collect();
+    if only.contains(&OutcomeClass::Invalid) {
+        results.extend(report.invalid.iter().map(|e| pb::UrlResult {
+            url: redact(&e.input).into_owned(),
+            outcome_class: pb::OutcomeClass::Invalid as i32,
+            kind: pb::OutcomeKind::Invalid as i32,
+            state: pb::UrlState::Invalid as i32,
+            error: redact(&e.reason).into_owned(),
+            ..Default::default()
+        }));
     }
-    summary(&report.counts, started);
-    Ok(if report.counts.failures() > 0 { ExitCode::from(crate::EXIT_BROKEN) } else { ExitCode::SUCCESS })
+    // Grouped as a stored listing is: by class in listing order, by URL within a class.
+    let rank = |r: &pb::UrlResult| {
+        output::LISTING_ORDER.iter().position(|c| pb::OutcomeClass::from(*c) as i32 == r.outcome_class).unwrap_or(9)
+    };
+    results.sort_by_key(rank);
+    args.listing.write(results.iter(), &report.counts)?;
+    summary(&report.counts, started, &args.listing);
+    Ok(crate::gate(&report.counts))
 }
 
 /// A result as the listing shows it.
@@ -230,5 +270,6 @@ fn url_result(r: &Failed) -> pb::UrlResult {
         checked_at_ms: o.checked_at_ms,
         error: o.error.clone().unwrap_or_default(),
         fresh: false,
+        state: pb::UrlState::Checked as i32,
     }
 }

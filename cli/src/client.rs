@@ -1,14 +1,14 @@
 //! A gRPC client of any coordinator: submit a URL list as a stream, watch a job, read results.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use urlfleet_shared::connect::{AuthChannel, ClientAuth, Target};
+use urlfleet_shared::plan::Entry;
 use urlfleet_shared::proto::v1::{self as pb, job_service_client::JobServiceClient};
+
+use crate::input::InputArgs;
 
 /// URLs per SubmitJob message.
 const CHUNK: usize = 1_000;
@@ -26,59 +26,106 @@ pub async fn connect(target: &Target, auth: &ClientAuth) -> Result<Client> {
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
-/// The lines of a URL list: `input` is a file path, or `-` for standard input.
-pub async fn input_lines(
-    input: &Path,
-) -> Result<tokio::io::Lines<BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>>> {
-    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input == Path::new("-") {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(tokio::fs::File::open(input).await.with_context(|| format!("cannot open {}", input.display()))?)
-    };
-    Ok(BufReader::new(reader).lines())
+/// The entries of a run's inputs, read by a task of their own as they are consumed.
+pub struct Entries {
+    rx: mpsc::Receiver<Vec<Entry>>,
+    reader: tokio::task::JoinHandle<Result<()>>,
+    first: Option<Vec<Entry>>,
+    done: bool,
 }
 
-/// The entry a line of a URL list holds: `None` for a blank line or a `#` comment.
-pub fn entry(line: &str) -> Option<&str> {
-    let line = line.trim();
-    (!line.is_empty() && !line.starts_with('#')).then_some(line)
+impl Entries {
+    /// Starts reading `inputs` (see [`crate::input::read`]).
+    pub fn start(inputs: Vec<String>, args: InputArgs) -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        let reader = tokio::spawn(crate::input::read(inputs, args, tx));
+        Self { rx, reader, first: None, done: false }
+    }
+
+    /// Whether the inputs hold no entry at all (reading as far as the first one). An input that
+    /// cannot be read is an error here.
+    pub async fn is_empty(&mut self) -> Result<bool> {
+        if self.first.is_none() {
+            match self.rx.recv().await {
+                Some(batch) => self.first = Some(batch),
+                None => {
+                    self.done = true;
+                    (&mut self.reader).await.context("reading the inputs")??;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next batch; `None` at the end of every input. An input that fails makes the last item
+    /// an error.
+    pub async fn next(&mut self) -> Option<Result<Vec<Entry>>> {
+        if let Some(b) = self.first.take() {
+            return Some(Ok(b));
+        }
+        if self.done {
+            return None;
+        }
+        if let Some(b) = self.rx.recv().await {
+            return Some(Ok(b));
+        }
+        // The reader let go of its sender: it has ended.
+        self.done = true;
+        match (&mut self.reader).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(e) => Some(Err(anyhow::anyhow!("reading the inputs: {e}"))),
+        }
+    }
 }
 
-/// Submits the URLs of `input` (a file path, or `-` for standard input): one URL per line, blank
-/// lines and `#` comments ignored. Lines are streamed in chunks as they are read.
-pub async fn submit(client: &mut Client, input: &Path, options: pb::JobOptions) -> Result<pb::SubmitJobResponse> {
+/// Submits the entries as a job, streamed in chunks as they are read. When an input fails midway
+/// the call is abandoned, so the coordinator discards the partial job.
+pub async fn submit(
+    client: &mut Client,
+    mut entries: Entries,
+    options: pb::JobOptions,
+) -> Result<pb::SubmitJobResponse> {
     let (tx, rx) = mpsc::channel::<pb::SubmitJobRequest>(4);
     tx.send(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) }).await?;
-    let mut lines = input_lines(input).await?;
-    let read = tokio::spawn(async move {
-        let mut chunk = Vec::with_capacity(CHUNK);
-        while let Some(line) = lines.next_line().await? {
-            let Some(line) = entry(&line) else { continue };
-            chunk.push(line.to_string());
-            if chunk.len() == CHUNK {
-                let urls = pb::UrlChunk { urls: std::mem::take(&mut chunk) };
-                if tx.send(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(urls)) }).await.is_err()
-                {
+    let forward = async move {
+        let mut chunk = pb::UrlChunk::default();
+        let flush = |chunk: &mut pb::UrlChunk| pb::SubmitJobRequest {
+            item: Some(pb::submit_job_request::Item::Urls(std::mem::take(chunk))),
+        };
+        while let Some(batch) = entries.next().await {
+            for e in batch? {
+                match e {
+                    Entry::Url(u) => chunk.urls.push(u),
+                    Entry::Invalid(i) => chunk.invalid.push(pb::InvalidEntry { input: i.input, reason: i.reason }),
+                }
+                if chunk.urls.len() + chunk.invalid.len() >= CHUNK && tx.send(flush(&mut chunk)).await.is_err() {
                     return Ok(());
                 }
             }
         }
-        if !chunk.is_empty() {
-            let _ = tx
-                .send(pb::SubmitJobRequest {
-                    item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: chunk })),
-                })
-                .await;
+        if !(chunk.urls.is_empty() && chunk.invalid.is_empty()) {
+            let _ = tx.send(flush(&mut chunk)).await;
         }
-        Ok::<(), std::io::Error>(())
-    });
+        Ok::<(), anyhow::Error>(())
+    };
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     // The coordinator's spans for this job join the caller's trace.
     urlfleet_shared::telemetry::inject_metadata(request.metadata_mut());
-    let response = client.submit_job(request).await;
-    read.await.context("reading input")?.with_context(|| format!("reading {}", input.display()))?;
-    let response = response.map_err(status_error)?;
-    Ok(response.into_inner())
+    let call = client.submit_job(request);
+    tokio::pin!(call, forward);
+    let mut forwarded = false;
+    loop {
+        tokio::select! {
+            response = &mut call => return Ok(response.map_err(status_error)?.into_inner()),
+            read = &mut forward, if !forwarded => {
+                // An input that failed ends the run here: dropping the call abandons the upload.
+                read?;
+                forwarded = true;
+            }
+        }
+    }
 }
 
 /// Follows a job until it ends, calling `progress` on every event; returns the final job.

@@ -1,11 +1,16 @@
 //! `urlfleet`: check the HTTP status of very large URL sets, on a laptop or as a cluster.
 //!
-//! Exit codes: 0 success (and, for `check` / `submit --watch`, nothing broken); 1 runtime error
-//! (coordinator or database unreachable, I/O); 2 broken URLs found; 3 usage or configuration error.
+//! Exit codes: 0 success (and, for `check` / `submit --watch` / `watch`, nothing broken, errored or
+//! invalid — an empty input included; for `report`, nothing newly broken); 1 runtime error
+//! (coordinator or database unreachable, an input that cannot be opened); 2 broken, errored or
+//! invalid URLs found (`report`: newly broken ones); 3 usage or configuration error.
 
 mod check;
 mod client;
+mod config;
+mod input;
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,12 +37,80 @@ pub const EXIT_BROKEN: u8 = 2;
 /// Exit code of usage and configuration errors.
 pub const EXIT_USAGE: u8 = 3;
 
+const EXIT_CODES: &str = "Exit codes: 0 nothing broken, errored or invalid (an empty input too); 2 broken, errored \
+or invalid URLs found (report: newly broken ones); 1 runtime error (coordinator, database or an input \
+unreachable); 3 usage or configuration error.";
+
+/// How results are listed: standard output carries the listing and nothing else.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Listing {
+    /// Output format of the listing.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Only these classes: ok, redirected, broken, error, invalid (repeatable or comma-separated;
+    /// default: broken, error and invalid).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<OutcomeClass>,
+    /// No progress and no summary on standard error.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl Listing {
+    /// The classes listed, in listing order.
+    fn classes(&self) -> Vec<OutcomeClass> {
+        let wanted = |c: &OutcomeClass| if self.only.is_empty() { c.is_failure() } else { self.only.contains(c) };
+        output::LISTING_ORDER.iter().copied().filter(wanted).collect()
+    }
+
+    fn writer(&self, counts: &urlfleet_shared::job::JobCounts) -> output::ResultWriter<impl std::io::Write> {
+        use std::io::IsTerminal;
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let out = std::io::BufWriter::new(std::io::stdout().lock());
+        output::ResultWriter::new(out, self.format, Some(*counts)).coloured(colour && self.format == Format::Table)
+    }
+
+    /// Lists a job's results of the chosen classes, a class at a time.
+    async fn list(&self, c: &mut client::Client, job_id: i64, counts: &urlfleet_shared::job::JobCounts) -> Result<()> {
+        let mut w = self.writer(counts);
+        for class in self.classes() {
+            client::results(c, job_id, &[class.into()], |r| Ok(w.write(&r)?)).await?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    /// Lists results already at hand.
+    fn write<'a>(
+        &self,
+        results: impl Iterator<Item = &'a pb::UrlResult>,
+        counts: &urlfleet_shared::job::JobCounts,
+    ) -> Result<()> {
+        let mut w = self.writer(counts);
+        for r in results {
+            w.write(r)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+}
+
 #[derive(Parser)]
-#[command(name = "urlfleet", version, about = "Check the HTTP status of very large URL sets", propagate_version = true)]
+#[command(
+    name = "urlfleet",
+    version,
+    about = "Check the HTTP status of very large URL sets",
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     /// Log format: text or json (logs go to standard error).
     #[arg(long, global = true, env = "URLFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Configuration file whose keys are the flags of the command run (default: ./urlfleet.toml
+    /// when present). Flags given on the command line or in the environment win.
+    #[arg(long, global = true, env = "URLFLEET_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,13 +187,19 @@ enum Command {
     Coordinator(Box<CoordinatorConfig>),
     /// Run a worker.
     Worker(WorkerConfig),
-    /// Submit a URL list to a coordinator as a job.
+    /// Submit inputs to a coordinator as a job; prints the job's id.
     Submit {
-        /// File with one URL per line, or - for standard input.
-        file: PathBuf,
+        /// Inputs, as `check` takes them (files, - for standard input, sitemap URLs).
+        #[arg(required = true)]
+        inputs: Vec<String>,
         /// Follow the job until it ends, then print its summary.
         #[arg(long)]
         watch: bool,
+        /// No progress on standard error.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        input: input::InputArgs,
         #[command(flatten)]
         job: JobArgs,
         #[command(flatten)]
@@ -151,11 +230,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Print a job's per-URL results.
+    /// Print a job's per-URL results, grouped by class (unresolved ones last).
     Results {
         /// Job id.
         id: i64,
-        /// Only these classes: ok, redirected, broken, error, invalid (repeatable or comma-separated).
+        /// Only these classes: ok, redirected, broken, error, invalid (repeatable or comma-separated;
+        /// default: every URL of the job).
         #[arg(long, value_delimiter = ',')]
         only: Vec<OutcomeClass>,
         /// Output format.
@@ -163,6 +243,22 @@ enum Command {
         format: Format,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// What changed since the previous run of the same list (or job name): newly broken, newly
+    /// fixed and still broken URLs. Exit 2 when anything is newly broken.
+    Report(report::ReportArgs),
+    /// A URL's checks over time, newest first.
+    History(report::HistoryArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one per command into a directory.
+    Man {
+        /// Directory to write urlfleet.1 and urlfleet-COMMAND.1 into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Cancel a job; finished results are kept.
     Cancel {
@@ -174,7 +270,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv = match config::argv_with_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("urlfleet: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
@@ -222,10 +325,15 @@ async fn run(command: Command) -> Result<ExitCode> {
             urlfleet_worker::run(config, shutdown()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit { file, watch, job, remote } => {
+        Command::Submit { inputs, watch, quiet, input, job, remote } => {
             let mut c = remote.connect().await?;
-            let span = tracing::info_span!("submit", otel.kind = "client", file = %file.display());
-            let resp = client::submit(&mut c, &file, (&job.options()).into()).instrument(span).await?;
+            let span = tracing::info_span!("submit", otel.kind = "client", inputs = %inputs.join(" "));
+            let mut options = job.options();
+            if options.name.is_empty() {
+                options.name = inputs.join(" ");
+            }
+            let entries = client::Entries::start(inputs, input);
+            let resp = client::submit(&mut c, entries, (&options).into()).instrument(span).await?;
             let submitted = resp.job.unwrap_or_default();
             if resp.deduplicated {
                 eprintln!("an identical job is already scheduled or running: job {}", submitted.id);
@@ -234,9 +342,9 @@ async fn run(command: Command) -> Result<ExitCode> {
             if !watch {
                 return Ok(ExitCode::SUCCESS);
             }
-            let done = follow(&mut c, submitted.id).await?;
-            println!("{}", output::job_details(&done));
-            Ok(gate(&done))
+            let done = follow(&mut c, submitted.id, quiet).await?;
+            eprintln!("{}", output::job_details(&done));
+            Ok(gate(&output::counts(&done)))
         }
         Command::Jobs { state, limit, remote } => {
             let mut c = remote.connect().await?;
@@ -257,16 +365,31 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Watch { id, remote } => {
             let mut c = remote.connect().await?;
-            let done = follow(&mut c, id).await?;
+            let done = follow(&mut c, id, false).await?;
             println!("{}", output::job_details(&done));
-            Ok(gate(&done))
+            Ok(gate(&output::counts(&done)))
         }
         Command::Results { id, only, format, remote } => {
             let mut c = remote.connect().await?;
-            let classes: Vec<pb::OutcomeClass> = only.into_iter().map(Into::into).collect();
-            let stdout = std::io::stdout().lock();
-            let mut w = output::ResultWriter::new(std::io::BufWriter::new(stdout), format);
-            client::results(&mut c, id, &classes, |r| Ok(w.write(&r)?)).await?;
+            let job = c.get_job(pb::GetJobRequest { id }).await.map_err(client::status_error)?.into_inner();
+            let counts = output::counts(&job);
+            let every = only.is_empty();
+            let listing =
+                Listing { format, only: if every { output::LISTING_ORDER.to_vec() } else { only }, quiet: true };
+            let mut w = listing.writer(&counts);
+            for class in listing.classes() {
+                client::results(&mut c, id, &[class.into()], |r| Ok(w.write(&r)?)).await?;
+            }
+            if every && counts.total > counts.checked + counts.fresh + counts.invalid {
+                // The URLs with no outcome (waiting, leased, cancelled, given up without one).
+                client::results(&mut c, id, &[], |r| {
+                    if r.outcome_class == pb::OutcomeClass::Unspecified as i32 {
+                        w.write(&r)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
             w.finish()?;
             Ok(ExitCode::SUCCESS)
         }
@@ -276,18 +399,37 @@ async fn run(command: Command) -> Result<ExitCode> {
             println!("{}", output::progress_line(&job));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report(args) => report::report(args).await,
+        Command::History(args) => report::history(args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "urlfleet", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match dir {
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(cmd, &dir)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-/// Follows a job, printing progress to standard error when it is a terminal.
-async fn follow(c: &mut client::Client, id: i64) -> Result<pb::Job> {
-    let bar = output::progress_bar();
-    let done = client::watch(c, id, |j| output::show_progress(&bar, j)).await?;
-    bar.finish_and_clear();
+/// Follows a job, showing its progress on standard error.
+async fn follow(c: &mut client::Client, id: i64, quiet: bool) -> Result<pb::Job> {
+    let progress = output::Progress::new(quiet);
+    let done = client::watch(c, id, |j| output::show_progress(&progress, j)).await?;
+    let counts = output::counts(&done);
+    progress.finish(counts.total - counts.unresolved(), counts.total, &output::outcome_note(&done));
     Ok(done)
 }
 
 /// Exit code of a finished job: 2 when anything is broken, errored or invalid.
-fn gate(job: &pb::Job) -> ExitCode {
-    if output::counts(job).failures() > 0 { ExitCode::from(EXIT_BROKEN) } else { ExitCode::SUCCESS }
+fn gate(counts: &urlfleet_shared::job::JobCounts) -> ExitCode {
+    if counts.failures() > 0 { ExitCode::from(EXIT_BROKEN) } else { ExitCode::SUCCESS }
 }

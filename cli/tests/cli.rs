@@ -46,9 +46,11 @@ fn mixed_list(a: &Fixture, b: &Fixture, dir: &std::path::Path) -> std::path::Pat
 /// What `check` reports on [`mixed_list`].
 fn assert_mixed_verdict(r: &Run, a: &Fixture, b: &Fixture) {
     assert_eq!(r.code, 2, "broken URLs exit with 2\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("64 URLs"), "{}", r.stdout);
-    assert!(r.stdout.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stdout);
-    assert!(r.stdout.contains("1 duplicates collapsed"), "{}", r.stdout);
+    // The summary on standard error, the listing alone on standard output.
+    assert!(r.stderr.contains("64 URLs"), "{}", r.stderr);
+    assert!(r.stderr.contains("61 ok, 1 redirected, 1 broken, 0 errors, 1 invalid"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 duplicates collapsed"), "{}", r.stderr);
+    assert!(!r.stdout.contains("URLs in"), "{}", r.stdout);
     assert!(r.stdout.contains(&b.url("/status/404")), "broken URLs are listed: {}", r.stdout);
     assert!(r.stdout.contains("ftp://files.example/x"), "invalid lines are listed: {}", r.stdout);
     assert!(!r.stdout.contains(&a.url("/status/200?n=1")), "healthy URLs are not listed");
@@ -84,7 +86,8 @@ async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() 
     cmd.args(["check", "--db", &db.url, "--allow", "127.0.0.0/8"]).arg(&ok_list);
     let r = run(cmd).await;
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("2 ok"), "{}", r.stdout);
+    assert!(r.stderr.contains("2 ok"), "{}", r.stderr);
+    assert_eq!(r.stdout, "", "nothing failed, nothing listed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +124,7 @@ async fn without_an_allow_list_loopback_targets_are_blocked() {
     cmd.args(["check", "--db", &db.url]).arg(&list);
     let r = run(cmd).await;
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("2 errors"), "{}", r.stdout);
+    assert!(r.stderr.contains("2 errors"), "{}", r.stderr);
     assert_eq!(r.stdout.matches("blocked").count(), 2, "{}", r.stdout);
     assert_eq!(a.seen().len(), 0, "no connection is made to a blocked target");
 }
@@ -157,8 +160,8 @@ async fn client_commands_submit_watch_list_and_read_results() {
     cmd.args(["submit", "--watch", "--name", "nightly", "--coordinator", &coordinator.addr]).arg(&list);
     let r = run(cmd).await;
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
-    let id: i64 = r.stdout.lines().next().unwrap().trim().parse().expect("job id first");
-    assert!(r.stdout.contains("completed"), "{}", r.stdout);
+    let id: i64 = r.stdout.trim().parse().expect("the job id, alone on standard output");
+    assert!(r.stderr.contains("completed"), "{}", r.stderr);
 
     let mut cmd = urlfleet();
     cmd.args(["jobs", "--coordinator", &coordinator.addr]);
@@ -176,7 +179,7 @@ async fn client_commands_submit_watch_list_and_read_results() {
     assert!(lines[1].contains("/status/500") && lines[1].contains(",broken,broken,500,"), "{}", lines[1]);
 
     let mut cmd = urlfleet();
-    cmd.args(["results", &id.to_string(), "--format", "json", "--coordinator", &coordinator.addr]);
+    cmd.args(["results", &id.to_string(), "--format", "ndjson", "--coordinator", &coordinator.addr]);
     let r = run(cmd).await;
     let rows: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 2);
@@ -244,7 +247,7 @@ async fn check_listens_on_no_socket() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(samples > 10 && seen_checks, "sampled {samples} times while checking");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 ok"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("6 ok"));
     // The probe sees a listening socket when there is one (this process has the site's already).
     let before = listening_sockets(std::process::id()).len();
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -33,6 +33,9 @@ const ADD_LANES: usize = 3;
 const ADD_RETRIES: usize = 3;
 /// Results read per store call by `ListResults`.
 const RESULTS_PAGE: u32 = 1_000;
+/// Checks of a URL's history returned when the request names no limit, and at most.
+const HISTORY_DEFAULT: u32 = 100;
+const HISTORY_MAX: u32 = 10_000;
 /// Longest wait between two progress checks of a watched job.
 const WATCH_POLL: Duration = Duration::from_millis(500);
 /// Shortest gap between two reads of a watched job: changes in between are seen at the next read.
@@ -222,6 +225,33 @@ impl JobService for JobApi {
     }
 
     type ListResultsStream = BoxStream<pb::UrlResult>;
+
+    async fn get_url_history(
+        &self,
+        request: Request<pb::GetUrlHistoryRequest>,
+    ) -> Result<Response<pb::UrlHistory>, Status> {
+        let caller = Caller::of(&request)?;
+        if caller.scope().is_some() {
+            return Err(Status::permission_denied("a URL's history spans owners: it needs an admin token"));
+        }
+        let req = request.into_inner();
+        let url = urlfleet_shared::url::NormalizedUrl::parse(&req.url)
+            .map_err(|e| Status::invalid_argument(format!("not a checkable URL: {e}")))?;
+        let limit = match req.limit {
+            0 => HISTORY_DEFAULT,
+            n => n.min(HISTORY_MAX),
+        };
+        let checks = self
+            .store
+            .url_history(url.as_str(), limit)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("{} was never submitted", redact(url.as_str()))))?;
+        Ok(Response::new(pb::UrlHistory {
+            url: redact(url.as_str()).into_owned(),
+            checks: checks.into_iter().map(|r| pb::UrlResult { cursor: String::new(), ..result_to_pb(r) }).collect(),
+        }))
+    }
 
     async fn list_results(
         &self,
@@ -462,6 +492,7 @@ impl JobApi {
             match message {
                 Some(pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(chunk)) }) => {
                     chunk.urls.iter().for_each(|u| planner.push(u));
+                    chunk.invalid.iter().for_each(|e| planner.push_invalid(&e.input, &e.reason));
                     if planner.received() > self.config.max_job_urls {
                         return Err(Status::resource_exhausted(format!(
                             "the job has more than {} entries (--max-job-urls)",
@@ -581,6 +612,9 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
 /// A stored result as a wire message. URL credentials stay in the store, for the checks that need
 /// them; answers carry them redacted.
 fn result_to_pb(r: ResultRow) -> pb::UrlResult {
+    let state = r
+        .state
+        .map_or(if r.cursor_is_invalid() { pb::UrlState::Invalid } else { pb::UrlState::Unspecified }, url_state_to_pb);
     let redacted = |s: String| match redact(&s) {
         std::borrow::Cow::Borrowed(_) => s,
         std::borrow::Cow::Owned(r) => r,
@@ -604,5 +638,19 @@ fn result_to_pb(r: ResultRow) -> pb::UrlResult {
         checked_at_ms: r.checked_at_ms.unwrap_or(0),
         error: redacted(r.error.unwrap_or_default()),
         fresh: r.fresh,
+        state: state as i32,
+    }
+}
+
+/// A URL's state in a job, as the API names it.
+fn url_state_to_pb(s: urlfleet_shared::job::JobUrlState) -> pb::UrlState {
+    use urlfleet_shared::job::JobUrlState as S;
+    match s {
+        S::Pending => pb::UrlState::Pending,
+        S::Leased => pb::UrlState::Leased,
+        S::Done => pb::UrlState::Checked,
+        S::Fresh => pb::UrlState::Fresh,
+        S::Failed => pb::UrlState::Failed,
+        S::Cancelled => pb::UrlState::Cancelled,
     }
 }

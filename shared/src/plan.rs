@@ -46,6 +46,15 @@ pub struct InvalidEntry {
     pub reason: String,
 }
 
+/// One entry of an input: text to read as a URL, or something the reader found unreadable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Text to normalize as a URL (it may still turn out invalid).
+    Url(String),
+    /// An entry the reader could not take as text at all, with its reason and place.
+    Invalid(InvalidEntry),
+}
+
 /// Hashes keys that are digests already: their low 64 bits are the hash.
 #[derive(Debug, Default)]
 struct DigestHasher(u64);
@@ -166,6 +175,28 @@ impl Planner {
                     self.duplicates += 1;
                 }
             }
+        }
+    }
+
+    /// Adds an entry of either kind.
+    pub fn push_entry(&mut self, entry: &Entry) {
+        match entry {
+            Entry::Url(u) => self.push(u),
+            Entry::Invalid(e) => self.push_invalid(&e.input, &e.reason),
+        }
+    }
+
+    /// Adds an entry the client could not read as a URL, with its reason (kept cut like any
+    /// invalid entry). It counts as received, and as invalid.
+    pub fn push_invalid(&mut self, input: &str, reason: &str) {
+        self.received += 1;
+        let kept = crate::convert::truncate(input.to_string(), self.invalid_entry_bytes);
+        let reason = crate::convert::truncate(reason.to_string(), self.invalid_entry_bytes);
+        // The reason names where the entry was: two unreadable lines are two entries.
+        if self.invalid_seen.insert(format!("{reason}\0{kept}")) {
+            self.invalid.push(InvalidEntry { input: kept, reason });
+        } else {
+            self.duplicates += 1;
         }
     }
 

@@ -149,7 +149,7 @@ pub async fn submit(
     let mut msgs = vec![pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) }];
     for chunk in urls.chunks(1_000) {
         msgs.push(pb::SubmitJobRequest {
-            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: chunk.to_vec() })),
+            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: chunk.to_vec(), ..Default::default() })),
         });
     }
     client.submit_job(tokio_stream::iter(msgs)).await.map(|r| r.into_inner())

@@ -14,6 +14,7 @@
 //! - `/head405`: HEAD answers 405, GET answers 200.
 //! - `/polite/{ms}/…`: answers 429 when the previous request to this server started less than `ms`
 //!   milliseconds earlier, 200 otherwise.
+//! - a path given a document with [`Fixture::serve`]: that document (200).
 //! - anything else: 200.
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ struct State {
     /// Requests being answered now, and the most there ever were at once.
     in_flight: u32,
     most_in_flight: u32,
+    /// Documents served at their paths.
+    documents: HashMap<String, Bytes>,
 }
 
 /// Counts a request in flight until dropped (also when the client goes away mid-answer).
@@ -135,6 +138,11 @@ impl Fixture {
         self.state.lock().unwrap().most_in_flight
     }
 
+    /// Serves `body` at `path` (a sitemap, a gzipped file) from now on.
+    pub fn serve(&self, path: &str, body: impl Into<Bytes>) {
+        self.state.lock().unwrap().documents.insert(path.to_string(), body.into());
+    }
+
     /// 429 answers given by `/polite/…`.
     pub fn throttled(&self) -> u64 {
         self.state.lock().unwrap().throttled
@@ -167,6 +175,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         st.last_start.replace(now)
     };
     let _in_flight = InFlight(state.clone());
+    let document = state.lock().unwrap().documents.get(&path).cloned();
+    if let Some(body) = document {
+        return Ok(Response::new(Full::new(body)));
+    }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resp = match parts.as_slice() {
         ["status", code] => {

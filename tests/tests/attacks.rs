@@ -165,7 +165,10 @@ async fn a_holder_can_neither_date_its_verdict_in_the_future_nor_freeze_its_host
     let again = submit(&mut client, &urls, options).await.unwrap().job.unwrap().id;
     let done = wait_done(&mut client, again, Duration::from_secs(20)).await;
     assert_eq!(done.counts.unwrap().broken, 2);
-    assert!(all_results(&mut client, id).await.iter().all(|r| r.status == 404), "the latest state is the real one");
+    assert!(all_results(&mut client, again).await.iter().all(|r| r.status == 404), "the re-check is the real one");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM urls WHERE status = 404").await, 2, "the latest state is the real one");
+    // The first job's results stay what that job saw (its own checks, under its lease).
+    assert!(all_results(&mut client, id).await.iter().all(|r| r.status == 200));
     worker.stop().await;
     coordinator.stop().await;
 }
@@ -338,7 +341,10 @@ async fn tokens_gate_every_service_by_role_and_owner() {
         tokio_stream::iter(vec![
             pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) },
             pb::SubmitJobRequest {
-                item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: urls.clone() })),
+                item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+                    urls: urls.clone(),
+                    ..Default::default()
+                })),
             },
         ])
     };
@@ -419,7 +425,9 @@ async fn a_departing_worker_gives_its_leases_back_before_their_ttl_under_its_tok
     let options = pb::JobOptions { name: "leave".into(), ..impolite() };
     let msgs = vec![
         pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(options)) },
-        pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls })) },
+        pb::SubmitJobRequest {
+            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls, ..Default::default() })),
+        },
     ];
     let id = seo.submit_job(tokio_stream::iter(msgs)).await.unwrap().into_inner().job.unwrap().id;
     let mut fleet = Raw::open(&coordinator.addr, Some("wwwwwwwwwwwwwwwwwwww"), "leaver").await.unwrap();

@@ -168,7 +168,10 @@ async fn bad_input_gets_clear_answers() {
 
     let no_options = client
         .submit_job(tokio_stream::iter(vec![pb::SubmitJobRequest {
-            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: vec!["http://a.example/".into()] })),
+            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+                urls: vec!["http://a.example/".into()],
+                ..Default::default()
+            })),
         }]))
         .await
         .unwrap_err();

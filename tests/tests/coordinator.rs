@@ -100,6 +100,7 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
     let chunk = |from: usize| pb::SubmitJobRequest {
         item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
             urls: (from..from + 10_000).map(|i| format!("http://h{}.example/{i}", i % 20)).collect(),
+            ..Default::default()
         })),
     };
     let open_stream = || {
@@ -199,6 +200,7 @@ async fn a_submission_its_client_gives_up_is_discarded_and_its_retry_makes_one_w
     let chunk = |from: usize| pb::SubmitJobRequest {
         item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
             urls: (from..from + 10_000).map(|i| format!("http://h{}.example/{i}", i % 20)).collect(),
+            ..Default::default()
         })),
     };
     // The whole upload, sent slowly: a chunk every 50 ms.

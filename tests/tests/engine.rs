@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use urlfleet_shared::plan::Entry;
 
 use http::Method;
 use tokio_util::sync::CancellationToken;
@@ -219,17 +220,19 @@ async fn hosts_waiting_for_their_interval_hold_no_slot() {
     for h in 0..40u8 {
         sites.push(Fixture::start(IpAddr::from([127, 0, 5, 1 + h])).await);
     }
-    let list: Vec<Result<String, std::io::Error>> =
-        (0..3).flat_map(|i| sites.iter().map(move |s| Ok(s.url(&format!("/status/200?n={i}"))))).collect();
-    let check = urlfleet_worker::direct::DirectCheck {
-        engine: EngineConfig { concurrency: 4, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
-        options: Default::default(),
-        base: HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
-        site_policies: Vec::new(),
-    };
-    let report = urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new())
-        .await
-        .unwrap();
+    let list: Vec<Result<Entry, std::io::Error>> =
+        (0..3).flat_map(|i| sites.iter().map(move |s| Ok(Entry::Url(s.url(&format!("/status/200?n={i}")))))).collect();
+    let check = urlfleet_worker::direct::DirectCheck::new(
+        EngineConfig { concurrency: 4, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
+        Default::default(),
+        HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
+    );
+    let progress = urlfleet_worker::direct::Progress::default();
+    let report =
+        urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new(), &progress)
+            .await
+            .unwrap();
+    assert_eq!(progress.checked.load(std::sync::atomic::Ordering::Relaxed), 120);
     assert_eq!((report.counts.checked, report.counts.ok), (120, 120));
     let starts: Vec<Vec<Instant>> = sites
         .iter()

@@ -14,7 +14,35 @@ urlfleet_tests::on_both_stores!(
     results_under_no_granted_lease_or_a_stale_epoch_are_refused,
     only_the_holder_may_report_and_only_urls_its_live_lease_holds,
     the_coordinators_clock_orders_results,
+    each_job_lists_its_own_checks_and_a_urls_history_lists_them_all,
 );
+
+async fn each_job_lists_its_own_checks_and_a_urls_history_lists_them_all(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let mut lists = Vec::new();
+    for (key, status) in [("first", 404), ("second", 200)] {
+        let (job, _) = store.create_job(new_job(key, 1)).await.unwrap();
+        let force = urlfleet_coordinator::store::RecheckPolicy { force: true, ..recheck() };
+        store.add_urls(job.id, &urls("a.example", 1), force).await.unwrap();
+        store.seal_job(job.id, seal(key, 1, job.priority)).await.unwrap();
+        let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+        store.ingest(&[result(&lease, lease.urls[0].0, status, now_ms())]).await.unwrap();
+        lists.push(job.id);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The first job keeps what it saw, though the URL's latest state is the second job's.
+    for (job, status) in lists.iter().zip([404, 200]) {
+        let rows = store.list_results(&page(*job, &[], None, 10)).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, Some(status), "job {job}");
+        assert_eq!(rows[0].state, Some(urlfleet_coordinator::store::JobUrlState::Done));
+    }
+    let history = store.url_history("http://a.example/0", 10).await.unwrap().expect("a known URL");
+    let statuses: Vec<Option<u16>> = history.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![Some(200), Some(404)], "newest first");
+    assert_eq!(store.url_history("http://a.example/0", 1).await.unwrap().unwrap().len(), 1);
+    assert!(store.url_history("http://never.example/", 10).await.unwrap().is_none());
+}
 
 async fn replayed_results_change_nothing(backend: Backend) {
     let (db, store) = open(backend).await;

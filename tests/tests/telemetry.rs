@@ -76,7 +76,10 @@ async fn one_trace_runs_from_submission_through_lease_and_check_to_each_http_att
         let msgs = vec![
             pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Options(pb::JobOptions::default())) },
             pb::SubmitJobRequest {
-                item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: urls.to_vec() })),
+                item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+                    urls: urls.to_vec(),
+                    ..Default::default()
+                })),
             },
         ];
         let mut request = tonic::Request::new(tokio_stream::iter(msgs));

@@ -6,14 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
 
 use crate::engine::check_batch;
 use tokio_util::sync::CancellationToken;
 use urlfleet_shared::job::{CountsDelta, JobCounts, JobOptions, PolicyOverride};
-use urlfleet_shared::plan::{InvalidEntry, Planner};
-use urlfleet_shared::{CheckOutcome, HostPolicy};
+use urlfleet_shared::plan::{Entry, InvalidEntry, Planner};
+use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeClass};
 
 use crate::engine::{Engine, EngineConfig, EngineError};
 
@@ -28,6 +29,26 @@ pub struct DirectCheck {
     pub base: HostPolicy,
     /// Politeness per host, between the job's default and its own per-host setting.
     pub site_policies: Vec<(String, PolicyOverride)>,
+    /// The classes whose results are kept for the report (the failures by default); the others
+    /// are only counted.
+    pub keep: Vec<OutcomeClass>,
+}
+
+impl DirectCheck {
+    /// A check keeping the failures.
+    pub fn new(engine: EngineConfig, options: JobOptions, base: HostPolicy) -> Self {
+        let keep = vec![OutcomeClass::Broken, OutcomeClass::Error];
+        Self { engine, options, base, site_policies: Vec::new(), keep }
+    }
+}
+
+/// How far a store-less check is: read by a progress display while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Distinct URLs to check (known once the list is read; 0 before).
+    pub total: AtomicU64,
+    /// URLs checked so far.
+    pub checked: AtomicU64,
 }
 
 /// A URL whose check failed, with its outcome.
@@ -44,7 +65,7 @@ pub struct Failed {
 pub struct Report {
     /// Counts, as a job's would be (nothing is fresh: there is no stored state).
     pub counts: JobCounts,
-    /// Failed URLs (broken or errors), sorted by URL.
+    /// Results of the kept classes, sorted by URL.
     pub failed: Vec<Failed>,
     /// Entries that are not checkable URLs, in input order.
     pub invalid: Vec<InvalidEntry>,
@@ -55,19 +76,22 @@ pub struct Report {
 /// Checks every entry of `entries` (blank entries are ignored). Cancelling `cancel` stops the checks
 /// in progress: their URLs are reported as errors.
 pub async fn check_list<E>(
-    entries: impl Stream<Item = Result<String, E>>,
+    entries: impl Stream<Item = Result<Entry, E>>,
     check: &DirectCheck,
     cancel: &CancellationToken,
+    progress: &Progress,
 ) -> Result<Report, DirectError<E>> {
     let mut planner = Planner::new(&check.options, 1);
     futures::pin_mut!(entries);
     while let Some(entry) = entries.next().await {
-        planner.push(&entry.map_err(DirectError::Input)?);
+        planner.push_entry(&entry.map_err(DirectError::Input)?);
     }
+
     let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for u in planner.take(0, usize::MAX) {
         by_host.entry(u.host).or_default().push(u.url);
     }
+    progress.total.store(by_host.values().map(|v| v.len() as u64).sum(), Ordering::Relaxed);
     let plan = planner.finish(&check.options);
     let engine = Engine::new(check.engine.clone()).map_err(DirectError::Engine)?;
     // Every host at once: a host waiting for its interval holds no slot (see `check_batch`), so the
@@ -83,7 +107,8 @@ pub async fn check_list<E>(
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
                 t.0.checked += 1;
                 t.0.add_class(outcome.kind.class());
-                if outcome.kind.class().is_failure() {
+                progress.checked.fetch_add(1, Ordering::Relaxed);
+                if check.keep.contains(&outcome.kind.class()) {
                     t.1.push(Failed { url, outcome });
                 }
             })

@@ -76,7 +76,9 @@ fn async_stream_of(
             let k = i % distinct; // the last 10 % repeat earlier URLs
             format!("https://host{}.example/page/{k}", k % 1_000)
         });
-        pb::SubmitJobRequest { item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: urls.collect() })) }
+        pb::SubmitJobRequest {
+            item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk { urls: urls.collect(), ..Default::default() })),
+        }
     });
     tokio_stream::iter(std::iter::once(first).chain(chunks))
 }

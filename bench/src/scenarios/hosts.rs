@@ -85,7 +85,7 @@ pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     for workers in [1, 2] {
         let (m, cp, wp) = cluster_run(ctx, &format!("hosts{workers}"), &list, workers).await?;
-        if m.code != 0 || !m.stdout.contains(&format!("{n} ok")) {
+        if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
             bail!("cluster run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
         }
         let r = rate(n, m.wall);
@@ -133,7 +133,7 @@ pub async fn some_fail(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let db = format!("sqlite:{}", ctx.file("fail.db").display());
     let _ = std::fs::remove_file(ctx.file("fail.db"));
     let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &[])).await?;
-    if !m.stdout.contains(&format!("{n} URLs in")) {
+    if !m.stderr.contains(&format!("{n} URLs in")) {
         bail!("the failing-pages run did not finish (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
     }
     let served: usize = servers.iter().map(|s| s.count("/status/")).sum();
@@ -241,7 +241,7 @@ pub async fn big_polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let list = ctx.file("big-polite.txt");
     write_list(&list, (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/p{i}"))))?;
     let (m, cp, wp) = cluster_run(ctx, "bigpolite", &list, 2).await?;
-    if m.code != 0 || !m.stdout.contains(&format!("{n} ok")) {
+    if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
         bail!("big polite run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
     }
     report.row(&[

@@ -206,7 +206,7 @@ fn lychee_args(list: &Path, extra: &[&str]) -> Vec<String> {
 
 fn expect_all_ok(m: &Measured, n: usize, what: &str) -> Result<()> {
     let want = format!("{n} URLs in");
-    if m.code != 0 || !m.stdout.contains(&want) {
+    if m.code != 0 || !m.stderr.contains(&want) {
         bail!("{what} did not check every URL successfully (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
     }
     Ok(())
@@ -251,7 +251,7 @@ async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duratio
         ],
     )
     .await?;
-    if submit.code != 0 || !submit.stdout.contains(&format!("{n} ok")) {
+    if submit.code != 0 || !submit.stderr.contains(&format!("{n} ok")) {
         bail!("cluster run failed (exit {}):\n{}\n{}", submit.code, submit.stdout, submit.stderr);
     }
     let peaks = (coordinator.peak_rss(), worker.peak_rss());

@@ -155,7 +155,7 @@ async fn run_mode(ctx: &Ctx, m: &Mode, list: &Path, n: usize) -> Result<Duration
     let submit = proc::measure(&m.binary, &cargs).await?;
     worker.stop().await?;
     coordinator.stop().await?;
-    if submit.code != 0 || !submit.stdout.contains(&format!("{n} ok")) {
+    if submit.code != 0 || !submit.stderr.contains(&format!("{n} ok")) {
         bail!("{} failed (exit {}):\n{}\n{}", m.label, submit.code, submit.stdout, submit.stderr);
     }
     Ok(submit.wall)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 pub use urlfleet_shared::LeaseBudget;
-pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, Priority, RecheckPolicy, SitePoliteness};
+pub use urlfleet_shared::job::{JobCounts, JobOptions, JobState, JobUrlState, Priority, RecheckPolicy, SitePoliteness};
 pub use urlfleet_shared::plan::{InvalidEntry, PlannedUrl};
 use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
@@ -261,6 +261,8 @@ pub struct ResultRow {
     pub kind: Option<OutcomeKind>,
     /// Whether the result came from the re-check policy.
     pub fresh: bool,
+    /// Where the URL stands in the job; `None` for an invalid entry (and in a URL's history).
+    pub state: Option<JobUrlState>,
     /// Final status.
     pub status: Option<u16>,
     /// Final URL.
@@ -279,6 +281,13 @@ pub struct ResultRow {
     pub checked_at_ms: Option<i64>,
     /// Reason for errors.
     pub error: Option<String>,
+}
+
+impl ResultRow {
+    /// Whether the row is an invalid entry of its job (not a URL row).
+    pub fn cursor_is_invalid(&self) -> bool {
+        matches!(self.cursor, ResultCursor::Invalid(_))
+    }
 }
 
 /// The persistence interface of a coordinator. Writes are idempotent where a retry can repeat them:
@@ -357,6 +366,9 @@ pub trait Store: Send + Sync + 'static {
     async fn frontier_stats(&self) -> StoreResult<FrontierStats>;
     /// A page of a job's results.
     async fn list_results(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>>;
+    /// The stored checks of a normalized URL, newest first (at most `limit`); `None` when the URL
+    /// was never submitted.
+    async fn url_history(&self, url: &str, limit: u32) -> StoreResult<Option<Vec<ResultRow>>>;
 }
 
 /// The store on either database: one implementation of every concern, running the same statements.
@@ -442,6 +454,10 @@ impl Store for SqlStore {
     }
     async fn list_results(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>> {
         self.list_results_impl(page).await
+    }
+
+    async fn url_history(&self, url: &str, limit: u32) -> StoreResult<Option<Vec<ResultRow>>> {
+        self.url_history_impl(url, limit).await
     }
 }
 

@@ -29,6 +29,21 @@ struct UrlResultRow {
     error: Option<String>,
 }
 
+/// One stored check of a URL.
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    checked_at: i64,
+    kind: String,
+    status: Option<i32>,
+    final_url: Option<String>,
+    redirects: Option<String>,
+    attempts: i32,
+    response_ms: i64,
+    content_type: Option<String>,
+    content_length: Option<i64>,
+    error: Option<String>,
+}
+
 impl UrlResultRow {
     fn into_result(self) -> StoreResult<ResultRow> {
         let state: JobUrlState =
@@ -40,6 +55,7 @@ impl UrlResultRow {
             url: self.url,
             kind: self.kind.as_deref().map(parse_kind).transpose()?,
             fresh: state == JobUrlState::Fresh,
+            state: Some(state),
             status: self.status.filter(|_| resolved).and_then(|s| u16::try_from(s).ok()),
             final_url: self.final_url.filter(|_| resolved),
             redirects: if resolved { decode_redirects(self.redirects.as_deref()) } else { Vec::new() },
@@ -66,9 +82,20 @@ impl SqlStore {
                 Some(ResultCursor::Url(id)) => id,
                 _ => 0,
             };
-            let mut q = sql("SELECT u.id, u.url, ju.kind, ju.state, u.status, u.final_url, u.redirects, u.attempts, \
-                             u.response_ms, u.content_type, u.content_length, u.checked_at, u.error \
-                             FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = ");
+            // A URL this job checked shows that check (found by the job's lease), not the URL's latest
+            // state, which a later job may have changed; a fresh URL shows the stored state it counted.
+            let own = |col: &str| format!("CASE WHEN c.url_id IS NULL THEN u.{col} ELSE c.{col} END AS {col}");
+            let cols =
+                ["status", "final_url", "redirects", "attempts", "response_ms", "content_type", "content_length"]
+                    .map(own)
+                    .join(", ");
+            let mut q = sql("SELECT u.id, u.url, ju.kind, ju.state, ");
+            q.push(&cols).push(", ").push(&own("checked_at")).push(", ").push(&own("error"));
+            q.push(
+                " FROM job_urls ju JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done' \
+                    AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2 \
+                    WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) WHERE ju.job_id = ",
+            );
             q.push_bind(job_id).push(" AND ju.url_id > ").push_bind(after_id);
             if !classes.is_empty() {
                 q.push(" AND ju.kind IN (").push_list(kinds.iter().map(|k| k.as_str())).push(")");
@@ -96,6 +123,7 @@ impl SqlStore {
                 url: input,
                 kind: Some(OutcomeKind::Invalid),
                 fresh: false,
+                state: None,
                 status: None,
                 final_url: None,
                 redirects: Vec::new(),
@@ -108,6 +136,43 @@ impl SqlStore {
             }));
         }
         Ok(out)
+    }
+
+    pub(crate) async fn url_history_impl(&self, url: &str, limit: u32) -> StoreResult<Option<Vec<ResultRow>>> {
+        let mut conn = self.db.acquire().await?;
+        let Some(id) = sql("SELECT id FROM urls WHERE url = $1").bind(url).scalar::<i64>(&mut conn).await? else {
+            return Ok(None);
+        };
+        let rows: Vec<HistoryRow> =
+            sql("SELECT checked_at, kind, status, final_url, redirects, attempts, response_ms, \
+                                         content_type, content_length, error FROM checks WHERE url_id = $1 \
+                                         ORDER BY checked_at DESC LIMIT $2")
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut conn)
+            .await?;
+        let checks = rows
+            .into_iter()
+            .map(|r| {
+                Ok(ResultRow {
+                    cursor: ResultCursor::Url(id),
+                    url: url.to_string(),
+                    kind: Some(parse_kind(&r.kind)?),
+                    fresh: false,
+                    state: None,
+                    status: r.status.and_then(|s| u16::try_from(s).ok()),
+                    final_url: r.final_url,
+                    redirects: decode_redirects(r.redirects.as_deref()),
+                    attempts: r.attempts.max(0) as u32,
+                    response_time_ms: r.response_ms.max(0) as u64,
+                    content_type: r.content_type,
+                    content_length: r.content_length.map(|l| l.max(0) as u64),
+                    checked_at_ms: Some(r.checked_at),
+                    error: r.error,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some(checks))
     }
 
     pub(crate) async fn frontier_stats_impl(&self) -> StoreResult<FrontierStats> {

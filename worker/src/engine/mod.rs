@@ -387,6 +387,54 @@ impl Engine {
         r
     }
 
+    /// Downloads a document (a sitemap) with GET, through the same guard as a check: the SSRF
+    /// policy on every address and redirect hop, the host's default politeness, the engine's
+    /// timeouts and redirect limit. At most `max_bytes` are read (more is an error). A final status
+    /// other than 2xx is an error, as is any transport failure: the reason is returned.
+    pub async fn fetch(&self, url: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+        let mut current = url::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+        let polite = HostPolicy {
+            concurrency: urlfleet_shared::policy::DEFAULT_HOST_CONCURRENCY,
+            interval: urlfleet_shared::policy::DEFAULT_HOST_INTERVAL,
+        };
+        for _ in 0..=self.config.max_redirects {
+            if !matches!(current.scheme(), "http" | "https") {
+                return Err(format!("cannot fetch a {} URL", current.scheme()));
+            }
+            if let Some(ip) = self.blocked_literal(&current) {
+                return Err(Transport::Blocked(ip).message());
+            }
+            let host = host_key(&current).unwrap_or_default();
+            let permit = self.gate.acquire(&host, Some(polite)).await;
+            let sent = self.client.get(current.as_str()).send().await;
+            permit.answered();
+            let mut resp = sent.map_err(|e| Transport::from_reqwest(e).message())?;
+            let status = resp.status();
+            if status.is_redirection() {
+                let next = resp
+                    .headers()
+                    .get(header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| current.join(l).ok())
+                    .ok_or_else(|| format!("HTTP {} without a usable Location", status.as_u16()))?;
+                current = next;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(format!("HTTP {}", status.as_u16()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| Transport::from_reqwest(e).message())? {
+                if body.len() + chunk.len() > max_bytes {
+                    return Err(format!("larger than {max_bytes} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok(body);
+        }
+        Err(Transport::TooManyRedirects(self.config.max_redirects).message())
+    }
+
     fn blocked_literal(&self, url: &url::Url) -> Option<IpAddr> {
         let ip = match url.host()? {
             url::Host::Ipv4(v4) => IpAddr::V4(v4),

@@ -83,7 +83,7 @@ impl Transport {
         matches!(self, Self::Timeout(_) | Self::Dns(_) | Self::Connect(_))
     }
 
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             Self::Blocked(ip) => format!("refused by the SSRF guard: {ip} is not a public address"),
             Self::BlockedName(m) => format!("refused by the SSRF guard: {m}"),
