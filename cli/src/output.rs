@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use urlfleet_shared::convert::{class_from_pb, kind_from_pb};
+use urlfleet_shared::convert::{class_from_pb, class_name, kind_name, result_json};
 use urlfleet_shared::job::{JobCounts, JobState, Priority};
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::time::rfc3339;
@@ -27,30 +27,6 @@ pub enum Format {
     Markdown,
     /// JUnit XML, one test case per URL (for CI test reports).
     Junit,
-}
-
-/// Display name of a result's class; while it has none, where the URL stands (`pending`,
-/// `leased`, `cancelled`).
-pub fn class_name(r: &pb::UrlResult) -> &'static str {
-    class_from_pb(r.outcome_class).map_or_else(|| state_name_of(r), |c| c.as_str())
-}
-
-/// Display name of a result's kind; while it has none, where the URL stands.
-pub fn kind_name(r: &pb::UrlResult) -> &'static str {
-    kind_from_pb(r.kind).ok().flatten().map_or_else(|| state_name_of(r), |k| k.as_str())
-}
-
-/// Where a URL stands in its job.
-pub fn state_name_of(r: &pb::UrlResult) -> &'static str {
-    match pb::UrlState::try_from(r.state).unwrap_or(pb::UrlState::Unspecified) {
-        pb::UrlState::Unspecified | pb::UrlState::Pending => "pending",
-        pb::UrlState::Leased => "leased",
-        pb::UrlState::Checked => "checked",
-        pb::UrlState::Fresh => "fresh",
-        pb::UrlState::Invalid => "invalid",
-        pb::UrlState::Failed => "failed",
-        pb::UrlState::Cancelled => "cancelled",
-    }
 }
 
 /// Display name of a job state.
@@ -508,26 +484,6 @@ pub fn counts_json(c: &JobCounts) -> serde_json::Value {
         "broken": c.broken,
         "error": c.error,
         "invalid": c.invalid,
-    })
-}
-
-/// One result as JSON.
-pub fn result_json(r: &pb::UrlResult) -> serde_json::Value {
-    serde_json::json!({
-        "url": r.url,
-        "class": class_name(r),
-        "kind": kind_name(r),
-        "state": state_name_of(r),
-        "status": (r.status != 0).then_some(r.status),
-        "final_url": (!r.final_url.is_empty()).then_some(&r.final_url),
-        "redirects": r.redirects.iter().map(|h| serde_json::json!({"url": h.url, "status": h.status})).collect::<Vec<_>>(),
-        "attempts": r.attempts,
-        "response_time_ms": r.response_time_ms,
-        "content_type": (!r.content_type.is_empty()).then_some(&r.content_type),
-        "content_length": r.content_length,
-        "checked_at": (r.checked_at_ms > 0).then(|| rfc3339(r.checked_at_ms)),
-        "error": (!r.error.is_empty()).then_some(&r.error),
-        "fresh": r.fresh,
     })
 }
 

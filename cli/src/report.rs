@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use urlfleet_coordinator::CoordinatorConfig;
 use urlfleet_shared::OutcomeClass;
 use urlfleet_shared::connect::{ClientAuth, Target};
+use urlfleet_shared::convert;
 use urlfleet_shared::proto::v1 as pb;
 use urlfleet_shared::time::rfc3339;
 use urlfleet_shared::url::printable;
@@ -143,7 +144,7 @@ pub async fn report(args: ReportArgs) -> Result<ExitCode> {
     if let Some(p) = &previous {
         for class in FAILING {
             client::results(c, p.id, &[class.into()], |r| {
-                before.insert(r.url.clone(), Before { class: output::class_name(&r), status: r.status });
+                before.insert(r.url.clone(), Before { class: convert::class_name(&r), status: r.status });
                 Ok(())
             })
             .await?;
@@ -260,7 +261,7 @@ fn write_report(
                     writeln!(out, "\n{} ({})", change.as_str(), rows.len())?;
                 }
                 for (_, r, b) in rows {
-                    let status = if r.status == 0 { output::kind_name(r).to_string() } else { r.status.to_string() };
+                    let status = if r.status == 0 { convert::kind_name(r).to_string() } else { r.status.to_string() };
                     let before = match was(b) {
                         Some((class, 0)) => class.to_string(),
                         Some((class, s)) => format!("{class} {s}"),
@@ -305,8 +306,8 @@ fn write_report(
                 w.write_record([
                     change.key(),
                     &r.url,
-                    output::class_name(r),
-                    output::kind_name(r),
+                    convert::class_name(r),
+                    convert::kind_name(r),
                     &status,
                     &pc,
                     &ps,
@@ -326,7 +327,7 @@ fn job_label(previous: Option<&pb::Job>) -> String {
 }
 
 fn change_json(r: &pb::UrlResult, before: &Option<Before>) -> serde_json::Value {
-    let mut v = output::result_json(r);
+    let mut v = convert::result_json(r);
     v["previous_class"] = before.as_ref().map_or(serde_json::Value::Null, |b| b.class.into());
     v["previous_status"] =
         before.as_ref().filter(|b| b.status != 0).map_or(serde_json::Value::Null, |b| b.status.into());
@@ -356,8 +357,8 @@ pub async fn history(args: HistoryArgs) -> Result<ExitCode> {
                     out,
                     "  {}  {:<10} {status:>4}  {:<18} {:>6} ms  {}",
                     rfc3339(r.checked_at_ms),
-                    output::class_name(r),
-                    output::kind_name(r),
+                    convert::class_name(r),
+                    convert::kind_name(r),
                     r.response_time_ms,
                     printable(if r.error.is_empty() { &r.final_url } else { &r.error }),
                 )?;

@@ -142,6 +142,10 @@ pub struct CoordinatorConfig {
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long, env = "URLFLEET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web dashboard and its JSON API on this address (HTTP; off by default). The same
+    /// tokens and roles as the gRPC API apply.
+    #[arg(long, env = "URLFLEET_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Results per ingest transaction (a chunk is also written 50 ms after its first result).
     #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 4_000)]
     pub ingest_chunk_rows: usize,
@@ -268,6 +272,7 @@ impl CoordinatorConfig {
             host_interval: policy::DEFAULT_HOST_INTERVAL,
             host_policies: Vec::new(),
             metrics_listen: None,
+            http_listen: None,
             ingest_chunk_rows: 4_000,
             ingest_writers: 2,
             ingest_max_backlog: 200_000,

@@ -611,7 +611,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
 
 /// A stored result as a wire message. URL credentials stay in the store, for the checks that need
 /// them; answers carry them redacted.
-fn result_to_pb(r: ResultRow) -> pb::UrlResult {
+pub(crate) fn result_to_pb(r: ResultRow) -> pb::UrlResult {
     let state = r
         .state
         .map_or(if r.cursor_is_invalid() { pb::UrlState::Invalid } else { pb::UrlState::Unspecified }, url_state_to_pb);

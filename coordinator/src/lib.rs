@@ -14,6 +14,7 @@
 //! - [`config`]: the coordinator's typed configuration.
 
 pub mod auth;
+pub mod board;
 pub mod config;
 pub mod events;
 pub mod ingest;
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod web;
 pub mod work;
 
 pub use config::CoordinatorConfig;

@@ -47,7 +47,10 @@ pub async fn run(
         && tokens.is_none()
         && !config.allow_unauthenticated
     {
-        let exposed = std::iter::once(l.local_addr()?).chain(config.worker_listen).find(|a| !a.ip().is_loopback());
+        let exposed = std::iter::once(l.local_addr()?)
+            .chain(config.worker_listen)
+            .chain(config.http_listen)
+            .find(|a| !a.ip().is_loopback());
         if let Some(a) = exposed {
             anyhow::bail!(
                 "refusing to serve {a} without tokens: anyone who reaches it could forge results and cancel \
@@ -83,6 +86,15 @@ pub async fn run(
 
     let ingestor =
         crate::ingest::Ingestor::start_with_metrics(store.clone(), config.ingest(), token.clone(), metrics.clone());
+    let board = Arc::new(crate::board::Board::default());
+    let dashboard = match config.http_listen {
+        Some(addr) if !matches!(incoming, Incoming::InProcess(_)) => {
+            let listener = listen(addr).await?;
+            let web = crate::web::Web::new(store.clone(), events.clone(), board.clone(), tokens.clone(), token.clone());
+            Some(tokio::spawn(crate::web::serve(listener, web)))
+        }
+        _ => None,
+    };
     let jobs = JobApi::new(store.clone(), events.clone(), config.clone(), token.clone());
     let work = WorkApi::new(
         store.clone(),
@@ -92,7 +104,8 @@ pub async fn run(
         coordinator_id.clone(),
         ingestor,
         metrics,
-    );
+    )
+    .with_board(board);
     let max = config.max_message_bytes;
     let jobs = InterceptedService::new(
         JobServiceServer::new(jobs).max_decoding_message_size(max).max_encoding_message_size(max),
@@ -159,6 +172,9 @@ pub async fn run(
     token.cancel();
     for s in side_servers {
         s.await??;
+    }
+    if let Some(d) = dashboard {
+        d.await??;
     }
     let _ = reaper.await;
     info!("coordinator stopped");

@@ -116,9 +116,17 @@ pub struct WorkApi {
     hands: Arc<std::sync::Mutex<HashMap<String, Hand>>>,
     ingestor: Ingestor,
     metrics: Arc<crate::metrics::CoordinatorMetrics>,
+    /// The dashboard's view of the workers and hosts.
+    board: Arc<crate::board::Board>,
 }
 
 impl WorkApi {
+    /// Shows the sessions and the hosts' answers on `board`.
+    pub fn with_board(mut self, board: Arc<crate::board::Board>) -> Self {
+        self.board = board;
+        self
+    }
+
     /// A handler over a store.
     pub fn new(
         store: Arc<dyn Store>,
@@ -141,6 +149,7 @@ impl WorkApi {
             hands: Arc::default(),
             ingestor,
             metrics,
+            board: Arc::default(),
         }
     }
 }
@@ -198,6 +207,10 @@ impl WorkerService for WorkApi {
             leases_per_call: FIRST_LEASES_PER_CALL,
             found_nothing_at: None,
             last_heard: tokio::time::Instant::now(),
+            worker_id: hello.worker_id.clone(),
+            capacity: hello.capacity,
+            connected_at_ms: urlfleet_shared::time::now_ms(),
+            lease_hosts: HashMap::new(),
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -230,6 +243,12 @@ struct Session {
     /// When the worker last sent anything: a worker sends a heartbeat every
     /// [`policy::heartbeat_interval`], so a silent one is frozen, partitioned or gone.
     last_heard: tokio::time::Instant,
+    /// As the worker said hello, for the dashboard.
+    worker_id: String,
+    capacity: u32,
+    connected_at_ms: i64,
+    /// The host of each lease granted on this session, to file its results' answers by host.
+    lease_hosts: HashMap<i64, String>,
 }
 
 impl Session {
@@ -237,6 +256,7 @@ impl Session {
         let mut revoked = self.api.events.subscribe_revocations();
         let result: Result<(), String> = async {
             loop {
+                self.publish();
                 // Lease as long as the worker has credits and work is ready.
                 // No new leases while ingest is behind: results would only pile up.
                 let retry_at = self.found_nothing_at.map(|t| t + LEASE_RETRY_GAP);
@@ -339,8 +359,24 @@ impl Session {
                 warn!(error = %e, "could not expire the leases of a departed worker; they expire with their TTL");
             }
         }
+        self.api.board.worker_gone(self.session);
         self.api.events.work_available();
         info!(worker.id = %self.holder, session = self.session, "worker disconnected");
+    }
+
+    /// Shows this session on the dashboard's board.
+    fn publish(&self) {
+        let since = tokio::time::Instant::now().saturating_duration_since(self.last_heard);
+        self.api.board.worker(crate::board::WorkerView {
+            session: self.session,
+            worker_id: self.worker_id.clone(),
+            capacity: self.capacity,
+            connected_at_ms: self.connected_at_ms,
+            credits: self.credits,
+            in_hand: self.in_hand(),
+            leases: self.held.len(),
+            last_heard_ms: urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(since),
+        });
     }
 
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
@@ -396,6 +432,7 @@ impl Session {
     /// A lease this worker no longer holds (revoked, or ended on the coordinator's side).
     fn forget(&mut self, lease_id: i64) {
         self.held.remove(&lease_id);
+        self.lease_hosts.remove(&lease_id);
         self.hand(|h| h.retain(|id| id != lease_id));
     }
 
@@ -438,6 +475,8 @@ impl Session {
                 for id in &renewed {
                     self.held.insert(*id, now);
                 }
+                let held = &self.held;
+                self.lease_hosts.retain(|id, _| held.contains_key(id));
                 self.hand(|h| h.retain(|id| renewed.contains(&id) || self.held.contains_key(&id)));
             }
             Err(e) => warn!(error = %e, "renewing leases failed"),
@@ -498,6 +537,7 @@ impl Session {
             telemetry::set_parent(&span, telemetry::context_from_map(carrier.iter().map(|(k, v)| (k, v))));
         }
         let trace_context = span.in_scope(telemetry::current_context_map);
+        self.lease_hosts.insert(grant.id, grant.host.clone());
         let lease = lease_to_pb(&self.api.config, grant, trace_context);
         self.tx.send(Ok(out(Out::Lease(lease)))).await.is_ok()
     }
@@ -519,6 +559,9 @@ impl Session {
                 Ok(mut r) => {
                     if let Some(p) = r.outcome.host_paused_until_ms.as_mut() {
                         *p = (*p).min(pause_cap);
+                    }
+                    if let Some(host) = self.lease_hosts.get(&lease_id) {
+                        self.api.board.answer(host, r.outcome.kind.class(), r.outcome.response_time_ms);
                     }
                     results.push(r);
                 }

@@ -381,6 +381,50 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Display name of a result's class; while it has none, where the URL stands (`pending`,
+/// `leased`, `cancelled`).
+pub fn class_name(r: &pb::UrlResult) -> &'static str {
+    class_from_pb(r.outcome_class).map_or_else(|| state_name_of(r), |c| c.as_str())
+}
+
+/// Display name of a result's kind; while it has none, where the URL stands.
+pub fn kind_name(r: &pb::UrlResult) -> &'static str {
+    kind_from_pb(r.kind).ok().flatten().map_or_else(|| state_name_of(r), |k| k.as_str())
+}
+
+/// Where a URL stands in its job.
+pub fn state_name_of(r: &pb::UrlResult) -> &'static str {
+    match pb::UrlState::try_from(r.state).unwrap_or(pb::UrlState::Unspecified) {
+        pb::UrlState::Unspecified | pb::UrlState::Pending => "pending",
+        pb::UrlState::Leased => "leased",
+        pb::UrlState::Checked => "checked",
+        pb::UrlState::Fresh => "fresh",
+        pb::UrlState::Invalid => "invalid",
+        pb::UrlState::Failed => "failed",
+        pb::UrlState::Cancelled => "cancelled",
+    }
+}
+
+/// One result as JSON.
+pub fn result_json(r: &pb::UrlResult) -> serde_json::Value {
+    serde_json::json!({
+        "url": r.url,
+        "class": class_name(r),
+        "kind": kind_name(r),
+        "state": state_name_of(r),
+        "status": (r.status != 0).then_some(r.status),
+        "final_url": (!r.final_url.is_empty()).then_some(&r.final_url),
+        "redirects": r.redirects.iter().map(|h| serde_json::json!({"url": h.url, "status": h.status})).collect::<Vec<_>>(),
+        "attempts": r.attempts,
+        "response_time_ms": r.response_time_ms,
+        "content_type": (!r.content_type.is_empty()).then_some(&r.content_type),
+        "content_length": r.content_length,
+        "checked_at": (r.checked_at_ms > 0).then(|| crate::time::rfc3339(r.checked_at_ms)),
+        "error": (!r.error.is_empty()).then_some(&r.error),
+        "fresh": r.fresh,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,99 @@ urlfleet_tests::on_both_stores!(
     only_the_holder_may_report_and_only_urls_its_live_lease_holds,
     the_coordinators_clock_orders_results,
     each_job_lists_its_own_checks_and_a_urls_history_lists_them_all,
+    the_dashboard_pages_filters_and_samples_a_jobs_failures,
 );
+
+async fn the_dashboard_pages_filters_and_samples_a_jobs_failures(backend: Backend) {
+    use urlfleet_coordinator::store::{FailureQuery, FailureSort};
+    use urlfleet_shared::{OutcomeClass, OutcomeKind};
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("dash", 10)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 10), recheck()).await.unwrap();
+    let invalid =
+        vec![urlfleet_coordinator::store::InvalidEntry { input: "not 50% a_url".into(), reason: "no".into() }];
+    store.add_invalid(job.id, 1, &invalid).await.unwrap();
+    store.seal_job(job.id, seal("dash", 11, job.priority)).await.unwrap();
+    store.sample_jobs(1_000).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    // URLs 0..10: 2, 5 and 8 answer 404, 9 answers 503, the rest 200.
+    let status = |i: usize| match i {
+        2 | 5 | 8 => 404,
+        9 => 503,
+        _ => 200,
+    };
+    let results: Vec<_> =
+        lease.urls.iter().enumerate().map(|(i, (id, _))| result(&lease, *id, status(i), now_ms())).collect();
+    // Sampled while it runs (a job that ended is sampled no more).
+    store.ingest(&results[..9]).await.unwrap();
+    store.sample_jobs(2_000).await.unwrap();
+    store.sample_jobs(2_000).await.unwrap();
+    store.ingest(&results[9..]).await.unwrap();
+    store.sample_jobs(3_000).await.unwrap();
+
+    let q = |f: &dyn Fn(&mut FailureQuery)| {
+        let mut q = FailureQuery { job_id: job.id, limit: 2, ..Default::default() };
+        f(&mut q);
+        q
+    };
+    let urls_of =
+        |p: &urlfleet_coordinator::store::FailurePage| p.rows.iter().map(|r| r.url.clone()).collect::<Vec<_>>();
+    // Every failure, invalid entries last, two at a time.
+    let first = store.job_failures(&q(&|_| {})).await.unwrap();
+    assert_eq!(first.total, 5);
+    assert_eq!(urls_of(&first), ["http://a.example/2", "http://a.example/5"]);
+    let last = store.job_failures(&q(&|q| q.offset = 4)).await.unwrap();
+    assert_eq!(urls_of(&last), ["not 50% a_url"]);
+    // Filters: class, status, search (LIKE's wildcards taken literally), host.
+    let broken = store
+        .job_failures(&q(&|q| {
+            q.classes = vec![OutcomeClass::Broken];
+            q.status = Some(503);
+            q.limit = 10;
+        }))
+        .await
+        .unwrap();
+    assert_eq!((broken.total, urls_of(&broken)), (1, vec!["http://a.example/9".to_string()]));
+    let found = store
+        .job_failures(&q(&|q| {
+            q.search = Some("50%".into());
+            q.limit = 10;
+        }))
+        .await
+        .unwrap();
+    assert_eq!(urls_of(&found), ["not 50% a_url"]);
+    let none = store.job_failures(&q(&|q| q.host = Some("b.example".into()))).await.unwrap();
+    assert_eq!(none.total, 0);
+    let kind = store.job_failures(&q(&|q| q.kind = Some(OutcomeKind::Invalid))).await.unwrap();
+    assert_eq!(kind.total, 1);
+    // Sorted by status, descending; by URL, descending.
+    let by_status = store
+        .job_failures(&q(&|q| {
+            q.sort = FailureSort::Status;
+            q.descending = true;
+            q.classes = vec![OutcomeClass::Broken];
+        }))
+        .await
+        .unwrap();
+    assert_eq!(by_status.rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Some(503), Some(404)]);
+    let by_url = store
+        .job_failures(&q(&|q| {
+            q.sort = FailureSort::Url;
+            q.descending = true;
+            q.classes = vec![OutcomeClass::Broken];
+        }))
+        .await
+        .unwrap();
+    assert_eq!(urls_of(&by_url), ["http://a.example/9", "http://a.example/8"]);
+    // The hosts table and the samples (one per instant, however many coordinators take it).
+    let hosts = store.frontier_hosts(10).await.unwrap();
+    assert!(hosts.iter().all(|h| h.host == "a.example"), "{hosts:?}");
+    let samples = store.job_samples(job.id, 10).await.unwrap();
+    assert_eq!(
+        samples.iter().map(|s| (s.at, s.checked, s.n_broken)).collect::<Vec<_>>(),
+        [(1_000, 0, 0), (2_000, 9, 3)]
+    );
+}
 
 async fn each_job_lists_its_own_checks_and_a_urls_history_lists_them_all(backend: Backend) {
     let (_db, store) = open(backend).await;

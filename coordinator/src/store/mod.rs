@@ -22,8 +22,10 @@ pub use urlfleet_shared::plan::{InvalidEntry, PlannedUrl};
 use urlfleet_shared::{OutcomeClass, OutcomeKind, RedirectHop, ReportedResult};
 
 pub(crate) mod db;
+pub use dashboard::{FailurePage, FailureQuery, FailureSort, HostRow, JobSample};
 pub use db::is_transient;
 pub(crate) use submission::owned_key;
+mod dashboard;
 mod granting;
 mod ingest;
 mod jobs;
@@ -369,6 +371,14 @@ pub trait Store: Send + Sync + 'static {
     /// The stored checks of a normalized URL, newest first (at most `limit`); `None` when the URL
     /// was never submitted.
     async fn url_history(&self, url: &str, limit: u32) -> StoreResult<Option<Vec<ResultRow>>>;
+    /// A page of a job's failures, filtered and sorted, and how many match.
+    async fn job_failures(&self, query: &FailureQuery) -> StoreResult<FailurePage>;
+    /// The hosts with work waiting, leases out or a pace in force, busiest first.
+    async fn frontier_hosts(&self, limit: u32) -> StoreResult<Vec<HostRow>>;
+    /// Records the counters of every scheduled or running job as of `at` (ms).
+    async fn sample_jobs(&self, at: i64) -> StoreResult<()>;
+    /// A job's newest samples (at most `limit`), oldest first.
+    async fn job_samples(&self, job_id: i64, limit: u32) -> StoreResult<Vec<JobSample>>;
 }
 
 /// The store on either database: one implementation of every concern, running the same statements.
@@ -458,6 +468,22 @@ impl Store for SqlStore {
 
     async fn url_history(&self, url: &str, limit: u32) -> StoreResult<Option<Vec<ResultRow>>> {
         self.url_history_impl(url, limit).await
+    }
+
+    async fn job_failures(&self, query: &FailureQuery) -> StoreResult<FailurePage> {
+        self.job_failures_impl(query).await
+    }
+
+    async fn frontier_hosts(&self, limit: u32) -> StoreResult<Vec<HostRow>> {
+        self.frontier_hosts_impl(limit).await
+    }
+
+    async fn sample_jobs(&self, at: i64) -> StoreResult<()> {
+        self.sample_jobs_impl(at).await
+    }
+
+    async fn job_samples(&self, job_id: i64, limit: u32) -> StoreResult<Vec<JobSample>> {
+        self.job_samples_impl(job_id, limit).await
     }
 }
 

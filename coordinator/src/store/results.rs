@@ -13,7 +13,7 @@ const GAVE_UP: &str = "gave up: the URL's leases expired too many times";
 
 /// A job's URL row joined with the URL's latest state.
 #[derive(sqlx::FromRow)]
-struct UrlResultRow {
+pub(crate) struct UrlResultRow {
     id: i64,
     url: String,
     kind: Option<String>,
@@ -45,7 +45,7 @@ struct HistoryRow {
 }
 
 impl UrlResultRow {
-    fn into_result(self) -> StoreResult<ResultRow> {
+    pub(crate) fn into_result(self) -> StoreResult<ResultRow> {
         let state: JobUrlState =
             self.state.parse().map_err(|_| super::StoreError::Corrupt(format!("job_urls state {:?}", self.state)))?;
         // A URL's latest state is shown only once the job has it (fresh, checked, or given up).
@@ -69,6 +69,29 @@ impl UrlResultRow {
     }
 }
 
+/// `SELECT … WHERE ju.job_id = ` (the job id to push next): a job's URL rows as [`UrlResultRow`]s.
+/// A URL the job checked shows that check (found by the job's lease), not the URL's latest state,
+/// which a later job may have changed; a fresh URL shows the stored state it counted with.
+pub(crate) fn job_url_rows<'a>() -> super::db::Sql<'a> {
+    sql(job_url_select(""))
+}
+
+/// The text of [`job_url_rows`], with `join` (a `JOIN … ON …` clause) after `job_urls ju`.
+pub(crate) fn job_url_select(join: &str) -> String {
+    let own = |col: &str| format!("CASE WHEN c.url_id IS NULL THEN u.{col} ELSE c.{col} END AS {col}");
+    let cols = ["status", "final_url", "redirects", "attempts", "response_ms", "content_type", "content_length"]
+        .map(own)
+        .join(", ");
+    format!(
+        "SELECT u.id, u.url, ju.kind, ju.state, {cols}, {}, {} FROM job_urls ju {join} JOIN urls u ON u.id = ju.url_id \
+         LEFT JOIN checks c ON ju.state = 'done' AND c.url_id = ju.url_id AND c.checked_at = \
+         (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) \
+         WHERE ju.job_id = ",
+        own("checked_at"),
+        own("error")
+    )
+}
+
 impl SqlStore {
     pub(crate) async fn list_results_impl(&self, page: &ResultPage) -> StoreResult<Vec<ResultRow>> {
         let ResultPage { job_id, ref classes, after, limit } = *page;
@@ -82,20 +105,7 @@ impl SqlStore {
                 Some(ResultCursor::Url(id)) => id,
                 _ => 0,
             };
-            // A URL this job checked shows that check (found by the job's lease), not the URL's latest
-            // state, which a later job may have changed; a fresh URL shows the stored state it counted.
-            let own = |col: &str| format!("CASE WHEN c.url_id IS NULL THEN u.{col} ELSE c.{col} END AS {col}");
-            let cols =
-                ["status", "final_url", "redirects", "attempts", "response_ms", "content_type", "content_length"]
-                    .map(own)
-                    .join(", ");
-            let mut q = sql("SELECT u.id, u.url, ju.kind, ju.state, ");
-            q.push(&cols).push(", ").push(&own("checked_at")).push(", ").push(&own("error"));
-            q.push(
-                " FROM job_urls ju JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done' \
-                    AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2 \
-                    WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) WHERE ju.job_id = ",
-            );
+            let mut q = job_url_rows();
             q.push_bind(job_id).push(" AND ju.url_id > ").push_bind(after_id);
             if !classes.is_empty() {
                 q.push(" AND ju.kind IN (").push_list(kinds.iter().map(|k| k.as_str())).push(")");
