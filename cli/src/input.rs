@@ -349,17 +349,27 @@ fn read_sitemap(reader: impl BufRead, out: &mut Sink<'_>) -> Result<Vec<String>>
     let mut index = false;
     let mut in_loc = false;
     let mut loc = String::new();
+    // The open elements' local names: a `<loc>` counts only in a `<url>` or `<sitemap>` (an image
+    // sitemap's `<image:loc>` is not a page).
+    let mut open: Vec<Vec<u8>> = Vec::new();
     loop {
         let event = xml.read_event_into(&mut buf);
+        if let Ok(Event::End(_)) = &event {
+            open.pop();
+        }
         match event {
-            Ok(Event::Start(e)) => match e.local_name().as_ref() {
-                b"sitemapindex" => index = true,
-                b"loc" => {
-                    in_loc = true;
-                    loc.clear();
+            Ok(Event::Start(e)) => {
+                let name = e.local_name().as_ref().to_vec();
+                match name.as_slice() {
+                    b"sitemapindex" => index = true,
+                    b"loc" if matches!(open.last().map(Vec::as_slice), Some(b"url" | b"sitemap")) => {
+                        in_loc = true;
+                        loc.clear();
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
+                open.push(name);
+            }
             Ok(Event::Text(t)) if in_loc => match t.decode() {
                 Ok(s) => match quick_xml::escape::unescape(&s) {
                     Ok(s) => loc.push_str(&s),

@@ -1,30 +1,12 @@
 //! The `urlfleet` binary as a user runs it.
 
 use std::net::IpAddr;
-use std::process::Command;
 
 use sqlx::Connection;
 use urlfleet_tests::{Backend, Coordinator, Fixture, TestDb, Worker};
 
-fn urlfleet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_urlfleet"))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary off the async runtime's threads.
-async fn run(mut cmd: Command) -> Run {
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run urlfleet")).await.unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+mod common;
+use common::{Run, run, urlfleet};
 
 /// Writes a list in `dir`: 60 healthy URLs on `a`, a broken, a redirected and a healthy one on `b`, a
 /// duplicate, an invalid line, a comment and a blank line.

@@ -7,44 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sqlx::Connection;
 use urlfleet_tests::{Coordinator, Fixture, TestDb};
 
-fn urlfleet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_urlfleet"))
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary off the async runtime's threads, with `stdin` as its standard input.
-async fn run_with(mut cmd: Command, stdin: &str) -> Run {
-    let stdin = stdin.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run urlfleet");
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn run(cmd: Command) -> Run {
-    run_with(cmd, "").await
-}
+mod common;
+use common::{run, run_with, urlfleet};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("urlfleet-io-{name}-{}", std::process::id()));
@@ -61,10 +30,15 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn urlset(urls: &[String]) -> String {
     let mut s = String::from(
-        r#"<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">"#,
+        r#"<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">"#,
     );
     for u in urls {
-        s.push_str(&format!("<url><loc>{}</loc><lastmod>2026-11-01</lastmod></url>\n", u.replace('&', "&amp;")));
+        // An image sitemap's `<image:loc>` names an image, not a page: it is not an entry.
+        s.push_str(&format!(
+            "<url><loc>{}</loc><lastmod>2026-11-01</lastmod><image:image><image:loc>{}.png</image:loc></image:image></url>\n",
+            u.replace('&', "&amp;"),
+            u.replace('&', "&amp;")
+        ));
     }
     s.push_str("</urlset>");
     s

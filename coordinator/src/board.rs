@@ -30,6 +30,8 @@ pub struct WorkerView {
     pub in_hand: u64,
     /// Leases it holds through this session.
     pub leases: usize,
+    /// Checks it has in flight, as its last heartbeat said.
+    pub in_flight: u32,
     /// When it last sent anything (ms).
     pub last_heard_ms: i64,
 }

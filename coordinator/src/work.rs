@@ -211,6 +211,7 @@ impl WorkerService for WorkApi {
             capacity: hello.capacity,
             connected_at_ms: urlfleet_shared::time::now_ms(),
             lease_hosts: HashMap::new(),
+            in_flight: 0,
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -249,6 +250,8 @@ struct Session {
     connected_at_ms: i64,
     /// The host of each lease granted on this session, to file its results' answers by host.
     lease_hosts: HashMap<i64, String>,
+    /// Checks in flight, as the worker's last heartbeat said.
+    in_flight: u32,
 }
 
 impl Session {
@@ -375,6 +378,7 @@ impl Session {
             credits: self.credits,
             in_hand: self.in_hand(),
             leases: self.held.len(),
+            in_flight: self.in_flight,
             last_heard_ms: urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(since),
         });
     }
@@ -440,6 +444,7 @@ impl Session {
     /// session's. A heartbeat over the bound ends the session: no honest worker holds more leases
     /// than credits.
     async fn heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), String> {
+        self.in_flight = hb.checks_in_flight;
         let config = &self.api.config;
         let max = config.max_worker_credits as usize;
         if hb.lease_ids.len() > max {

@@ -5,6 +5,8 @@
 // starts the coordinator, a worker and the sites, and checks the CSV against the gRPC API.
 //
 // Environment: BASE, TOKEN, JOB_WATCH, JOB_CANCEL, EXPECT_BROKEN, SHOTS (a directory), CSV (a path).
+// Prints WATCHING once the job's page is open (the test then starts the worker), and a JSON report
+// last.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
@@ -48,6 +50,8 @@ try {
   await page.goto(`${BASE}/#/jobs/${JOB_WATCH}`);
   const bar = page.locator("#job-progress");
   await bar.waitFor();
+  // The test starts the worker only now: the job cannot have ended before the page shows it.
+  console.log("WATCHING");
   const seen = [];
   const deadline = Date.now() + 90_000;
   for (;;) {

@@ -196,7 +196,12 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
         while let Ok(Ok(In::Lease(l))) = tokio::time::timeout(Duration::from_millis(300), raw.next()).await {
             leases.push(l);
         }
-        raw.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect(), sequence: 0 })).await;
+        raw.send(Out::Heartbeat(pb::Heartbeat {
+            lease_ids: leases.iter().map(|l| l.id).collect(),
+            sequence: 0,
+            ..Default::default()
+        }))
+        .await;
     }
     // Credits again and again: what is in hand counts against the bound too.
     for _ in 0..3 {
@@ -212,7 +217,12 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
     drain(&mut evil, &mut leases).await;
     // Nor does a second session under the same id that adopts the leases by heartbeat.
     let mut twin = Raw::open(&coordinator.addr, None, "hoarder").await.unwrap();
-    twin.send(Out::Heartbeat(pb::Heartbeat { lease_ids: leases.iter().map(|l| l.id).collect(), sequence: 0 })).await;
+    twin.send(Out::Heartbeat(pb::Heartbeat {
+        lease_ids: leases.iter().map(|l| l.id).collect(),
+        sequence: 0,
+        ..Default::default()
+    }))
+    .await;
     twin.send(Out::Credits(pb::Credits { urls: u32::MAX })).await;
     drain(&mut twin, &mut leases).await;
     let leased: usize = leases.iter().map(|l| l.urls.len()).sum();
@@ -221,7 +231,8 @@ async fn heartbeats_cannot_hold_leases_past_their_lifetime_and_credits_are_bound
     // Renewing forever, reporting nothing.
     let hoarder = tokio::spawn(async move {
         loop {
-            evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: held.clone(), sequence: 0 })).await;
+            evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: held.clone(), sequence: 0, ..Default::default() }))
+                .await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -271,7 +282,8 @@ async fn a_heartbeat_over_its_bound_ends_the_session_at_once() {
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let mut evil = Raw::open(&coordinator.addr, None, "flood").await.unwrap();
     let started = std::time::Instant::now();
-    evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..1_000_000).collect(), sequence: 0 })).await;
+    evil.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..1_000_000).collect(), sequence: 0, ..Default::default() }))
+        .await;
     let ended = loop {
         match evil.next().await {
             Err(status) => break status,
@@ -286,7 +298,9 @@ async fn a_heartbeat_over_its_bound_ends_the_session_at_once() {
     let mut client = coordinator.client().await;
     submit(&mut client, &[site.url("/status/200")], impolite()).await.unwrap();
     let mut honest = Raw::open(&coordinator.addr, None, "honest").await.unwrap();
-    honest.send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..60_000).collect(), sequence: 0 })).await;
+    honest
+        .send(Out::Heartbeat(pb::Heartbeat { lease_ids: (0..60_000).collect(), sequence: 0, ..Default::default() }))
+        .await;
     honest.send(Out::Credits(pb::Credits { urls: 1 })).await;
     assert_eq!(honest.lease().await.urls.len(), 1, "the session lives on after a heartbeat within the bound");
     coordinator.stop().await;

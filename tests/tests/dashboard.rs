@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -55,10 +56,6 @@ async fn the_dashboard_in_a_real_browser() {
         c.http_listen = Some(http);
     })
     .await;
-    let worker = Worker::spawn(&coordinator.addr, |w| {
-        w.auth.token = Some("wwwwwwwwwwwwwwwwwwwwwwww".into());
-        w.worker_id = Some("dashboard-worker".into());
-    });
     let site = Fixture::start(IpAddr::from([127, 0, 6, 1])).await;
     let slow = Fixture::start(IpAddr::from([127, 0, 6, 2])).await;
     let channel = tonic::transport::Endpoint::from_shared(coordinator.addr.clone()).unwrap().connect().await.unwrap();
@@ -93,13 +90,38 @@ async fn the_dashboard_in_a_real_browser() {
         .env("CSV", &csv_path)
         .env("NODE_PATH", root.join("tests/browser/node_modules"))
         .current_dir(root.join("tests/browser"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
-        .await
-        .expect("the browser run ends within 4 minutes")
-        .expect("node runs (tests/browser needs `npm ci` and Debian's chromium; scripts/test installs both)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
+    let mut child = node.spawn().expect("node runs (tests/browser needs `npm ci`; scripts/test installs it)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
+    // The worker starts once the page watches the job: its progress bar must move while watched.
+    let mut worker = None;
+    let mut stdout = String::new();
+    let reading = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "WATCHING" && worker.is_none() {
+                worker = Some(Worker::spawn(&coordinator.addr, |w| {
+                    w.auth.token = Some("wwwwwwwwwwwwwwwwwwwwwwww".into());
+                    w.worker_id = Some("dashboard-worker".into());
+                }));
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        child.wait().await.unwrap()
+    };
+    let status =
+        tokio::time::timeout(Duration::from_secs(240), reading).await.expect("the browser run ends within 4 minutes");
+    let stderr = errors.await.unwrap();
+    assert!(status.success(), "the browser run failed:\n{stdout}\n{stderr}");
+    let worker = worker.expect("the page watched the job");
     let report: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(report["brokenRows"], 6);
     assert_eq!(report["cancelled"], cancelled);

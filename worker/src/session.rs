@@ -312,7 +312,8 @@ impl Worker {
                         self.heartbeats.pop_front();
                     }
                     self.heartbeats.push_back(SentHeartbeat { sequence, at: Instant::now(), leases: lease_ids.clone() });
-                    send(&tx, Out::Heartbeat(pb::Heartbeat { lease_ids, sequence })).await;
+                    let checks_in_flight = u32::try_from(self.engine.in_flight()).unwrap_or(u32::MAX);
+                    send(&tx, Out::Heartbeat(pb::Heartbeat { lease_ids, sequence, checks_in_flight })).await;
                 }
                 () = &mut *shutdown, if self.stopping.is_none() => {
                     self.begin_stop();

@@ -5,8 +5,8 @@
 use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
 use super::db::sql;
-use super::results::{UrlResultRow, job_url_select};
-use super::{ResultCursor, ResultRow, SqlStore, StoreResult};
+use super::results::{UrlResultRow, invalid_row, job_url_select};
+use super::{ResultRow, SqlStore, StoreResult};
 
 /// How a failures table is sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,22 +184,7 @@ impl SqlStore {
                 }
                 s.push(" ORDER BY seq LIMIT ").push_bind(room).push(" OFFSET ").push_bind(skip);
                 let found: Vec<(i64, String, String)> = s.fetch_all(&mut conn).await?;
-                rows.extend(found.into_iter().map(|(seq, input, reason)| ResultRow {
-                    cursor: ResultCursor::Invalid(seq),
-                    url: input,
-                    kind: Some(OutcomeKind::Invalid),
-                    fresh: false,
-                    state: None,
-                    status: None,
-                    final_url: None,
-                    redirects: Vec::new(),
-                    attempts: 0,
-                    response_time_ms: 0,
-                    content_type: None,
-                    content_length: None,
-                    checked_at_ms: None,
-                    error: Some(reason),
-                }));
+                rows.extend(found.into_iter().map(|(seq, input, reason)| invalid_row(seq, input, reason)));
             }
         }
         Ok(FailurePage { rows, total: url_total + invalid_total })

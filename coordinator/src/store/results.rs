@@ -69,6 +69,26 @@ impl UrlResultRow {
     }
 }
 
+/// An invalid entry of a job as a result row.
+pub(crate) fn invalid_row(seq: i64, input: String, reason: String) -> ResultRow {
+    ResultRow {
+        cursor: ResultCursor::Invalid(seq),
+        url: input,
+        kind: Some(OutcomeKind::Invalid),
+        fresh: false,
+        state: None,
+        status: None,
+        final_url: None,
+        redirects: Vec::new(),
+        attempts: 0,
+        response_time_ms: 0,
+        content_type: None,
+        content_length: None,
+        checked_at_ms: None,
+        error: Some(reason),
+    }
+}
+
 /// `SELECT … WHERE ju.job_id = ` (the job id to push next): a job's URL rows as [`UrlResultRow`]s.
 /// A URL the job checked shows that check (found by the job's lease), not the URL's latest state,
 /// which a later job may have changed; a fresh URL shows the stored state it counted with.
@@ -128,22 +148,7 @@ impl SqlStore {
             .bind(remaining)
             .fetch_all(&mut conn)
             .await?;
-            out.extend(rows.into_iter().map(|(seq, input, reason)| ResultRow {
-                cursor: ResultCursor::Invalid(seq),
-                url: input,
-                kind: Some(OutcomeKind::Invalid),
-                fresh: false,
-                state: None,
-                status: None,
-                final_url: None,
-                redirects: Vec::new(),
-                attempts: 0,
-                response_time_ms: 0,
-                content_type: None,
-                content_length: None,
-                checked_at_ms: None,
-                error: Some(reason),
-            }));
+            out.extend(rows.into_iter().map(|(seq, input, reason)| invalid_row(seq, input, reason)));
         }
         Ok(out)
     }

@@ -279,16 +279,18 @@ async function workersView() {
     h("p", { class: "muted", text: "Workers connected to this coordinator." }),
     h("div", { class: "scroll" }, h("table", { id: "workers" }, h("thead", {}, h("tr", {},
       h("th", { text: "Worker" }), h("th", { class: "num", text: "Capacity" }), h("th", { class: "num", text: "Credits" }),
-      h("th", { class: "num", text: "URLs in hand" }), h("th", { class: "num", text: "Leases" }),
+      h("th", { class: "num", text: "In flight" }), h("th", { class: "num", text: "URLs in hand" }),
+      h("th", { class: "num wide", text: "Leases" }),
       h("th", { class: "num wide", text: "Last heard" }), h("th", { class: "wide", text: "Connected" }))), body)));
   const load = async () => {
     const ws = await api("/api/workers");
     body.replaceChildren(...ws.map((w) => h("tr", {},
       h("td", { text: w.worker_id }), h("td", { class: "num", text: fmt(w.capacity) }), h("td", { class: "num", text: fmt(w.credits) }),
-      h("td", { class: "num", text: fmt(w.in_hand) }), h("td", { class: "num", text: fmt(w.leases) }),
+      h("td", { class: "num", text: fmt(w.in_flight) }), h("td", { class: "num", text: fmt(w.in_hand) }),
+      h("td", { class: "num wide", text: fmt(w.leases) }),
       h("td", { class: "num wide", text: `${Math.max(0, Math.round((Date.now() - w.last_heard_ms) / 1000))}s ago` }),
       h("td", { class: "wide", text: when(w.connected_at_ms) }))));
-    if (!ws.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No worker is connected." })));
+    if (!ws.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "muted", text: "No worker is connected." })));
   };
   await load().catch((e) => main().append(h("p", { class: "error-box", role: "alert", text: e.message })));
   timers.push(setInterval(() => load().catch(() => {}), 2000));
@@ -322,7 +324,7 @@ async function route() {
     const me = await api("/api/me");
     document.getElementById("who").replaceChildren(
       me.tokens ? h("span", {}, `${me.name} (${me.role}) `,
-        h("form", { method: "post", action: "/logout", style: "display:inline" }, h("button", { class: "link", type: "submit", text: "Sign out" }))) : "");
+        h("form", { method: "post", action: "/logout", class: "inline" }, h("button", { class: "link", type: "submit", text: "Sign out" }))) : "");
   } catch (e) { return; }
   let m;
   if ((m = hash.match(/^#\/jobs\/(\d+)/))) jobView(Number(m[1]));

@@ -497,7 +497,7 @@ async fn workers(State(web): State<Web>, headers: HeaderMap) -> Answer<axum::Jso
             json!({
                 "session": w.session, "worker_id": w.worker_id, "capacity": w.capacity,
                 "connected_at_ms": w.connected_at_ms, "credits": w.credits, "in_hand": w.in_hand,
-                "leases": w.leases, "last_heard_ms": w.last_heard_ms,
+                "leases": w.leases, "in_flight": w.in_flight, "last_heard_ms": w.last_heard_ms,
             })
         })
         .collect();
