@@ -1,8 +1,8 @@
 // Drives the coordinator's dashboard in Debian's headless Chromium, as an operator would: refused
 // without a token, signs in, watches a job's progress bar reach 100 % live, filters its failures,
 // downloads them as CSV, opens a URL's page, the hosts and workers pages, cancels a running job, and
-// takes a screenshot of each page at desktop and phone width. Run by tests/tests/dashboard.rs, which
-// starts the coordinator, a worker and the sites, and checks the CSV against the gRPC API.
+// takes a screenshot of each page at desktop and phone width. Run by cli/tests/dashboard.rs, which
+// starts the coordinator, a worker and the sites, and checks the CSV against `urlfleet results`.
 //
 // Environment: BASE, TOKEN, JOB_WATCH, JOB_CANCEL, EXPECT_BROKEN, SHOTS (a directory), CSV (a path).
 // Prints WATCHING once the job's page is open (the test then starts the worker), and a JSON report

@@ -2,7 +2,7 @@
 //! two sites; `tests/browser/dashboard.mjs` drives Debian's headless Chromium through every page
 //! (signing in, a progress bar reaching 100 % live, filtering failures, a CSV download, a cancel) and
 //! saves screenshots at desktop and phone width into `docs/screenshots/`. The downloaded CSV is
-//! compared with the failures the gRPC API lists.
+//! compared with what `urlfleet results` prints for the job's failures.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -126,28 +126,25 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(report["brokenRows"], 6);
     assert_eq!(report["cancelled"], cancelled);
 
-    // The CSV the page downloaded is what the API lists as the job's failures.
-    let mut listed = BTreeSet::new();
-    let req = pb::ListResultsRequest {
-        job_id: watched,
-        classes: vec![
-            pb::OutcomeClass::Broken as i32,
-            pb::OutcomeClass::Error as i32,
-            pb::OutcomeClass::Invalid as i32,
-        ],
-        ..Default::default()
+    // The CSV the page downloaded is what `urlfleet results` lists as the job's failures.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_urlfleet"))
+        .args(["results", &watched.to_string(), "--only", "broken,error,invalid", "--format", "csv"])
+        .args(["--coordinator", &coordinator.addr, "--token", ADMIN])
+        .output()
+        .await
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let verdicts = |rd: &mut csv::Reader<&[u8]>| -> BTreeSet<(String, String, String)> {
+        rd.records()
+            .map(|row| {
+                let row = row.unwrap();
+                (row[0].to_string(), row[1].to_string(), row[3].to_string())
+            })
+            .collect()
     };
-    let mut stream = client.list_results(req).await.unwrap().into_inner();
-    while let Some(r) = tokio_stream::StreamExt::next(&mut stream).await {
-        let r = r.unwrap();
-        let status = if r.status == 0 { String::new() } else { r.status.to_string() };
-        listed.insert((r.url.clone(), urlfleet_shared::convert::class_name(&r).to_string(), status));
-    }
-    let mut downloaded = BTreeSet::new();
-    for row in csv::Reader::from_path(&csv_path).unwrap().records() {
-        let row = row.unwrap();
-        downloaded.insert((row[0].to_string(), row[1].to_string(), row[3].to_string()));
-    }
+    let listed = verdicts(&mut csv::Reader::from_reader(cli.stdout.as_slice()));
+    let page_csv = std::fs::read(&csv_path).unwrap();
+    let downloaded = verdicts(&mut csv::Reader::from_reader(page_csv.as_slice()));
     assert_eq!(downloaded, listed);
     assert_eq!(downloaded.len(), 7, "6 broken and 1 invalid");
     let job = client.get_job(pb::GetJobRequest { id: cancelled }).await.unwrap().into_inner();
