@@ -304,3 +304,26 @@ async fn the_coordinators_clock_orders_results(backend: Backend) {
     let stored = db.scalar(&format!("SELECT checked_at FROM urls WHERE id = {}", lease.urls[0].0)).await;
     assert!(stored >= granted_after, "{stored} < {granted_after}");
 }
+
+/// A large submission has PostgreSQL analyze the URL tables at once: without statistics (a new
+/// database, or tables the job has made several times larger) the prepared ingest statements are
+/// planned as scans of the whole table per chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_submission_gets_the_url_tables_analyzed_on_postgres() {
+    let (db, store) = open(Backend::Postgres).await;
+    let analyzed = "SELECT COUNT(*) FROM pg_stat_user_tables \
+                    WHERE relname IN ('job_urls', 'urls') AND last_analyze IS NOT NULL";
+    assert_eq!(db.scalar(analyzed).await, 0);
+    let (job, _) = store.create_job(new_job("big", 10_000)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 10_000), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("big", 10_000, job.priority)).await.unwrap();
+    let mut n = 0;
+    for _ in 0..100 {
+        n = db.scalar(analyzed).await;
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 2, "both URL tables analyzed");
+}

@@ -76,6 +76,9 @@ pub(crate) fn owned_key(owner: &str, key: &str) -> String {
     if owner.is_empty() { key.to_string() } else { format!("\u{1f}{owner}/{key}") }
 }
 
+/// A sealed job of at least this many URLs has the URL tables analyzed (PostgreSQL).
+const ANALYZE_AFTER_URLS: u64 = 10_000;
+
 impl SqlStore {
     pub(crate) async fn create_job_impl(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
         let now = now_ms();
@@ -314,12 +317,27 @@ impl SqlStore {
         // A twin sealing at the same moment makes the activation fail on the unique index once the
         // twin commits, and a lease or an ingest may deadlock with it: the next attempt finds the
         // twin, or gets through.
-        retry_transient(
+        let sealed = retry_transient(
             "seal",
             || self.seal_once(job_id, seal),
             |e| matches!(e, StoreError::Query(sqlx::Error::Database(d)) if d.is_unique_violation()),
         )
-        .await
+        .await?;
+        if seal.total >= ANALYZE_AFTER_URLS
+            && let super::db::Db::Pg(pool) = &self.db
+        {
+            // A large job can be most of the URL tables (always, on a new database): until
+            // PostgreSQL's own analyze comes round, the prepared ingest and lease statements are
+            // planned without statistics, as scans of the whole table per chunk. Taken in the
+            // background; it blocks no reader or writer.
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sqlx::query("ANALYZE job_urls, urls").execute(&pool).await {
+                    tracing::warn!(error = %e, "analyzing the URL tables after a large submission failed");
+                }
+            });
+        }
+        Ok(sealed)
     }
 
     /// One attempt at the seal, in one transaction.
