@@ -445,7 +445,7 @@ fn paint(text: &str, class: &str, colour: bool) -> String {
 }
 
 /// Text safe in a Markdown table cell.
-fn md_cell(text: &str) -> String {
+pub fn md_cell(text: &str) -> String {
     printable(text).replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 

@@ -246,7 +246,13 @@ fn write_report(
         Format::Table | Format::Markdown => {
             let md = format == Format::Markdown;
             if md {
-                writeln!(out, "## {} — job {} against {}\n", md_text(&current.name), current.id, job_label(previous))?;
+                writeln!(
+                    out,
+                    "## {} — job {} against {}\n",
+                    output::md_cell(&current.name),
+                    current.id,
+                    job_label(previous)
+                )?;
             } else {
                 writeln!(out, "{} — job {} against {}", printable(&current.name), current.id, job_label(previous))?;
             }
@@ -268,7 +274,12 @@ fn write_report(
                         None => "new".to_string(),
                     };
                     if md {
-                        writeln!(out, "| {status} | {before} | {} | {} |", md_text(&r.url), md_text(&r.error))?;
+                        writeln!(
+                            out,
+                            "| {status} | {before} | {} | {} |",
+                            output::md_cell(&r.url),
+                            output::md_cell(&r.error)
+                        )?;
                     } else {
                         writeln!(out, "  {status:>5}  (was {before})  {}  {}", printable(&r.url), printable(&r.error))?;
                     }
@@ -332,10 +343,6 @@ fn change_json(r: &pb::UrlResult, before: &Option<Before>) -> serde_json::Value 
     v["previous_status"] =
         before.as_ref().filter(|b| b.status != 0).map_or(serde_json::Value::Null, |b| b.status.into());
     v
-}
-
-fn md_text(s: &str) -> String {
-    printable(s).replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// Prints a URL's checks, newest first.
