@@ -264,10 +264,15 @@ async fn only_the_holder_may_report_and_only_urls_its_live_lease_holds(backend: 
     assert_eq!(store.get_job(job.id).await.unwrap().unwrap(), done);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 2, "and is not stored");
 
-    // An expired lease is not revived by a late heartbeat, and counts nothing more.
+    // A lease past its expiry is still its holder's until the reaper ends it: a heartbeat that
+    // comes first renews it. An ended lease is never revived, and counts nothing more.
     store.expire_worker_leases("w", &[other.id], now_ms() - 1).await.unwrap();
-    assert!(store.renew_leases("w", &[other.id], TTL, TTL).await.unwrap().is_empty());
+    let renewed = store.renew_leases("w", &[other.id], TTL, TTL).await.unwrap();
+    assert_eq!(renewed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [other.id]);
+    assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 0, "renewed before the reaper came");
+    store.expire_worker_leases("w", &[other.id], now_ms() - 1).await.unwrap();
     assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 1);
+    assert!(store.renew_leases("w", &[other.id], TTL, TTL).await.unwrap().is_empty());
     let touched = store.ingest(&[result(&other, other.urls[0].0, 200, now_ms())]).await.unwrap();
     assert_eq!(reasons(&touched), [Refusal::LeaseEnded]);
 }

@@ -433,13 +433,14 @@ where
         .await
 }
 
-/// Whether an error is one that trying the transaction again can get past: a deadlock or a
-/// serialization failure (PostgreSQL), or a change that raced the transaction.
+/// Whether an error is one that trying the transaction again can get past: a deadlock, a
+/// serialization failure or a `NOWAIT` lock someone else held (PostgreSQL), or a change that raced
+/// the transaction.
 pub fn is_transient(e: &super::StoreError) -> bool {
     match e {
         super::StoreError::Conflict => true,
         super::StoreError::Query(sqlx::Error::Database(e)) => {
-            matches!(e.code().as_deref(), Some("40P01" | "40001"))
+            matches!(e.code().as_deref(), Some("40P01" | "40001" | "55P03"))
         }
         _ => false,
     }

@@ -69,18 +69,23 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
 /// (leases by id, then `job_urls`, then hosts by name, then `jobs` — see `docs/ARCHITECTURE.md`):
 /// the leases of the job's leased URLs, then its open URL rows by URL. PostgreSQL only: SQLite runs
 /// one writer at a time.
+///
+/// A grant may lease some of the job's pending URLs between the two statements: their new lease
+/// is locked last, out of order, so only if no one holds it (`NOWAIT`); if someone does — an ingest
+/// of that lease, which may be waiting for these very rows — the transaction fails with a lock
+/// error that [`super::db::retry_transient`] retries, instead of closing a cycle.
 pub(crate) async fn lock_job_open_urls(tx: &mut Tx, job_id: i64) -> StoreResult<()> {
     let dialect = tx.dialect();
     if dialect.for_no_key_update.is_empty() {
         return Ok(());
     }
-    sql(format!(
+    let leases: Vec<(i64,)> = sql(format!(
         "SELECT id FROM leases WHERE id IN (SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased') \
          ORDER BY id{}",
         dialect.for_no_key_update
     ))
     .bind(job_id)
-    .execute(tx)
+    .fetch_all(tx)
     .await?;
     // Then its open URL rows in URL order, the order in which an ingest finishes a URL's rows.
     sql(format!(
@@ -90,6 +95,17 @@ pub(crate) async fn lock_job_open_urls(tx: &mut Tx, job_id: i64) -> StoreResult<
     .bind(job_id)
     .execute(tx)
     .await?;
+    // The rows are locked now: the leases they name cannot change any more.
+    let mut q = sql("SELECT DISTINCT lease_id FROM job_urls WHERE job_id = ");
+    q.push_bind(job_id).push(" AND state = 'leased' AND NOT lease_id ").push_id_set(leases.into_iter().map(|(id,)| id));
+    let mut late = q.fetch_all::<(i64,)>(tx).await?;
+    if !late.is_empty() {
+        late.sort_unstable();
+        let mut q = sql("SELECT id FROM leases WHERE id ");
+        q.push_id_set(late.into_iter().map(|(id,)| id)).push(" ORDER BY id").push(dialect.for_no_key_update);
+        q.push(" NOWAIT");
+        q.execute(tx).await?;
+    }
     Ok(())
 }
 
@@ -143,7 +159,10 @@ impl SqlStore {
             // The rows are locked in id order, as every transaction locks leases.
             q.push_bind(ms(max_life)).push(" ELSE ").push_bind(until);
             q.push(" END WHERE id IN (SELECT id FROM leases WHERE holder = ").push_bind(worker_id.to_string());
-            q.push(" AND active AND expires_at >= ").push_bind(now).push(" AND id ").push_id_set(chunk.iter().copied());
+            // A lease past its expiry that the reaper has not ended yet is renewed too: its URLs are
+            // still its own (only the reaper returns them), and a heartbeat that reaches the store
+            // first after an outage must not lose what the outage let expire.
+            q.push(" AND active AND id ").push_id_set(chunk.iter().copied());
             q.push(" ORDER BY id").push(self.db.dialect().for_no_key_update).push(") RETURNING id, expires_at");
             renewed.extend(q.fetch_all::<(i64, i64)>(&mut conn).await?);
         }

@@ -338,9 +338,10 @@ pub trait Store: Send + Sync + 'static {
     /// `req` and all together holding at most `credits` URLs; empty when no work is ready.
     async fn acquire_leases(&self, req: &LeaseRequest, credits: u64, max_leases: usize)
     -> StoreResult<Vec<LeaseGrant>>;
-    /// Renews those of `lease_ids` that the worker holds and that have not expired for `ttl`, but
+    /// Renews those of `lease_ids` that the worker holds and that have not ended for `ttl`, but
     /// never beyond `max_life` after each was granted; returns the leases renewed with their new
-    /// expiry (ms). An expired lease is never revived: it is the reaper's, and may be re-leased.
+    /// expiry (ms). A lease past its expiry that the reaper has not ended is still its holder's and
+    /// is renewed; an ended lease is never revived (its URLs may be re-leased).
     async fn renew_leases(
         &self,
         worker_id: &str,
