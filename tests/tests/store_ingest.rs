@@ -318,17 +318,27 @@ async fn a_large_submission_gets_the_url_tables_analyzed_on_postgres() {
     let (db, store) = open(Backend::Postgres).await;
     let analyzed = "SELECT COUNT(*) FROM pg_stat_user_tables \
                     WHERE relname IN ('job_urls', 'urls') AND last_analyze IS NOT NULL";
-    assert_eq!(db.scalar(analyzed).await, 0);
-    let (job, _) = store.create_job(new_job("big", 10_000)).await.unwrap();
-    store.add_urls(job.id, &urls("a.example", 10_000), recheck()).await.unwrap();
-    store.seal_job(job.id, seal("big", 10_000, job.priority)).await.unwrap();
-    let mut n = 0;
-    for _ in 0..100 {
-        n = db.scalar(analyzed).await;
-        if n == 2 {
-            break;
+    let both_analyzed = || async {
+        for _ in 0..100 {
+            if db.scalar(analyzed).await == 2 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(n, 2, "both URL tables analyzed");
+        false
+    };
+    assert_eq!(db.scalar(analyzed).await, 0);
+    // While the upload goes on (its URLs are leased and reported meanwhile), once it reaches 10,000.
+    let (job, _) = store.create_job(new_job("big", 12_000)).await.unwrap();
+    let all = urls("a.example", 12_000);
+    store.add_urls(job.id, &all[..6_000], recheck()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(db.scalar(analyzed).await, 0, "not below 10,000 URLs");
+    store.add_urls(job.id, &all[6_000..], recheck()).await.unwrap();
+    assert!(both_analyzed().await, "both URL tables analyzed during the upload");
+    // And once more when a large job is sealed.
+    db.scalar("SELECT 0::bigint FROM (SELECT pg_stat_reset()) AS r").await;
+    assert_eq!(db.scalar(analyzed).await, 0);
+    store.seal_job(job.id, seal("big", 12_000, job.priority)).await.unwrap();
+    assert!(both_analyzed().await, "both URL tables analyzed at the seal");
 }

@@ -76,8 +76,23 @@ pub(crate) fn owned_key(owner: &str, key: &str) -> String {
     if owner.is_empty() { key.to_string() } else { format!("\u{1f}{owner}/{key}") }
 }
 
-/// A sealed job of at least this many URLs has the URL tables analyzed (PostgreSQL).
+/// A sealed job of at least this many URLs has the URL tables analyzed (PostgreSQL), and so has
+/// one whose upload reaches this many URLs and every fourfold of it.
 const ANALYZE_AFTER_URLS: u64 = 10_000;
+
+/// Whether a batch of a submission holding the URLs at positions `first..=last` of its upload
+/// reaches [`ANALYZE_AFTER_URLS`] or a fourfold of it.
+fn reaches_an_analyze(first: u64, last: u64) -> bool {
+    let mut at = ANALYZE_AFTER_URLS;
+    while at <= last {
+        if at > first {
+            return true;
+        }
+        let Some(next) = at.checked_mul(4) else { break };
+        at = next;
+    }
+    false
+}
 
 impl SqlStore {
     pub(crate) async fn create_job_impl(&self, job: NewJob) -> StoreResult<(JobRecord, bool)> {
@@ -190,7 +205,30 @@ impl SqlStore {
         *deltas.of(job_id) = delta;
         deltas.apply(&mut tx).await?;
         tx.commit().await?;
+        // A job's URLs are leased and reported while its upload goes on: its first results are
+        // ingested while the tables may still hold statistics of when they were nearly empty.
+        let seqs = urls.iter().map(|u| u.seq);
+        if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max())
+            && reaches_an_analyze(first, last + 1)
+        {
+            self.analyze_url_tables();
+        }
         Ok(())
+    }
+
+    /// Has PostgreSQL analyze the URL tables, in the background (it blocks no reader or writer).
+    /// A large job can be most of them (always, on a new database): until PostgreSQL's own analyze
+    /// comes round, the prepared ingest and lease statements would be planned without statistics
+    /// — as scans of the whole table per chunk, or nested loops over all of it.
+    fn analyze_url_tables(&self) {
+        if let super::db::Db::Pg(pool) = &self.db {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sqlx::query("ANALYZE job_urls, urls").execute(&pool).await {
+                    tracing::warn!(error = %e, "analyzing the URL tables after a large submission failed");
+                }
+            });
+        }
     }
 
     /// A URL another job has leased right now joins that lease: it is checked once, and its result
@@ -323,19 +361,8 @@ impl SqlStore {
             |e| matches!(e, StoreError::Query(sqlx::Error::Database(d)) if d.is_unique_violation()),
         )
         .await?;
-        if seal.total >= ANALYZE_AFTER_URLS
-            && let super::db::Db::Pg(pool) = &self.db
-        {
-            // A large job can be most of the URL tables (always, on a new database): until
-            // PostgreSQL's own analyze comes round, the prepared ingest and lease statements are
-            // planned without statistics, as scans of the whole table per chunk. Taken in the
-            // background; it blocks no reader or writer.
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = sqlx::query("ANALYZE job_urls, urls").execute(&pool).await {
-                    tracing::warn!(error = %e, "analyzing the URL tables after a large submission failed");
-                }
-            });
+        if seal.total >= ANALYZE_AFTER_URLS {
+            self.analyze_url_tables();
         }
         Ok(sealed)
     }
@@ -523,4 +550,21 @@ impl SqlStore {
 pub(crate) fn not_stored<'a>(chunk: &'a [PlannedUrl], stored: &[StoredUrl]) -> Vec<&'a str> {
     let new: HashSet<&str> = stored.iter().map(|s| s.url.as_str()).collect();
     chunk.iter().map(|u| u.url.as_str()).filter(|u| !new.contains(u)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reaches_an_analyze;
+
+    #[test]
+    fn an_upload_is_analyzed_at_ten_thousand_urls_and_every_fourfold() {
+        assert!(!reaches_an_analyze(0, 9_999));
+        assert!(reaches_an_analyze(0, 10_000));
+        assert!(reaches_an_analyze(9_999, 12_000));
+        assert!(!reaches_an_analyze(10_000, 39_999), "10,000 was reached by an earlier batch");
+        assert!(reaches_an_analyze(39_000, 41_000));
+        assert!(reaches_an_analyze(159_000, 161_000));
+        assert!(!reaches_an_analyze(161_000, 600_000));
+        assert!(!reaches_an_analyze(u64::MAX - 1, u64::MAX), "no overflow");
+    }
 }
