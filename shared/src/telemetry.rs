@@ -21,7 +21,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample};
 use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 /// Log line format.
@@ -97,6 +97,11 @@ impl Telemetry {
     }
 }
 
+/// The spans the check engine opens for each URL and each request: `check` and `http`.
+fn is_per_check_span(m: &tracing::Metadata<'_>) -> bool {
+    m.is_span() && matches!(m.name(), "check" | "http") && m.target().starts_with("urlfleet_worker")
+}
+
 /// Installs logs only (no trace export): for tests and tools.
 pub fn init(default_filter: &str, format: LogFormat) {
     let _ = install(
@@ -134,9 +139,13 @@ fn install(config: TelemetryConfig, traces: bool) -> Telemetry {
             .with_span_list(false)
             .boxed(),
     };
+    // A check's own spans (one or two per URL) are for traces: log lines do without them, and the
+    // engine does not format their fields for every URL only for the rare event inside one. Without
+    // trace export no layer wants them, and they are never built.
+    let logs = logs.with_filter(filter).with_filter(filter_fn(|m| !is_per_check_span(m)));
     let endpoint = if traces { config.otlp_endpoint.clone().or_else(env_endpoint) } else { None };
     let Some(endpoint) = endpoint else {
-        let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).try_init();
+        let _ = tracing_subscriber::registry().with(logs).try_init();
         return Telemetry::default();
     };
     let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -147,7 +156,7 @@ fn install(config: TelemetryConfig, traces: bool) -> Telemetry {
     let exporter = match builder.build() {
         Ok(e) => e,
         Err(e) => {
-            let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).try_init();
+            let _ = tracing_subscriber::registry().with(logs).try_init();
             tracing::warn!(error = %e, endpoint = %endpoint, "cannot build the OTLP exporter; traces are not exported");
             return Telemetry::default();
         }
@@ -181,7 +190,7 @@ fn install(config: TelemetryConfig, traces: bool) -> Telemetry {
         .with_target("opentelemetry_sdk", LevelFilter::OFF)
         .with_target("sqlx", LevelFilter::OFF);
     let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(quiet).with_filter(LevelFilter::INFO);
-    let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(logs).with(otel).try_init();
     Telemetry { provider: Some(provider) }
 }
 

@@ -44,7 +44,8 @@ pub async fn check_batch<K: Send>(
                 .map(|s| (*s).to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(panic = %why, "a check panicked; it ends as an error");
+            let url = urlfleet_shared::url::redact(check.parsed.as_str());
+            tracing::error!(panic = %why, url.full = %url, "a check panicked; it ends as an error");
             Step::Done(CheckOutcome::error(OutcomeKind::Other, format!("the check failed unexpectedly: {why}"), 0))
         });
         (key, check, step)
