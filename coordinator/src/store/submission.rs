@@ -80,12 +80,12 @@ pub(crate) fn owned_key(owner: &str, key: &str) -> String {
 /// one whose upload reaches this many URLs and every fourfold of it.
 const ANALYZE_AFTER_URLS: u64 = 10_000;
 
-/// Whether a batch of a submission holding the URLs at positions `first..=last` of its upload
-/// reaches [`ANALYZE_AFTER_URLS`] or a fourfold of it.
-fn reaches_an_analyze(first: u64, last: u64) -> bool {
+/// Whether an upload that held `before` URLs before a batch and `after` after it reaches
+/// [`ANALYZE_AFTER_URLS`] or a fourfold of it with that batch.
+fn reaches_an_analyze(before: u64, after: u64) -> bool {
     let mut at = ANALYZE_AFTER_URLS;
-    while at <= last {
-        if at > first {
+    while at <= after {
+        if at > before {
             return true;
         }
         let Some(next) = at.checked_mul(4) else { break };
@@ -207,6 +207,7 @@ impl SqlStore {
         tx.commit().await?;
         // A job's URLs are leased and reported while its upload goes on: its first results are
         // ingested while the tables may still hold statistics of when they were nearly empty.
+        // `seq` is a URL's position in the upload: the batch took it from `first` URLs to `last + 1`.
         let seqs = urls.iter().map(|u| u.seq);
         if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max())
             && reaches_an_analyze(first, last + 1)
