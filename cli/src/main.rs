@@ -26,7 +26,8 @@ use urlfleet_shared::telemetry::{self, LogFormat, TelemetryConfig};
 use urlfleet_worker::WorkerConfig;
 
 // Checks allocate and free small buffers on every thread at a high rate: a thread-caching allocator
-// keeps that off the shared arenas' locks.
+// keeps that off the shared arenas' locks. It also serves C code's `malloc` (the `override` feature):
+// the embedded SQLite allocates and frees for every row it writes or returns.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
