@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -269,7 +269,13 @@ impl Session {
                     && !self.api.ingestor.behind()
                     && retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
                 {
-                    match self.lease().await {
+                    let leased = self.lease().await;
+                    // Results keep flowing while a worker's credits are granted in many rounds:
+                    // what it has sent meanwhile is read and handed to ingest before the next.
+                    if !self.take_ready(&mut inbound).await? {
+                        return Ok(());
+                    }
+                    match leased {
                         Ok(true) => self.found_nothing_at = None,
                         Ok(false) => {
                             self.found_nothing_at = Some(tokio::time::Instant::now());
@@ -381,6 +387,27 @@ impl Session {
             in_flight: self.in_flight,
             last_heard_ms: urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(since),
         });
+    }
+
+    /// Handles the worker's messages that have already arrived, and lets the result batches among
+    /// them (and earlier ones) reach the ingest pipeline, without waiting for anything. False when
+    /// the worker has closed its stream.
+    async fn take_ready(&mut self, inbound: &mut Streaming<pb::WorkerMessage>) -> Result<bool, String> {
+        // `message` is cancel safe: a message not ready now is read by the next call.
+        while let Some(msg) = inbound.message().now_or_never() {
+            match msg {
+                Ok(Some(m)) => {
+                    self.last_heard = tokio::time::Instant::now();
+                    self.handle(m).await?;
+                }
+                Ok(None) => return Ok(false),
+                Err(status) => return Err(format!("stream error: {}", status.message())),
+            }
+        }
+        while let Some(Some((batch, committed))) = self.commits.next().now_or_never() {
+            self.committed(batch, committed).await?;
+        }
+        Ok(true)
     }
 
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {
