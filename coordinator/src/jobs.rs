@@ -1,7 +1,7 @@
 //! `JobService`: the client API. Handlers convert wire messages into domain values at the edge and
 //! map every error to the gRPC code that says what went wrong.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub(crate) const UPLOAD_TOUCH: Duration = Duration::from_secs(30);
 /// How long a retried submission waits for the first one with its idempotency key to be sealed
 /// or discarded.
 const RETRY_WAIT: Duration = Duration::from_secs(30);
+/// How much of a waiting retry's upload is read ahead and kept (see `JobApi::settled`).
+const EARLY_BYTES: usize = 32 << 20;
 
 /// The `JobService` implementation.
 #[derive(Clone)]
@@ -304,9 +306,18 @@ impl JobService for JobApi {
 
 impl JobApi {
     /// The job of a retried submission once its first submission is sealed (`Some`) or discarded
-    /// (`None`: the retry takes its place).
-    async fn settled(&self, job: JobRecord) -> Result<Option<JobRecord>, Status> {
+    /// (`None`: the retry takes its place). Meanwhile the retry's own messages are read and kept in
+    /// `early` (up to [`EARLY_BYTES`]; `None` marks the stream's end) for the case it takes the
+    /// place: left unread, they would hold the connection's HTTP/2 window, and a client that sends
+    /// both attempts over one connection would stall its first attempt until this wait gave up.
+    async fn settled(
+        &self,
+        job: JobRecord,
+        stream: &mut Streaming<pb::SubmitJobRequest>,
+        early: &mut VecDeque<Option<pb::SubmitJobRequest>>,
+    ) -> Result<Option<JobRecord>, Status> {
         let until = tokio::time::Instant::now() + RETRY_WAIT;
+        let mut kept: usize = early.iter().flatten().map(prost::Message::encoded_len).sum();
         let mut job = Some(job);
         while let Some(j) = job {
             if j.state != JobState::Receiving {
@@ -318,7 +329,19 @@ impl JobApi {
                     j.id
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let nap = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(nap);
+            loop {
+                let reading = kept < EARLY_BYTES && !matches!(early.back(), Some(None));
+                tokio::select! {
+                    () = &mut nap => break,
+                    m = stream.message(), if reading => {
+                        let m = m?;
+                        kept += m.as_ref().map_or(0, prost::Message::encoded_len);
+                        early.push_back(m);
+                    }
+                }
+            }
             job = self.store.get_job(j.id).await.map_err(store_status)?;
         }
         Ok(None)
@@ -370,6 +393,7 @@ impl JobApi {
             trace_parent,
             owner: caller.name.to_string(),
         };
+        let mut early = VecDeque::new();
         let job = loop {
             let (job, existing) = self.store.create_job(new.clone()).await.map_err(store_status)?;
             if !existing {
@@ -377,7 +401,7 @@ impl JobApi {
             }
             // The first submission with this key may still be arriving, or be about to be discarded
             // (its client gave up): the retry gets the job it seals, or takes its place.
-            match self.settled(job).await? {
+            match self.settled(job, &mut stream, &mut early).await? {
                 Some(job) => {
                     tracing::Span::current().record("job.id", job.id);
                     info!(job.id = job.id, "a retried submission returns the job of its idempotency key");
@@ -399,7 +423,7 @@ impl JobApi {
         let _gone_on_drop = gone.clone().drop_guard();
         let receiving = tokio::spawn(
             async move {
-                match api.receive(job_id, &owner, &options, stream, &gone).instrument(planning).await {
+                match api.receive(job_id, &owner, &options, early, stream, &gone).instrument(planning).await {
                     Ok(done) => Ok(done),
                     Err(status) => {
                         if let Err(e) = api.store.discard_job(job_id).await {
@@ -422,6 +446,7 @@ impl JobApi {
         job_id: i64,
         owner: &str,
         options: &JobOptions,
+        mut early: VecDeque<Option<pb::SubmitJobRequest>>,
         mut stream: Streaming<pb::SubmitJobRequest>,
         gone: &CancellationToken,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
@@ -479,14 +504,19 @@ impl JobApi {
                 busy[settle_write(writes.join_next().await)?] = false;
                 continue;
             }
-            let message = tokio::select! {
-                m = stream.message() => m?,
-                () = gone.cancelled() => return Err(client_gone()),
-                _ = touch.tick() => {
-                    if let Err(e) = self.store.touch_upload(job_id).await {
-                        warn!(error = %e, job.id = job_id, "recording upload activity failed");
+            // What was read while a retry waited for its first attempt comes first.
+            let message = if let Some(m) = early.pop_front() {
+                m
+            } else {
+                tokio::select! {
+                    m = stream.message() => m?,
+                    () = gone.cancelled() => return Err(client_gone()),
+                    _ = touch.tick() => {
+                        if let Err(e) = self.store.touch_upload(job_id).await {
+                            warn!(error = %e, job.id = job_id, "recording upload activity failed");
+                        }
+                        continue;
                     }
-                    continue;
                 }
             };
             match message {

@@ -185,6 +185,54 @@ async fn a_job_waits_for_its_not_before_or_for_the_delay_its_size_asks_for() {
     coordinator.stop().await;
 }
 
+/// A retry that arrives while its first attempt is still uploading waits for it, reading its own
+/// messages meanwhile; when the first attempt is abandoned instead of sealed, the retry takes its
+/// place with every URL it sent during the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_waited_for_an_abandoned_first_attempt_takes_its_place_whole() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let client = coordinator.client().await;
+    let options = pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions {
+            name: "retried".into(),
+            idempotency_key: "upload-2".into(),
+            ..impolite()
+        })),
+    };
+    let chunk = |from: usize| pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+            urls: (from..from + 1_000).map(|i| format!("http://h{}.example/{i}", i % 7)).collect(),
+            ..Default::default()
+        })),
+    };
+    // The first attempt sends a chunk, then hangs.
+    let hung = tokio_stream::iter([options.clone(), chunk(50_000)]).chain(futures::stream::pending());
+    let mut c = client.clone();
+    let first = tokio::spawn(async move { c.submit_job(hung).await });
+    eventually(Duration::from_secs(10), "the first attempt under way", || async {
+        (db.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'receiving'").await > 0).then_some(())
+    })
+    .await;
+    let first_job = db.scalar("SELECT MIN(id) FROM jobs").await;
+    // The retry, whole, over the same connection; it waits for the first attempt to settle.
+    let whole: Vec<_> = std::iter::once(options).chain((0..5).map(|i| chunk(i * 1_000))).collect();
+    let mut c = client.clone();
+    let retry = tokio::spawn(async move { c.submit_job(tokio_stream::iter(whole)).await });
+    // Time for the retry to arrive, find the first attempt receiving, and read its own chunks while
+    // it waits (all of them: they are far under the read-ahead bound).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.abort();
+    let retry = retry.await.unwrap().unwrap().into_inner();
+    assert!(!retry.deduplicated);
+    let job = retry.job.unwrap();
+    assert_ne!(job.id, first_job);
+    assert_eq!(job.counts.unwrap().total, 5_000);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs").await, 1);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls").await, 5_000);
+    coordinator.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submission_its_client_gives_up_is_discarded_and_its_retry_makes_one_whole_job() {
     let db = TestDb::fresh(Backend::Postgres).await;
