@@ -59,7 +59,13 @@ impl Transport {
         }
         if e.is_timeout() {
             Self::Timeout(text)
-        } else if e.is_connect() || text.contains("connection closed") || text.contains("connection reset") {
+        } else if e.is_connect()
+            || text.contains("connection closed")
+            || text.contains("connection reset")
+            // hyper's `Canceled`: a pooled connection closed (a reset) before the request was
+            // written on it, so nothing was sent; as retryable as the reset itself.
+            || text.contains("operation was canceled")
+        {
             Self::Connect(text)
         } else {
             Self::Other(text)
