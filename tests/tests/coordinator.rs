@@ -185,6 +185,27 @@ async fn a_job_waits_for_its_not_before_or_for_the_delay_its_size_asks_for() {
     coordinator.stop().await;
 }
 
+/// The first message of a submission with the idempotency key `key`.
+fn keyed_options(key: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions {
+            name: "retried".into(),
+            idempotency_key: key.into(),
+            ..impolite()
+        })),
+    }
+}
+
+/// A chunk of `n` URLs numbered from `from`, spread over `hosts` hosts.
+fn url_chunk(from: usize, n: usize, hosts: usize) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
+            urls: (from..from + n).map(|i| format!("http://h{}.example/{i}", i % hosts)).collect(),
+            ..Default::default()
+        })),
+    }
+}
+
 /// A retry that arrives while its first attempt is still uploading waits for it, reading its own
 /// messages meanwhile; when the first attempt is abandoned instead of sealed, the retry takes its
 /// place with every URL it sent during the wait.
@@ -193,19 +214,8 @@ async fn a_retry_that_waited_for_an_abandoned_first_attempt_takes_its_place_whol
     let db = TestDb::fresh(Backend::Postgres).await;
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let client = coordinator.client().await;
-    let options = pb::SubmitJobRequest {
-        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions {
-            name: "retried".into(),
-            idempotency_key: "upload-2".into(),
-            ..impolite()
-        })),
-    };
-    let chunk = |from: usize| pb::SubmitJobRequest {
-        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
-            urls: (from..from + 1_000).map(|i| format!("http://h{}.example/{i}", i % 7)).collect(),
-            ..Default::default()
-        })),
-    };
+    let options = keyed_options("upload-2");
+    let chunk = |from: usize| url_chunk(from, 1_000, 7);
     // The first attempt sends a chunk, then hangs.
     let hung = tokio_stream::iter([options.clone(), chunk(50_000)]).chain(futures::stream::pending());
     let mut c = client.clone();
@@ -238,19 +248,8 @@ async fn a_submission_its_client_gives_up_is_discarded_and_its_retry_makes_one_w
     let db = TestDb::fresh(Backend::Postgres).await;
     let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
     let client = coordinator.client().await;
-    let options = pb::SubmitJobRequest {
-        item: Some(pb::submit_job_request::Item::Options(pb::JobOptions {
-            name: "retried".into(),
-            idempotency_key: "upload-1".into(),
-            ..impolite()
-        })),
-    };
-    let chunk = |from: usize| pb::SubmitJobRequest {
-        item: Some(pb::submit_job_request::Item::Urls(pb::UrlChunk {
-            urls: (from..from + 10_000).map(|i| format!("http://h{}.example/{i}", i % 20)).collect(),
-            ..Default::default()
-        })),
-    };
+    let options = keyed_options("upload-1");
+    let chunk = |from: usize| url_chunk(from, 10_000, 20);
     // The whole upload, sent slowly: a chunk every 50 ms.
     let slow = move || {
         let messages: Vec<_> = std::iter::once(options.clone()).chain((0..30).map(|i| chunk(i * 10_000))).collect();
