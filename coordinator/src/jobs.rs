@@ -46,7 +46,7 @@ pub(crate) const UPLOAD_TOUCH: Duration = Duration::from_secs(30);
 /// or discarded.
 const RETRY_WAIT: Duration = Duration::from_secs(30);
 /// How much of a waiting retry's upload is read ahead and kept (see `JobApi::settled`).
-const EARLY_BYTES: usize = 32 << 20;
+const EARLY_BYTES: usize = 8 << 20;
 
 /// The `JobService` implementation.
 #[derive(Clone)]
