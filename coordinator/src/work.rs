@@ -290,13 +290,8 @@ impl Session {
                 let want_work = self.grantable() > 0 && !self.leaving;
                 let silent_at = self.last_heard + self.silence_limit();
                 tokio::select! {
-                    msg = inbound.message() => match msg {
-                        Ok(Some(m)) => {
-                            self.last_heard = tokio::time::Instant::now();
-                            self.handle(m).await?;
-                        }
-                        Ok(None) => return Ok(()),
-                        Err(status) => return Err(format!("stream error: {}", status.message())),
+                    msg = inbound.message() => if !self.received(msg).await? {
+                        return Ok(());
                     },
                     // New work (a submission, expired leases) is looked at at once; committed
                     // results within the gap only at the gap's end.
@@ -395,19 +390,27 @@ impl Session {
     async fn take_ready(&mut self, inbound: &mut Streaming<pb::WorkerMessage>) -> Result<bool, String> {
         // `message` is cancel safe: a message not ready now is read by the next call.
         while let Some(msg) = inbound.message().now_or_never() {
-            match msg {
-                Ok(Some(m)) => {
-                    self.last_heard = tokio::time::Instant::now();
-                    self.handle(m).await?;
-                }
-                Ok(None) => return Ok(false),
-                Err(status) => return Err(format!("stream error: {}", status.message())),
+            if !self.received(msg).await? {
+                return Ok(false);
             }
         }
         while let Some(Some((batch, committed))) = self.commits.next().now_or_never() {
             self.committed(batch, committed).await?;
         }
         Ok(true)
+    }
+
+    /// One read of the worker's stream, handled; false when the worker has closed it.
+    async fn received(&mut self, msg: Result<Option<pb::WorkerMessage>, Status>) -> Result<bool, String> {
+        match msg {
+            Ok(Some(m)) => {
+                self.last_heard = tokio::time::Instant::now();
+                self.handle(m).await?;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(status) => Err(format!("stream error: {}", status.message())),
+        }
     }
 
     async fn handle(&mut self, msg: pb::WorkerMessage) -> Result<(), String> {

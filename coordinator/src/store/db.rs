@@ -93,7 +93,8 @@ impl IdPairs {
         Self { pairs, packed }
     }
 
-    fn json(&self) -> String {
+    /// The pairs as JSON: packed integers, or (as PostgreSQL always takes them) pairs.
+    fn json(&self, packed: bool) -> String {
         let mut json = String::with_capacity(self.pairs.len() * 16 + 2);
         json.push('[');
         for (i, (a, b)) in self.pairs.iter().enumerate() {
@@ -101,7 +102,7 @@ impl IdPairs {
                 json.push(',');
             }
             // Writing to a `String` cannot fail.
-            let _ = if self.packed { write!(json, "{}", a << 32 | b) } else { write!(json, "[{a},{b}]") };
+            let _ = if packed { write!(json, "{}", a << 32 | b) } else { write!(json, "[{a},{b}]") };
         }
         json.push(']');
         json
@@ -109,13 +110,12 @@ impl IdPairs {
 }
 
 impl Bind for IdPairs {
-    fn bind_pg(mut self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
-        self.packed = false;
-        args.add(self.json())
+    fn bind_pg(self: Box<Self>, args: &mut PgArguments) -> Result<(), BoxDynError> {
+        args.add(self.json(false))
     }
 
     fn bind_lite(self: Box<Self>, args: &mut SqliteArguments) -> Result<(), BoxDynError> {
-        args.add(self.json())
+        args.add(self.json(self.packed))
     }
 }
 

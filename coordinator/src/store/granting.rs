@@ -162,8 +162,10 @@ impl SqlStore {
                     .into_iter()
                     .map(|(id,)| id)
                     .collect();
+            // With no job handing out work, no host has anything ready: nothing to read.
+            let planned = if jobs.is_empty() { &[][..] } else { planned };
             let mut rows = Vec::new();
-            for chunk in planned.chunks(HOSTS_PER_READ).take_while(|_| !jobs.is_empty()) {
+            for chunk in planned.chunks(HOSTS_PER_READ) {
                 let mut q = sql("");
                 for (i, (c, limit)) in chunk.iter().enumerate() {
                     if i > 0 {
