@@ -65,7 +65,7 @@ impl Service {
     /// Starts `program args…` with output discarded (or to `log` when given).
     pub fn start(name: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Self> {
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file(name)?).kill_on_drop(true);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -87,6 +87,11 @@ impl Service {
             .unwrap_or(0)
     }
 
+    /// CPU time used so far (user + system, all threads).
+    pub fn cpu(&self) -> Duration {
+        self.child.id().map(|pid| process_cpu(&format!("/proc/{pid}/stat"))).unwrap_or_default()
+    }
+
     /// Sends SIGTERM and waits (bounded); kills after that.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(pid) = self.child.id() {
@@ -100,6 +105,47 @@ impl Service {
             }
         }
     }
+}
+
+/// Where a service's standard error goes: nowhere, or with `URLFLEET_BENCH_LOGS=dir` set, to a file
+/// of its own there (`coordinator-1.log`, `worker-2.log`, …; the services read `RUST_LOG` as usual).
+fn log_file(name: &str) -> Result<Stdio> {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("URLFLEET_BENCH_LOGS") else { return Ok(Stdio::null()) };
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let path = Path::new(&dir).join(format!("{name}-{n}.log"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?.into())
+}
+
+/// Linux reports CPU times in USER_HZ ticks, 100 a second on every architecture it runs on.
+fn ticks(n: u64) -> Duration {
+    Duration::from_millis(10 * n)
+}
+
+/// User + system CPU time of the process whose `stat` file is at `path` (all its threads).
+pub fn process_cpu(path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else { return Duration::ZERO };
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are plain.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 counting from the state (field 3).
+    ticks([11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum())
+}
+
+/// The machine's CPU time since boot: (busy, all), summed over its cores.
+pub fn machine_cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let counts: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is already counted in user).
+    let all: u64 = counts.iter().take(8).sum();
+    let idle: u64 = counts.iter().skip(3).take(2).sum();
+    (ticks(all - idle), ticks(all))
 }
 
 /// A sibling binary of this one (the `urlfleet` build of the same profile).

@@ -57,29 +57,37 @@ pub async fn polite(ctx: &Ctx, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Scenario 3: a 50 ms target; a coordinator with 1, 2 and 4 workers of fixed concurrency.
+/// Scenario 3: a 50 ms target; a coordinator with 1, 2 and 4 workers of fixed concurrency, every
+/// other setting at its default. Besides the wall, where the CPU went: the coordinator's, the
+/// workers', this process's (the target servers) and the machine's (PostgreSQL is most of the rest).
 pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let per_worker = 32usize;
-    let n = ctx.size(6_000, 200);
+    let hosts = 32usize;
+    let n = ctx.size(6_400, 200);
+    // Each worker runs `per_worker` checks of 50 ms at once.
+    let ideal = per_worker as f64 * 20.0;
     report.section(
-        &format!("3. Scaling: {n} URLs on 64 hosts answering after 50 ms; each worker {per_worker} concurrent checks"),
-        &["workers", "wall", "URLs/s", "efficiency vs linear"],
+        &format!(
+            "3. Scaling: {n} URLs on {hosts} hosts answering after 50 ms; each worker {per_worker} concurrent checks, defaults otherwise"
+        ),
+        &["workers", "wall", "URLs/s", "of linear (ideal)", "of linear (1 worker)", "CPU: coordinator / workers / targets / machine busy"],
     );
     let mut servers = Vec::new();
-    for h in 0..64u8 {
-        servers.push(Fixture::start(IpAddr::from([127, 0, 3, 1 + h])).await);
+    for h in 0..hosts {
+        servers.push(Fixture::start(IpAddr::from([127, 0, 3, 1 + h as u8])).await);
     }
     let mut base = None;
     for workers in if ctx.smoke { vec![1, 2] } else { vec![1, 2, 4] } {
         let list = ctx.file(&format!("scaling-{workers}.txt"));
         write_list(&list, (0..n).map(|i| servers[i % servers.len()].url(&format!("/delay/50?w={workers}&n={i}"))))?;
         let db = ctx.fresh_db(&format!("scaling{workers}")).await?;
-        let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "50"]).await?;
+        let (coordinator, addr) = start_coordinator(ctx, &db, &[]).await?;
         let mut ws = Vec::new();
         for _ in 0..workers {
-            let (c, k) = (per_worker.to_string(), (per_worker * 4).to_string());
-            ws.push(start_worker(ctx, &addr, &["--concurrency", &c, "--credits", &k])?);
+            ws.push(start_worker(ctx, &addr, &["--concurrency", &per_worker.to_string()])?);
         }
+        let cpu_before =
+            (coordinator.cpu(), ws.iter().map(Service::cpu).sum::<Duration>(), own_cpu(), proc::machine_cpu());
         let m = proc::measure(
             &ctx.urlfleet,
             &[
@@ -98,13 +106,25 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
         if m.code != 0 {
             bail!("scaling run failed:\n{}{}", m.stdout, m.stderr);
         }
+        let (busy, all) = proc::machine_cpu();
+        let secs = |d: Duration| d.as_secs_f64();
+        let cpu = format!(
+            "{:.2} / {:.2} / {:.2} / {:.0} % of {:.2} s",
+            secs(coordinator.cpu() - cpu_before.0),
+            secs(ws.iter().map(Service::cpu).sum::<Duration>() - cpu_before.1),
+            secs(own_cpu() - cpu_before.2),
+            100.0 * secs(busy - cpu_before.3.0) / secs(all - cpu_before.3.1).max(1e-9),
+            secs(all - cpu_before.3.1),
+        );
         let r = rate(n, m.wall);
         let b = *base.get_or_insert(r);
         report.row(&[
             workers.to_string(),
             format!("{:.2} s", m.wall.as_secs_f64()),
             format!("{r:.0}"),
+            format!("{:.0} %", 100.0 * r / (ideal * workers as f64)),
             format!("{:.0} %", 100.0 * r / (b * workers as f64)),
+            cpu,
         ]);
         for w in ws {
             w.stop().await?;
@@ -112,8 +132,14 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
         coordinator.stop().await?;
     }
     report.note(&format!(
-        "Ideal per worker: {per_worker} / 50 ms = {} URLs/s. Workers and coordinator share this machine's cores with the target.",
-        per_worker * 20
+        "Ideal per worker: {per_worker} / 50 ms = {ideal:.0} URLs/s. Workers, coordinator, PostgreSQL and the target servers \
+         (this process) share this machine's cores; CPU is the seconds each used during the run, and the machine's busy share \
+         of its cores' time."
     ));
     Ok(())
+}
+
+/// CPU time of this process (where the target servers run).
+fn own_cpu() -> Duration {
+    proc::process_cpu("/proc/self/stat")
 }
