@@ -74,7 +74,8 @@ impl Ingestor {
         let backlog = Arc::new(AtomicUsize::new(0));
         // As many chunks in hand as writers: the buffer waits for a free writer beyond that.
         let (chunks_tx, chunks_rx) = mpsc::channel::<Vec<Pending>>(config.writers.max(1));
-        tokio::spawn(buffer(rx, chunks_tx, config, shutdown.clone()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(buffer(rx, chunks_tx, in_flight.clone(), config, shutdown.clone()));
         let chunks_rx = Arc::new(tokio::sync::Mutex::new(chunks_rx));
         for n in 0..config.writers.max(1) {
             tokio::spawn(writer(
@@ -82,6 +83,7 @@ impl Ingestor {
                 store.clone(),
                 chunks_rx.clone(),
                 backlog.clone(),
+                in_flight.clone(),
                 shutdown.clone(),
                 metrics.clone(),
             ));
@@ -114,10 +116,13 @@ impl Ingestor {
 
 type ChunkRx = mpsc::Receiver<Vec<Pending>>;
 
-/// Gathers batches into chunks by size or time.
+/// Gathers batches into chunks by size or time — or at once when no chunk is being written: batching
+/// only pays while the writers are busy, and an idle pipeline would only add the wait to every
+/// acknowledgement (and to the end of every job and lease).
 async fn buffer(
     mut rx: mpsc::Receiver<Pending>,
     chunks: mpsc::Sender<Vec<Pending>>,
+    in_flight: Arc<AtomicUsize>,
     config: IngestConfig,
     shutdown: CancellationToken,
 ) {
@@ -137,7 +142,7 @@ async fn buffer(
                     rows += p.results.len();
                     chunk.push(p);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.flush_after);
-                    rows >= config.chunk_rows
+                    rows >= config.chunk_rows || in_flight.load(Ordering::Acquire) == 0
                 }
                 None => return,
             },
@@ -148,6 +153,7 @@ async fn buffer(
             rows = 0;
             deadline = None;
             // Waits for a free writer: backpressure reaches the sessions through the bounded input.
+            in_flight.fetch_add(1, Ordering::AcqRel);
             if chunks.send(std::mem::take(&mut chunk)).await.is_err() {
                 return;
             }
@@ -161,6 +167,7 @@ async fn writer(
     store: Arc<dyn Store>,
     chunks: Arc<tokio::sync::Mutex<ChunkRx>>,
     backlog: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     metrics: Arc<CoordinatorMetrics>,
 ) {
@@ -192,6 +199,7 @@ async fn writer(
                 let _ = done.send(one.map_err(Failure::into_not_committed));
             }
         }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
         let left = backlog.fetch_sub(rows, Ordering::Relaxed) - rows;
         metrics.ingest_backlog.set(left as i64);
         let outcome = outcome.map_err(Failure::into_not_committed);

@@ -290,7 +290,16 @@ impl Worker {
                         if let Some(r) = f {
                             self.pending.push(r);
                         }
-                        if self.pending.len() >= self.config.batch_size && !self.flush(&tx).await {
+                        // A worker with nothing left to check sends what it has at once: the last
+                        // results of a job (or of its share) would otherwise wait for the tick.
+                        let idle = self.outstanding.load(Ordering::Relaxed) == 0;
+                        if idle {
+                            while let Ok(f) = self.finished_rx.try_recv() {
+                                self.owed += 1;
+                                self.pending.extend(f);
+                            }
+                        }
+                        if (idle || self.pending.len() >= self.config.batch_size) && !self.flush(&tx).await {
                             return Ok(Ended::Lost("send failed".into()));
                         }
                     }
