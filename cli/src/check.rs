@@ -84,6 +84,8 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     // One worker on the same machine: leases may be large and their TTL short.
     config.lease_size = 2_000;
     config.lease_size_lifted = 2_000;
+    // Nothing to spread over other workers: the one worker may hold all it has credits for.
+    config.lifted_span = Duration::ZERO;
     config.max_host_concurrency = config.max_host_concurrency.max(args.concurrency as u32);
     // Its only worker is this process: a lease may take as long as the list's slowest host.
     config.max_lease_life = Duration::from_secs(7 * 24 * 3_600);

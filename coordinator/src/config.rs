@@ -40,6 +40,12 @@ pub struct CoordinatorConfig {
     /// through far faster.
     #[arg(long, env = "URLFLEET_LEASE_SIZE_LIFTED", default_value_t = policy::DEFAULT_LEASE_SIZE_LIFTED)]
     pub lease_size_lifted: u32,
+    /// Work of hosts whose limits are lifted that one worker holds at once, at the pace it has been
+    /// reporting results (and at least 8 URLs per check it runs at once): the rest stays leasable,
+    /// so a fast job spreads over every worker instead of going to the first that asks, and its
+    /// tail is not left in one worker's queue. 0 turns it off (the worker's credits alone bound it).
+    #[arg(long, env = "URLFLEET_LIFTED_SPAN", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub lifted_span: Duration,
     /// Leases one host may have at once when its limits are lifted (no interval between requests);
     /// a polite host is leased to one worker at a time.
     #[arg(long, env = "URLFLEET_MAX_LEASES_PER_HOST", default_value_t = 8)]
@@ -241,6 +247,7 @@ impl CoordinatorConfig {
             lease_size: policy::DEFAULT_LEASE_SIZE,
             lease_span: policy::DEFAULT_LEASE_SPAN,
             lease_size_lifted: policy::DEFAULT_LEASE_SIZE_LIFTED,
+            lifted_span: policy::DEFAULT_LIFTED_SPAN,
             max_lease_attempts: policy::DEFAULT_MAX_LEASE_ATTEMPTS,
             max_leases_per_host: 8,
             reap_interval: Duration::from_secs(1),

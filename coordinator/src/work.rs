@@ -56,44 +56,91 @@ struct Batch {
     malformed: Vec<pb::RefusedResult>,
 }
 
-/// What one worker has in hand: lease → its URLs not reported yet, and how many those are in all.
+/// What one worker has in hand: lease → its URLs not reported yet, and how many those are in all,
+/// and of those how many belong to hosts whose limits are lifted.
 #[derive(Default)]
 struct Hand {
     leases: HashMap<i64, HashSet<i64>>,
     urls: u64,
+    /// The leases of hosts whose limits are lifted.
+    lifted: HashSet<i64>,
+    lifted_urls: u64,
 }
 
 impl Hand {
-    fn grant(&mut self, lease: i64, urls: HashSet<i64>) {
+    fn grant(&mut self, lease: i64, urls: HashSet<i64>, lifted: bool) {
+        self.drop_lease(lease);
         self.urls += urls.len() as u64;
-        if let Some(old) = self.leases.insert(lease, urls) {
-            self.urls -= old.len() as u64;
+        if lifted {
+            self.lifted.insert(lease);
+            self.lifted_urls += urls.len() as u64;
         }
+        self.leases.insert(lease, urls);
     }
 
-    /// A URL reported: it leaves the hand once, with its first result.
-    fn reported(&mut self, lease: i64, url: i64) {
-        if let Some(urls) = self.leases.get_mut(&lease)
-            && urls.remove(&url)
-        {
-            self.urls -= 1;
-            if urls.is_empty() {
-                self.leases.remove(&lease);
-            }
+    /// A URL reported: it leaves the hand once, with its first result. True when it did.
+    fn reported(&mut self, lease: i64, url: i64) -> bool {
+        let Some(urls) = self.leases.get_mut(&lease) else { return false };
+        if !urls.remove(&url) {
+            return false;
         }
+        self.urls -= 1;
+        if self.lifted.contains(&lease) {
+            self.lifted_urls -= 1;
+        }
+        if urls.is_empty() {
+            self.drop_lease(lease);
+        }
+        true
     }
 
     /// Keeps only the leases `keep` says the worker still holds.
     fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
-        let mut dropped = 0;
-        self.leases.retain(|id, urls| {
-            let k = keep(*id);
-            if !k {
-                dropped += urls.len() as u64;
+        let gone: Vec<i64> = self.leases.keys().copied().filter(|id| !keep(*id)).collect();
+        for lease in gone {
+            self.drop_lease(lease);
+        }
+    }
+
+    fn drop_lease(&mut self, lease: i64) {
+        if let Some(urls) = self.leases.remove(&lease) {
+            self.urls -= urls.len() as u64;
+            if self.lifted.remove(&lease) {
+                self.lifted_urls -= urls.len() as u64;
             }
-            k
-        });
-        self.urls -= dropped;
+        }
+    }
+}
+
+/// How fast a worker has been reporting results: URLs per second, averaged over windows of
+/// [`PACE_WINDOW`], each window weighing as much as all before it.
+struct Pace {
+    since: tokio::time::Instant,
+    reported: u64,
+    per_second: f64,
+}
+
+/// How long [`Pace`] counts results before it takes a rate.
+const PACE_WINDOW: Duration = Duration::from_millis(250);
+
+/// URLs of lifted hosts a worker holds at least, per check it runs at once: enough to keep its
+/// checks busy before its pace is known, and when its hosts answer slowly.
+const LIFTED_PER_CHECK: u64 = 8;
+
+impl Pace {
+    fn new() -> Self {
+        Self { since: tokio::time::Instant::now(), reported: 0, per_second: 0.0 }
+    }
+
+    fn reported(&mut self, urls: u64) {
+        self.reported += urls;
+        let elapsed = self.since.elapsed();
+        if elapsed >= PACE_WINDOW {
+            let rate = self.reported as f64 / elapsed.as_secs_f64();
+            self.per_second = if self.per_second == 0.0 { rate } else { (self.per_second + rate) / 2.0 };
+            self.since = tokio::time::Instant::now();
+            self.reported = 0;
+        }
     }
 }
 
@@ -212,6 +259,8 @@ impl WorkerService for WorkApi {
             connected_at_ms: urlfleet_shared::time::now_ms(),
             lease_hosts: HashMap::new(),
             in_flight: 0,
+            pace: Pace::new(),
+            lifted_full: false,
         };
         tokio::spawn(session.run(inbound).instrument(info_span!("worker_session", worker.id = %hello.worker_id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -252,6 +301,11 @@ struct Session {
     lease_hosts: HashMap<i64, String>,
     /// Checks in flight, as the worker's last heartbeat said.
     in_flight: u32,
+    /// How fast the worker reports: what bounds its hand of lifted hosts' URLs.
+    pace: Pace,
+    /// The last grant used all the room for lifted hosts' URLs: results that make room again are a
+    /// reason to look for work at once.
+    lifted_full: bool,
 }
 
 impl Session {
@@ -463,6 +517,26 @@ impl Session {
         self.credits.min(room)
     }
 
+    /// The most URLs of hosts whose limits are lifted this worker may hold: `--lifted-span` of work at
+    /// the pace it has been reporting, and at least [`LIFTED_PER_CHECK`] per check it runs at once.
+    /// What a worker cannot start soon stays leasable, so a fast job spreads over every worker
+    /// instead of going to the first that asks, and no worker is left holding the tail of it.
+    fn lifted_budget(&self) -> u64 {
+        let span = self.api.config.lifted_span;
+        if span.is_zero() {
+            return u64::MAX;
+        }
+        // A worker that does not say how many checks it runs is taken to run the default.
+        let checks = if self.capacity == 0 { policy::DEFAULT_WORKER_CONCURRENCY } else { self.capacity };
+        let floor = u64::from(checks).saturating_mul(LIFTED_PER_CHECK);
+        floor.max((self.pace.per_second * span.as_secs_f64()) as u64)
+    }
+
+    /// Room for more URLs of hosts whose limits are lifted (see [`Session::lifted_budget`]).
+    fn lifted_room(&self) -> u64 {
+        self.lifted_budget().saturating_sub(self.hand(|h| h.lifted_urls))
+    }
+
     /// A lease this worker no longer holds (revoked, or ended on the coordinator's side).
     fn forget(&mut self, lease_id: i64) {
         self.held.remove(&lease_id);
@@ -527,10 +601,13 @@ impl Session {
             worker_id: self.holder.clone(),
             max_urls: config.lease_size,
             max_urls_lifted: config.lease_size_lifted,
+            lifted_room: self.lifted_room(),
             ttl: config.lease_ttl,
             politeness: Some(config.site_politeness()),
         };
         let grants = self.api.store.acquire_leases(&req, self.grantable(), self.leases_per_call).await?;
+        let lifted: u64 = grants.iter().filter(|g| g.lifted).map(|g| g.urls.len() as u64).sum();
+        self.lifted_full = lifted >= req.lifted_room;
         self.leases_per_call = if grants.len() >= self.leases_per_call {
             (self.leases_per_call * 2).min(MAX_LEASES_PER_CALL)
         } else {
@@ -542,7 +619,7 @@ impl Session {
         for grant in grants {
             self.credits = self.credits.saturating_sub(grant.urls.len() as u64);
             self.held.insert(grant.id, tokio::time::Instant::now());
-            self.hand(|h| h.grant(grant.id, grant.urls.iter().map(|(id, _)| *id).collect()));
+            self.hand(|h| h.grant(grant.id, grant.urls.iter().map(|(id, _)| *id).collect(), grant.lifted));
             if !self.send_lease(grant).await {
                 return Ok(false);
             }
@@ -587,7 +664,14 @@ impl Session {
         let pause_cap = urlfleet_shared::time::now_ms() + urlfleet_shared::time::ms(self.api.config.max_host_pause);
         // Each leased URL leaves the worker's hand once, with its first result: junk results, repeats
         // and results of URLs it was never leased free nothing.
-        self.hand(|h| batch.results.iter().for_each(|r| h.reported(r.lease_id, r.url_id)));
+        let left = self.hand(|h| batch.results.iter().filter(|r| h.reported(r.lease_id, r.url_id)).count());
+        self.pace.reported(left as u64);
+        // Room for a good part of another hand of lifted hosts' URLs: look for them now, not after
+        // the gap that holds back looks after empty ones.
+        if self.lifted_full && self.lifted_room() >= self.lifted_budget() / 4 {
+            self.lifted_full = false;
+            self.found_nothing_at = None;
+        }
         for r in batch.results {
             let (lease_id, url_id) = (r.lease_id, r.url_id);
             match urlfleet_shared::convert::reported_result(r, reporter.clone()) {

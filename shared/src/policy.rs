@@ -33,6 +33,9 @@ pub const DEFAULT_LEASE_SPAN: Duration = Duration::from_secs(5);
 /// URLs per lease of a host whose limits are lifted: at full speed a worker gets through 100 URLs of
 /// one fast host in milliseconds, so leases that small would cost more in round trips than in checks.
 pub const DEFAULT_LEASE_SIZE_LIFTED: u32 = 1_000;
+/// Work of hosts whose limits are lifted that a worker holds at once, at the pace it has been
+/// reporting: the rest of a fast job stays leasable, so every worker gets a share of it.
+pub const DEFAULT_LIFTED_SPAN: Duration = Duration::from_millis(250);
 /// Leases of one URL that may expire before it is given up as failed.
 pub const DEFAULT_MAX_LEASE_ATTEMPTS: u32 = 3;
 /// Default re-check age for healthy URLs.

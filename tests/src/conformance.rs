@@ -83,6 +83,7 @@ pub fn lease_req(holder: &str) -> LeaseRequest {
         worker_id: holder.to_string(),
         max_urls: 100,
         max_urls_lifted: 100,
+        lifted_room: u64::MAX,
         ttl: Duration::from_secs(30),
         politeness: None,
     }

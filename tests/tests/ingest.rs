@@ -29,6 +29,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
         worker_id: "w".into(),
         max_urls: 2_000,
         max_urls_lifted: 2_000,
+        lifted_room: u64::MAX,
         ttl: Duration::from_secs(600),
         politeness: None,
     };
@@ -143,6 +144,7 @@ async fn a_forged_result_is_refused_without_holding_back_the_other_batches(backe
         worker_id: "w".into(),
         max_urls: 10,
         max_urls_lifted: 10,
+        lifted_room: u64::MAX,
         ttl: Duration::from_secs(600),
         politeness: None,
     };

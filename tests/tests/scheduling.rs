@@ -30,6 +30,7 @@ async fn two_coordinators_on_one_postgres_database_never_lease_the_same_url() {
                 worker_id: format!("{who}-{i}"),
                 max_urls: 25,
                 max_urls_lifted: 25,
+                lifted_room: u64::MAX,
                 ttl: Duration::from_secs(600),
                 politeness: None,
             };
@@ -164,5 +165,37 @@ async fn a_slow_host_is_leased_a_span_of_work_at_a_time() {
     assert_eq!(db.scalar("SELECT COUNT(DISTINCT lease_id) FROM job_urls").await, 3);
     assert_eq!(db.scalar("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM job_urls GROUP BY lease_id)").await, 4);
     worker.stop().await;
+    coordinator.stop().await;
+}
+
+/// A worker holds only a quarter of a second of a fast job's work at its pace (and at least 8 URLs per check it runs): the rest stays leasable, so
+/// a second worker gets its share instead of the first taking the whole host (its credits would
+/// allow 65,536 URLs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_job_spreads_over_every_worker_instead_of_going_to_the_first() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let host = Fixture::start(IpAddr::from([127, 0, 5, 20])).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    let workers = [
+        Worker::spawn(&coordinator.addr, |w| w.concurrency = 4),
+        Worker::spawn(&coordinator.addr, |w| w.concurrency = 4),
+    ];
+    let mut client = coordinator.client().await;
+    // Each worker checks 4 URLs per 20 ms: 800 URLs take them about two seconds.
+    let urls: Vec<String> = (0..800).map(|i| host.url(&format!("/delay/20?n={i}"))).collect();
+    let id = submit(&mut client, &urls, urlfleet_tests::cluster::impolite()).await.unwrap().job.unwrap().id;
+    let done = wait_done(&mut client, id, Duration::from_secs(60)).await;
+    assert_eq!(done.counts.unwrap().ok, 800);
+    let by = |pick: &str| {
+        format!(
+            "SELECT COUNT(*) FROM checks c JOIN leases l ON l.id = c.lease_id WHERE l.holder = (SELECT {pick}(holder) FROM leases)"
+        )
+    };
+    let shares = (db.scalar(&by("MIN")).await, db.scalar(&by("MAX")).await);
+    assert_eq!(shares.0 + shares.1, 800, "two workers checked the job: {shares:?}");
+    assert!(shares.0 >= 200 && shares.1 >= 200, "each worker checked a fair share: {shares:?}");
+    for w in workers {
+        w.stop().await;
+    }
     coordinator.stop().await;
 }

@@ -23,6 +23,7 @@ urlfleet_tests::on_both_stores!(
     a_polite_host_is_leased_in_its_budget_the_strictest_while_work_is_left,
     a_polite_host_s_next_lease_keeps_its_spacing_from_the_last_one,
     many_hosts_are_leased_in_one_call_within_the_credits,
+    a_worker_s_room_for_lifted_hosts_bounds_their_urls_and_spreads_them_over_hosts,
     hosts_with_nothing_ready_do_not_hold_back_a_ready_one,
     leases_that_expired_in_an_outage_live_on_and_can_be_renewed,
 );
@@ -71,6 +72,7 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
         worker_id: "w".into(),
         max_urls: 100,
         max_urls_lifted: 100,
+        lifted_room: u64::MAX,
         ttl: Duration::from_millis(1),
         politeness: None,
     };
@@ -376,6 +378,38 @@ async fn many_hosts_are_leased_in_one_call_within_the_credits(backend: Backend) 
     let next: Vec<&LeaseGrant> = mine.iter().filter(|g| g.epoch == 2).collect();
     assert_eq!((next.len(), next[0].urls.len()), (1, 5));
     assert!(store.acquire_leases(&lease_req("w3"), 1_000, 64).await.unwrap().is_empty());
+}
+
+async fn a_worker_s_room_for_lifted_hosts_bounds_their_urls_and_spreads_them_over_hosts(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("room", 460)).await.unwrap();
+    for h in 0..4 {
+        let fast: Vec<PlannedUrl> = urls(&format!("fast{h}.example"), 100)
+            .into_iter()
+            .map(|u| PlannedUrl { budget: LeaseBudget { max_leases: 8, ..u.budget }, ..u })
+            .collect();
+        store.add_urls(job.id, &fast, recheck()).await.unwrap();
+    }
+    store.add_urls(job.id, &urls("polite.example", 60), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("room", 460, job.priority)).await.unwrap();
+    let req = LeaseRequest { lifted_room: 100, max_urls_lifted: 1_000, ..lease_req("w") };
+
+    let grants = store.acquire_leases(&req, 10_000, 64).await.unwrap();
+    let lifted: Vec<&LeaseGrant> = grants.iter().filter(|g| g.lifted).collect();
+    assert_eq!(lifted.iter().map(|g| g.urls.len()).sum::<usize>(), 100, "the room bounds the lifted hosts' URLs");
+    assert_eq!(lifted.len(), 4, "shared among the lifted hosts, not one host's lease");
+    let polite: Vec<&LeaseGrant> = grants.iter().filter(|g| !g.lifted).collect();
+    assert_eq!(
+        polite.iter().map(|g| (g.host.as_str(), g.urls.len())).collect::<Vec<_>>(),
+        [("polite.example", 60)],
+        "a polite host's lease is not bounded by that room"
+    );
+    // No room: no lifted host is offered, whatever the credits.
+    let none = store.acquire_leases(&LeaseRequest { lifted_room: 0, ..req.clone() }, 10_000, 64).await.unwrap();
+    assert!(none.is_empty(), "{:?}", none.iter().map(|g| &g.host).collect::<Vec<_>>());
+    // Another worker with room gets the rest.
+    let other = store.acquire_leases(&lease_req("w2"), 10_000, 64).await.unwrap();
+    assert_eq!(other.iter().map(|g| g.urls.len()).sum::<usize>(), 300);
 }
 
 async fn hosts_with_nothing_ready_do_not_hold_back_a_ready_one(backend: Backend) {

@@ -51,6 +51,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> Result<()> {
             worker_id: "bench".into(),
             max_urls: 1_000,
             max_urls_lifted: 1_000,
+            lifted_room: u64::MAX,
             ttl: Duration::from_secs(600),
             politeness: None,
         })

@@ -19,6 +19,10 @@ const SPARE_CANDIDATES: usize = 4;
 /// Hosts per frontier read: one statement text, prepared once, whatever the number of hosts leased.
 const HOSTS_PER_READ: usize = 64;
 
+/// Fewest URLs a lease of a host whose limits are lifted is planned for when the worker's room for
+/// such hosts is shared among many: smaller leases would cost more in round trips than they spread.
+const MIN_LIFTED_SHARE: u64 = 16;
+
 /// Most rows per multi-row statement: well under both databases' bind-parameter limits (5 columns at
 /// most), and short enough to prepare quickly — SQLite took about a tenth of a second to prepare a
 /// 1,024-row insert, longer than running it four times at 256.
@@ -31,6 +35,13 @@ struct Candidate {
     epoch: i64,
     max_leases: i32,
     lease_urls: i32,
+}
+
+impl Candidate {
+    /// Several leases at once: a host whose limits are lifted.
+    fn lifted(&self) -> bool {
+        self.max_leases > 1
+    }
 }
 
 /// A frontier row picked for a lease.
@@ -70,12 +81,18 @@ impl SqlStore {
         }
         let mut picked = self.pick_frontier(&mut tx, &planned, now).await?;
         let mut hosts: Vec<(Candidate, Vec<(i64, String)>)> = Vec::with_capacity(max_leases);
+        let mut lifted_room = req.lifted_room;
         for (c, _) in planned {
+            let room = if c.lifted() { credits.min(lifted_room) } else { credits };
             match picked.remove(&c.host) {
-                // The spares fill in for hosts with nothing ready; the credits bound what is taken.
-                Some(mut urls) if hosts.len() < max_leases && credits > 0 => {
-                    urls.truncate(usize::try_from(credits).unwrap_or(usize::MAX));
+                // The spares fill in for hosts with nothing ready; the credits (and, of hosts whose
+                // limits are lifted, the worker's room for them) bound what is taken.
+                Some(mut urls) if hosts.len() < max_leases && room > 0 => {
+                    urls.truncate(usize::try_from(room).unwrap_or(usize::MAX));
                     credits -= urls.len() as u64;
+                    if c.lifted() {
+                        lifted_room -= urls.len() as u64;
+                    }
                     hosts.push((c, urls));
                 }
                 Some(_) => {}
@@ -109,20 +126,31 @@ impl SqlStore {
         max_leases: usize,
         now: i64,
     ) -> StoreResult<Vec<(Candidate, u32)>> {
+        // A worker with no room for more of the hosts whose limits are lifted is not offered them.
         let candidates: Vec<Candidate> = sql(format!(
             "SELECT host, epoch, max_leases, lease_urls FROM hosts WHERE pending > 0 \
              AND (active_leases < max_leases OR (active_leases = max_leases AND holder = $3)) \
+             AND (max_leases <= 1 OR $4) \
              AND next_allowed_at <= $1 ORDER BY priority, active_leases, next_allowed_at, host LIMIT $2{}",
             self.db.dialect().skip_locked
         ))
         .bind(now)
         .bind((max_leases + SPARE_CANDIDATES) as i64)
         .bind(req.worker_id.clone())
+        .bind(req.lifted_room > 0)
         .fetch_all(tx)
         .await?;
+        // The room for lifted hosts is shared among them, so that a worker's share of a fast job
+        // comes as leases of several hosts (each lease runs at its host's concurrency), not as one.
+        let lifted = candidates.iter().filter(|c| c.lifted()).count().max(1) as u64;
+        let lifted_share = req.lifted_room.div_ceil(lifted).max(MIN_LIFTED_SHARE);
         let mut planned = Vec::new();
         for c in candidates {
-            let max_urls = if c.max_leases > 1 { req.max_urls_lifted } else { req.max_urls };
+            let max_urls = if c.lifted() {
+                req.max_urls_lifted.min(u32::try_from(lifted_share).unwrap_or(u32::MAX))
+            } else {
+                req.max_urls
+            };
             // A polite host's lease holds about a lease span of work at its pace.
             let max_urls = match u32::try_from(c.lease_urls) {
                 Ok(n) if n > 0 => max_urls.min(n),
@@ -308,6 +336,7 @@ async fn grant(
         });
         ends.push((id, open.get(&id).copied().unwrap_or(0), spacing));
         grants.push(LeaseGrant {
+            lifted: c.lifted(),
             id,
             epoch: c.epoch + 1,
             holder: req.worker_id.clone(),

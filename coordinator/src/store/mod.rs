@@ -145,6 +145,10 @@ pub struct LeaseRequest {
     /// At most this many URLs of a host whose limits are lifted (several leases at once): it gets
     /// through them so fast that small leases would cost more in round trips than in checks.
     pub max_urls_lifted: u32,
+    /// At most this many URLs of such hosts in all the leases of one grant: what the worker can get
+    /// to soon, so that the rest of a fast job stays leasable by other workers (`u64::MAX`: only
+    /// the credits bound it).
+    pub lifted_room: u64,
     /// Lease time to live.
     pub ttl: Duration,
     /// How to judge a lease's politeness, so that the host's next lease waits for its spacing when
@@ -173,6 +177,9 @@ pub struct LeaseGrant {
     pub job_options: Vec<JobOptions>,
     /// W3C `traceparent` of the first of those jobs that has one.
     pub trace_parent: Option<String>,
+    /// The host's limits are lifted: it may have several leases at once, and this one counts
+    /// against the worker's [`LeaseRequest::lifted_room`].
+    pub lifted: bool,
 }
 
 /// What happened to the jobs touched by a write.
