@@ -27,6 +27,9 @@ use urlfleet_shared::plan::Planner;
 
 /// URLs persisted per store call while a submission is written.
 const ADD_BATCH: usize = 10_000;
+/// URLs of a lane's first store call: a job's first leases go out as soon as its first URLs are
+/// read, not after a whole batch was planned and written.
+const FIRST_ADD_BATCH: usize = 500;
 /// Store calls in flight while a submission is written: one per lane of hosts.
 const ADD_LANES: usize = 3;
 /// Retries of one batch of URLs before the submission fails.
@@ -460,15 +463,18 @@ impl JobApi {
         let mut budgets: HashMap<String, LeaseBudget> = HashMap::new();
         let mut writes = tokio::task::JoinSet::new();
         let mut busy = [false; ADD_LANES];
+        let mut started = [false; ADD_LANES];
         let mut ended = false;
         loop {
             // Each idle lane with a batch ready (at the end: with anything) starts writing it.
             for (lane, busy) in busy.iter_mut().enumerate() {
                 let ready = planner.ready(lane);
-                if *busy || ready == 0 || (ready < ADD_BATCH && !ended) {
+                let size = if started[lane] { ADD_BATCH } else { FIRST_ADD_BATCH };
+                if *busy || ready == 0 || (ready < size && !ended) {
                     continue;
                 }
-                let mut batch = planner.take(lane, ADD_BATCH);
+                started[lane] = true;
+                let mut batch = planner.take(lane, size);
                 for u in &mut batch {
                     // Looked up before inserting: a host's name is copied once, not once per URL.
                     u.budget = match budgets.get(&u.host) {

@@ -264,10 +264,15 @@ async fn grant(
     } else {
         // The grant holds its hosts and never waits for a URL row: one that another transaction
         // is changing (finishing, cancelling, discarding it) is left out, like one it changed
-        // before. So a grant cannot take part in a deadlock (see the lock order).
+        // before. So a grant cannot take part in a deadlock (see the lock order). Each pair's rows
+        // are read through the index on `url_id` (a lateral read per pair): as a plain join, on a
+        // young table whose statistics say `pending` is rare, the planner compared every pair with
+        // every row of the table — 256,000 comparisons for 256 URLs, a tenth of a second holding
+        // the hosts that the job's own upload was waiting for.
         q.push("(SELECT ju.job_id, ju.url_id, p.b FROM ");
         q.push_id_pairs(pairs);
-        q.push(" AS p JOIN job_urls ju ON ju.url_id = p.a AND ju.state = 'pending' FOR NO KEY UPDATE OF ju SKIP LOCKED) AS v \
+        q.push(" AS p CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = p.a AND state = 'pending' \
+                FOR NO KEY UPDATE SKIP LOCKED) AS ju) AS v \
                 WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id");
     }
     q.push(" RETURNING job_urls.job_id, job_urls.url_id, job_urls.lease_id");
