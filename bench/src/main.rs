@@ -2,7 +2,7 @@
 //! against real HTTP servers on loopback, and prints a table of figures and ratios.
 //!
 //! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, `many-hosts`, `some-fail`,
-//! `strict-load`, `big-polite`, `trust`, or `all`; `--smoke` shrinks
+//! `strict-load`, `big-polite`, `trust`, `coordinators`, or `all`; `--smoke` shrinks
 //! every size so the whole run takes seconds (CI runs it so the harness cannot rot).
 
 mod proc;
@@ -42,6 +42,7 @@ enum Scenario {
     StrictLoad,
     BigPolite,
     Trust,
+    Coordinators,
 }
 
 #[tokio::main]
@@ -81,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Scenario::Trust) {
         scenarios::trust(&ctx, &mut report).await?;
+    }
+    if want(Scenario::Coordinators) {
+        scenarios::coordinators(&ctx, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

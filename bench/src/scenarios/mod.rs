@@ -1,7 +1,8 @@
 //! The benchmark scenarios. Each runs the tools side by side in one run and adds rows to the report.
 //!
 //! # Layout
-//! - `throughput`: one fast host, politeness off — urlfleet's paths against lychee and `wrk`.
+//! - `throughput`: one fast host, politeness off — urlfleet's paths against lychee and `wrk`; and the
+//!   coordinator tier scaling out on an own-site set of 4 hosts.
 //! - `politeness`: strict rate limiters, and workers scaling out on a slow target.
 //! - `ingest`: result rows into PostgreSQL through the store, against `COPY`.
 //! - `bigjob`: a million-URL submission through the client API.
@@ -31,7 +32,7 @@ pub use bigjob::bigjob;
 pub use hosts::{big_polite, many_hosts, some_fail, strict_load};
 pub use ingest::ingest;
 pub use politeness::{polite, scaling};
-pub use throughput::throughput;
+pub use throughput::{coordinators, throughput};
 pub use trust::trust;
 
 /// Shared settings of a run.

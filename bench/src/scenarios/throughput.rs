@@ -1,4 +1,5 @@
-//! Scenario 1: one fast host, politeness off.
+//! Scenarios 1 and 11: fast hosts, politeness off — one host against lychee and `wrk`, and the
+//! coordinator tier scaling out.
 
 use super::*;
 
@@ -146,4 +147,71 @@ async fn engine_throughput(port: u16, n: usize) -> Result<Duration> {
         bail!("engine alone: {ok} of {n} ok");
     }
     Ok(started.elapsed())
+}
+
+/// Scenario 11: the coordinator tier scaling out — an own-site set over 4 hosts, politeness off, one
+/// coordinator and one worker against two of each on one PostgreSQL database (each worker on its
+/// own coordinator; the job submitted to the first).
+pub async fn coordinators(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let n = ctx.size(100_000, 400);
+    report.section(
+        &format!("11. Coordinator tier: {n} URLs over 4 hosts, politeness off, PostgreSQL"),
+        &["coordinators + workers", "wall", "URLs/s", "vs 1 + 1", "machine busy"],
+    );
+    let addrs: Vec<IpAddr> = (1..=4).map(|h| IpAddr::from([127, 0, 6, h])).collect();
+    let Some((nginx, port)) = nginx_on(ctx, "tier", &addrs).await? else {
+        report.note("nginx is not installed: scenario skipped (apt-get install nginx-light).");
+        return Ok(());
+    };
+    let list = ctx.file("tier.txt");
+    write_list(&list, (0..n).map(|i| format!("http://{}:{port}/p/{i}", addrs[i % addrs.len()])))?;
+    let mut base = None;
+    for pairs in [1usize, 2] {
+        let db = ctx.fresh_db(&format!("tier{pairs}")).await?;
+        let mut tier = Vec::new();
+        for _ in 0..pairs {
+            let (coordinator, addr) = start_coordinator(ctx, &db, &[]).await?;
+            let worker = start_worker(ctx, &addr, &["--retries", "0"])?;
+            tier.push((coordinator, worker, addr));
+        }
+        let before = proc::machine_cpu();
+        let args = [
+            "submit".into(),
+            list.display().to_string(),
+            "--watch".into(),
+            "--host-concurrency".into(),
+            "128".into(),
+            "--host-interval".into(),
+            "0ms".into(),
+            "--coordinator".into(),
+            tier[0].2.clone(),
+        ];
+        let m = proc::measure(&ctx.urlfleet, &args).await?;
+        let after = proc::machine_cpu();
+        if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
+            bail!("coordinator tier run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
+        }
+        let r = rate(n, m.wall);
+        let b = *base.get_or_insert(r);
+        report.row(&[
+            format!("{pairs} + {pairs}"),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{r:.0}"),
+            format!("{:.2}×", r / b),
+            format!(
+                "{:.0} %",
+                100.0 * (after.0 - before.0).as_secs_f64() / (after.1 - before.1).as_secs_f64().max(1e-9)
+            ),
+        ]);
+        for (coordinator, worker, _) in tier {
+            worker.stop().await?;
+            coordinator.stop().await?;
+        }
+    }
+    nginx.stop().await?;
+    report.note(
+        "The coordinators, workers, PostgreSQL and nginx share this machine's cores: the busy share says how much \
+         of them the run used.",
+    );
+    Ok(())
 }

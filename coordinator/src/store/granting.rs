@@ -271,9 +271,11 @@ async fn grant(
         // the hosts that the job's own upload was waiting for.
         q.push("(SELECT ju.job_id, ju.url_id, p.b FROM ");
         q.push_id_pairs(pairs);
-        q.push(" AS p CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = p.a AND state = 'pending' \
+        q.push(
+            " AS p CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = p.a AND state = 'pending' \
                 FOR NO KEY UPDATE SKIP LOCKED) AS ju) AS v \
-                WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id");
+                WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id",
+        );
     }
     q.push(" RETURNING job_urls.job_id, job_urls.url_id, job_urls.lease_id");
     let mut deltas = JobDeltas::default();
