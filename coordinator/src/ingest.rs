@@ -142,7 +142,14 @@ async fn buffer(
                     rows += p.results.len();
                     chunk.push(p);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.flush_after);
-                    rows >= config.chunk_rows || in_flight.load(Ordering::Acquire) == 0
+                    let idle = in_flight.load(Ordering::Acquire) == 0;
+                    // An idle pipeline takes what has already arrived, up to a chunk, and writes it.
+                    while idle && rows < config.chunk_rows {
+                        let Ok(p) = rx.try_recv() else { break };
+                        rows += p.results.len();
+                        chunk.push(p);
+                    }
+                    idle || rows >= config.chunk_rows
                 }
                 None => return,
             },

@@ -66,12 +66,17 @@ async fn fence<'a>(
     let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     // The store's lock order starts with leases: the reported ones, and those holding the reported
     // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
-    let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
-    q.push_id_set(lease_ids.iter().copied());
+    let mut ids = lease_ids.clone();
     if !dialect.for_no_key_update.is_empty() {
-        q.push(" OR id IN (SELECT lease_id FROM job_urls WHERE url_id ");
-        q.push_id_set(results.iter().map(|r| r.url_id)).push(" AND state = 'leased')");
+        // Read apart and locked below with the rest: in one statement, as an `OR` of two tests or a
+        // union, the planner read every lease ever granted for every chunk (bitmap scans are off in
+        // keyed plans), or ran the URLs' read once per lease.
+        let mut q = sql("SELECT lease_id FROM job_urls WHERE url_id ");
+        q.push_id_set(results.iter().map(|r| r.url_id)).push(" AND state = 'leased'");
+        ids.extend(q.fetch_all::<(Option<i64>,)>(tx).await?.into_iter().filter_map(|(id,)| id));
     }
+    let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
+    q.push_id_set(ids.into_iter());
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
