@@ -76,7 +76,7 @@ async fn fence<'a>(
         ids.extend(q.fetch_all::<(Option<i64>,)>(tx).await?.into_iter().filter_map(|(id,)| id));
     }
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
-    q.push_id_set(ids.into_iter());
+    q.push_id_set(ids);
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
