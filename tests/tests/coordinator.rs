@@ -123,7 +123,8 @@ async fn a_submission_is_stored_while_it_streams_and_a_broken_one_leaves_nothing
     assert_eq!(db.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'receiving'").await, 1);
     let req = urlfleet_tests::conformance::lease_req("w");
     let early = store.acquire_lease(&req).await.unwrap().expect("URLs already stored are leased at once");
-    assert_eq!(early.urls.len(), 100);
+    // A lane's first batch is small: its hosts may have fewer stored than a lease's 100 yet.
+    assert!((1..=100).contains(&early.urls.len()), "{}", early.urls.len());
     tx.send(chunk(45_000)).await.unwrap(); // half of it repeats the previous chunk
     drop(tx);
     let job = call.await.unwrap().unwrap().into_inner().job.unwrap();

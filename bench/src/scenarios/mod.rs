@@ -232,26 +232,20 @@ fn start_worker(ctx: &Ctx, addr: &str, extra: &[&str]) -> Result<Service> {
     Service::start("worker", &ctx.urlfleet, &args, &[])
 }
 
+/// `urlfleet submit LIST --watch` to the coordinator at `addr`, politeness lifted (128 per host, no
+/// interval): the own-site job of the throughput scenarios.
+fn fast_submit_args(list: &Path, addr: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec!["submit".into(), list.display().to_string(), "--watch".into()];
+    args.extend(["--host-concurrency", "128", "--host-interval", "0ms", "--coordinator", addr].map(String::from));
+    args
+}
+
 /// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).
 async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duration, u64, u64)> {
     let db = ctx.fresh_db("throughput").await?;
     let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "500"]).await?;
     let worker = start_worker(ctx, &addr, &["--retries", "0"])?;
-    let submit = proc::measure(
-        &ctx.urlfleet,
-        &[
-            "submit".into(),
-            list.display().to_string(),
-            "--watch".into(),
-            "--host-concurrency".into(),
-            "128".into(),
-            "--host-interval".into(),
-            "0ms".into(),
-            "--coordinator".into(),
-            addr,
-        ],
-    )
-    .await?;
+    let submit = proc::measure(&ctx.urlfleet, &fast_submit_args(list, &addr)).await?;
     if submit.code != 0 || !submit.stderr.contains(&format!("{n} ok")) {
         bail!("cluster run failed (exit {}):\n{}\n{}", submit.code, submit.stdout, submit.stderr);
     }

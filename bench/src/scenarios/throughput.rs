@@ -175,18 +175,7 @@ pub async fn coordinators(ctx: &Ctx, report: &mut Report) -> Result<()> {
             tier.push((coordinator, worker, addr));
         }
         let before = proc::machine_cpu();
-        let args = [
-            "submit".into(),
-            list.display().to_string(),
-            "--watch".into(),
-            "--host-concurrency".into(),
-            "128".into(),
-            "--host-interval".into(),
-            "0ms".into(),
-            "--coordinator".into(),
-            tier[0].2.clone(),
-        ];
-        let m = proc::measure(&ctx.urlfleet, &args).await?;
+        let m = proc::measure(&ctx.urlfleet, &fast_submit_args(&list, &tier[0].2)).await?;
         let after = proc::machine_cpu();
         if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
             bail!("coordinator tier run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
