@@ -63,10 +63,9 @@ async fn fence<'a>(
     now: i64,
     dialect: &Dialect,
 ) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>, Vec<i64>)> {
-    let lease_ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     // The store's lock order starts with leases: the reported ones, and those holding the reported
     // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
-    let mut ids = lease_ids.clone();
+    let mut ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     if !dialect.for_no_key_update.is_empty() {
         // Read apart and locked below with the rest: in one statement, as an `OR` of two tests or a
         // union, the planner read every lease ever granted for every chunk (bitmap scans are off in
