@@ -24,6 +24,9 @@ CREATE TABLE job_urls (job_id BIGINT NOT NULL, url_id BIGINT NOT NULL, host TEXT
 CREATE INDEX ON job_urls (host, url_order, seq, url_id) WHERE waiting;
 CREATE INDEX ON job_urls (lease_id) WHERE lease_id IS NOT NULL;
 CREATE INDEX ON job_urls (url_id);
+ALTER TABLE job_urls ADD COLUMN failure TEXT
+  GENERATED ALWAYS AS (CASE WHEN kind NOT IN ('ok', 'redirected') THEN kind END) STORED;
+CREATE INDEX ON job_urls (job_id, failure, url_id) WHERE failure IS NOT NULL;
 INSERT INTO urls (url) SELECT 'https://host' || (k % 100) || '.example/' || k FROM generate_series(1, 100000) k;
 INSERT INTO job_urls (job_id, url_id, host, state, url_order, lease_id, seq)
   SELECT 1, id, 'host' || (id % 100) || '.example', 'leased', 30, id / 100 + 1, id FROM urls;

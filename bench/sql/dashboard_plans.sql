@@ -31,10 +31,10 @@ ANALYZE;
 
 \echo '== the count of a job\'s failures, no filter'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = 1 AND ju.kind IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other');
+SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other');
 \echo '== a page of failures, no filter, in submission order (the default; the live view reloads it)'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.kind IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
+WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 0)
 SELECT u.id, u.url, ju.kind, ju.state,
   CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
@@ -45,7 +45,7 @@ FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id 
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== the same, page 200'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.kind IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
+WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 9950)
 SELECT u.id, u.url, ju.kind, ju.state,
   CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
@@ -56,7 +56,7 @@ FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id 
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== sorted by URL (on demand), page 200'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-WITH p AS MATERIALIZED (SELECT ju.url_id, u.url || '' AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.kind IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
+WITH p AS MATERIALIZED (SELECT ju.url_id, u.url || '' AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 9950)
 SELECT u.id, u.url, ju.kind, ju.state,
   CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
@@ -67,7 +67,7 @@ FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id 
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== broken only, status 404, one host, by status, page 20'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-WITH p AS MATERIALIZED (SELECT ju.url_id, u.status AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.kind IN ('broken') AND u.status = 404 AND ju.host = 'h4.example'
+WITH p AS MATERIALIZED (SELECT ju.url_id, u.status AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.failure IN ('broken') AND u.status = 404 AND ju.host = 'h4.example'
   ORDER BY sort_key DESC, ju.url_id LIMIT 50 OFFSET 950)
 SELECT u.id, u.url, ju.kind, ju.state,
   CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
@@ -80,7 +80,7 @@ WHERE ju.job_id = 1 ORDER BY p.sort_key DESC, ju.url_id;
 \echo '== search within the failures'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
 SELECT COUNT(*) FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1
-  AND ju.kind IN ('broken', 'timeout') AND u.url LIKE '%/page/12%' ESCAPE '\';
+  AND ju.failure IN ('broken', 'timeout') AND u.url LIKE '%/page/12%' ESCAPE '\';
 
 \echo '== invalid entries (after the URL failures)'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)

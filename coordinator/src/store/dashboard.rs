@@ -110,7 +110,8 @@ impl SqlStore {
             && q.host.is_none();
         let mut conn = self.db.acquire().await?;
         let filter = |s: &mut super::db::Sql<'_>| {
-            s.push(" AND ju.kind IN (").push_list(kinds.iter().copied()).push(")");
+            // `failure` is `kind` for the failing kinds (all `kinds` are): the partial index's column.
+            s.push(" AND ju.failure IN (").push_list(kinds.iter().copied()).push(")");
             if let Some(status) = q.status {
                 s.push(" AND u.status = ").push_bind(i32::from(status));
             }
