@@ -342,3 +342,34 @@ async fn a_large_submission_gets_the_url_tables_analyzed_on_postgres() {
     store.seal_job(job.id, seal("big", 12_000, job.priority)).await.unwrap();
     assert!(both_analyzed().await, "both URL tables analyzed at the seal");
 }
+
+/// Finishing a URL that answered well changes no value any index of `job_urls` or `urls` names, so
+/// PostgreSQL writes it as a heap-only update (no new entry in each index). An index naming `kind`
+/// had made every finish a full new row version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_finishing_urls_that_answered_well_is_heap_only() {
+    let (db, store) = open(Backend::Postgres).await;
+    let (job, _) = store.create_job(new_job("hot", 20)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 20), recheck()).await.unwrap();
+    store.seal_job(job.id, seal("hot", 20, job.priority)).await.unwrap();
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().unwrap();
+    assert_eq!(lease.urls.len(), 20);
+    let results: Vec<_> = lease.urls.iter().map(|(id, _)| result(&lease, *id, 200, now_ms())).collect();
+    store.ingest(&results).await.unwrap();
+    assert_eq!(store.get_job(job.id).await.unwrap().unwrap().counts.ok, 20);
+    // The store's connections report their counts when they close (or within seconds when idle).
+    drop(store);
+    let counts = "SELECT n_tup_upd * 1000 + n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = ";
+    let (mut job_urls, mut url_rows) = (0, 0);
+    for _ in 0..150 {
+        job_urls = db.scalar(&format!("{counts}'job_urls'")).await;
+        url_rows = db.scalar(&format!("{counts}'urls'")).await;
+        if job_urls / 1000 >= 40 && url_rows / 1000 >= 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // `job_urls`: 20 leases (a new version: the frontier and lease indexes change) and 20 finishes.
+    assert_eq!((job_urls / 1000, job_urls % 1000), (40, 20), "job_urls updates, of them heap-only");
+    assert_eq!((url_rows / 1000, url_rows % 1000), (20, 20), "urls updates, of them heap-only");
+}
