@@ -1,8 +1,11 @@
 //! Result ingestion shared by every worker session of a coordinator.
 //!
-//! Sessions hand over result batches; a buffer task gathers them into chunks (by size or after a short
-//! delay) and a few writers commit the chunks concurrently, each chunk in one transaction. A session
-//! acknowledges a batch to its worker only when the chunk holding it has committed. When the database
+//! Sessions hand over result batches; a few writers commit them concurrently, each in chunks gathered
+//! by its own buffer task (by size or after a short delay), each chunk in one transaction. A batch's
+//! results are shared out by lease: every result of a lease goes to the same writer, so two writers
+//! never queue on each other's lease locks (a chunk holds its leases locked until it commits). A
+//! session acknowledges a batch to its worker only when every chunk holding a part of it has
+//! committed. When the database
 //! is slow or down, writers retry with back-off for as long as it takes, the backlog grows up to a
 //! bound, and while it is over half of that bound sessions grant no new leases — so nothing
 //! acknowledged is ever lost, and nothing new piles up.
@@ -51,7 +54,8 @@ struct Pending {
 /// Handle of the ingest pipeline.
 #[derive(Clone)]
 pub struct Ingestor {
-    tx: mpsc::Sender<Pending>,
+    /// One input per writer; results go to the writer of their lease ([`Ingestor::writer_of`]).
+    txs: Arc<[mpsc::Sender<Pending>]>,
     backlog: Arc<AtomicUsize>,
     config: IngestConfig,
 }
@@ -70,37 +74,82 @@ impl Ingestor {
         shutdown: CancellationToken,
         metrics: Arc<CoordinatorMetrics>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Pending>(1_024);
         let backlog = Arc::new(AtomicUsize::new(0));
-        // As many chunks in hand as writers: the buffer waits for a free writer beyond that.
-        let (chunks_tx, chunks_rx) = mpsc::channel::<Vec<Pending>>(config.writers.max(1));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(buffer(rx, chunks_tx, in_flight.clone(), config, shutdown.clone()));
-        let chunks_rx = Arc::new(tokio::sync::Mutex::new(chunks_rx));
+        let mut txs = Vec::new();
         for n in 0..config.writers.max(1) {
+            let (tx, rx) = mpsc::channel::<Pending>(1_024);
+            // One chunk in hand while one is written: the buffer waits for its writer beyond that.
+            let (chunks_tx, chunks_rx) = mpsc::channel::<Vec<Pending>>(1);
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(buffer(rx, chunks_tx, in_flight.clone(), config, shutdown.clone()));
             tokio::spawn(writer(
                 n,
                 store.clone(),
-                chunks_rx.clone(),
+                chunks_rx,
                 backlog.clone(),
-                in_flight.clone(),
+                in_flight,
                 shutdown.clone(),
                 metrics.clone(),
             ));
+            txs.push(tx);
         }
-        Self { tx, backlog, config }
+        Self { txs: txs.into(), backlog, config }
     }
 
-    /// Hands over a batch and waits until it is committed.
+    /// The writer that commits the results of `lease`.
+    fn writer_of(&self, lease: i64) -> usize {
+        lease.rem_euclid(self.txs.len() as i64) as usize
+    }
+
+    /// Hands over a batch and waits until every part of it is committed.
     pub async fn submit(&self, results: Vec<ReportedResult>) -> Result<Touched, NotCommitted> {
         let n = results.len();
         self.backlog.fetch_add(n, Ordering::Relaxed);
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Pending { results, done }).await.is_err() {
-            self.backlog.fetch_sub(n, Ordering::Relaxed);
-            return Err(NotCommitted("coordinator shutting down".into()));
+        let mut parts: Vec<Vec<ReportedResult>> = vec![Vec::new(); self.txs.len()];
+        if self.txs.len() == 1 {
+            parts[0] = results;
+        } else {
+            for r in results {
+                parts[self.writer_of(r.lease_id)].push(r);
+            }
         }
-        wait.await.unwrap_or_else(|_| Err(NotCommitted("coordinator shutting down".into())))
+        let mut waits = Vec::with_capacity(parts.len());
+        let mut handed = 0;
+        for (tx, part) in self.txs.iter().zip(parts) {
+            if part.is_empty() {
+                continue;
+            }
+            let rows = part.len();
+            let (done, wait) = oneshot::channel();
+            if tx.send(Pending { results: part, done }).await.is_err() {
+                // The parts handed over already are counted off by their writers.
+                self.backlog.fetch_sub(n - handed, Ordering::Relaxed);
+                return Err(NotCommitted("coordinator shutting down".into()));
+            }
+            handed += rows;
+            waits.push(wait);
+        }
+        // Every part is waited for, so none is still being written when the batch counts as failed
+        // (the worker resends it whole; the parts that did commit are replays then, and change
+        // nothing).
+        let mut touched = Touched::default();
+        let mut failed = None;
+        for wait in waits {
+            match wait.await.unwrap_or_else(|_| Err(NotCommitted("coordinator shutting down".into()))) {
+                Ok(t) => {
+                    touched.jobs.extend(t.jobs);
+                    touched.expired_leases += t.expired_leases;
+                    touched.refused.extend(t.refused);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        touched.jobs.sort_unstable();
+        touched.jobs.dedup();
+        Ok(touched)
     }
 
     /// Results accepted and not yet committed.
@@ -172,19 +221,16 @@ async fn buffer(
 async fn writer(
     n: usize,
     store: Arc<dyn Store>,
-    chunks: Arc<tokio::sync::Mutex<ChunkRx>>,
+    mut chunks: ChunkRx,
     backlog: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     metrics: Arc<CoordinatorMetrics>,
 ) {
     loop {
-        let chunk = {
-            let mut rx = chunks.lock().await;
-            tokio::select! {
-                c = rx.recv() => match c { Some(c) => c, None => return },
-                () = shutdown.cancelled() => return,
-            }
+        let chunk = tokio::select! {
+            c = chunks.recv() => match c { Some(c) => c, None => return },
+            () = shutdown.cancelled() => return,
         };
         let mut results: Vec<ReportedResult> = Vec::with_capacity(chunk.iter().map(|p| p.results.len()).sum());
         let mut waiting = Vec::with_capacity(chunk.len());

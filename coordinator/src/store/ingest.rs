@@ -219,18 +219,24 @@ async fn settle(
             None => *per_host.entry(f.host).or_default() -= 1,
         }
     }
-    // Hosts in name order, before the first is written: the hosts of the chunk's leases (every URL
-    // it finishes is of its lease's host).
-    let mut leases: BTreeSet<i64> = closed.keys().copied().collect();
-    leases.extend(results.iter().map(|r| r.lease_id));
-    super::leasing::lock_hosts_of_leases(&mut tx, leases).await?;
-    add_host_pending(&mut tx, &per_host).await?;
     let mut pauses: BTreeMap<i64, i64> = BTreeMap::new();
     for r in results {
         let pause = pauses.entry(r.lease_id).or_insert(0);
         *pause = (*pause).max(r.outcome.host_paused_until_ms.unwrap_or(0));
     }
-    for (lease, pause) in pauses.into_iter().filter(|(_, p)| *p > now) {
+    pauses.retain(|_, p| *p > now);
+    per_host.retain(|_, n| *n != 0);
+    // Hosts in name order, before the first is written. Usually no host changes before the leases
+    // end, and `close_leases` locks the hosts of the leases that do end; a chunk that also takes
+    // pending URLs off the frontier or pauses a host locks the hosts of all its leases first (every
+    // URL it finishes is of its lease's host). The hosts of leases that go on stay free for grants.
+    if !per_host.is_empty() || !pauses.is_empty() {
+        let mut leases: BTreeSet<i64> = closed.keys().copied().collect();
+        leases.extend(results.iter().map(|r| r.lease_id));
+        super::leasing::lock_hosts_of_leases(&mut tx, leases).await?;
+    }
+    add_host_pending(&mut tx, &per_host).await?;
+    for (lease, pause) in pauses {
         // A host that asked to be left alone stays paused for every worker.
         sql("UPDATE hosts SET next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END \
              WHERE host = (SELECT host FROM leases WHERE id = $1)")
