@@ -155,7 +155,7 @@ pub struct CoordinatorConfig {
     /// Results per ingest transaction (a chunk is also written 50 ms after its first result).
     #[arg(long, env = "URLFLEET_INGEST_CHUNK_ROWS", default_value_t = 4_000)]
     pub ingest_chunk_rows: usize,
-    /// Ingest transactions written concurrently.
+    /// Ingest transactions written concurrently (PostgreSQL; SQLite writes one at a time).
     #[arg(long, env = "URLFLEET_INGEST_WRITERS", default_value_t = 2)]
     pub ingest_writers: usize,
     /// Results accepted and not yet committed, at most; above half of it no new leases are granted.
@@ -164,11 +164,13 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// The ingest pipeline's tuning.
+    /// The ingest pipeline's tuning. On SQLite one writer: the store has one connection, so a second
+    /// writer only splits the results into more, smaller transactions.
     pub fn ingest(&self) -> crate::ingest::IngestConfig {
+        let writers = if self.database_url.starts_with("sqlite:") { 1 } else { self.ingest_writers.max(1) };
         crate::ingest::IngestConfig {
             chunk_rows: self.ingest_chunk_rows.max(1),
-            writers: self.ingest_writers.max(1),
+            writers,
             max_backlog: self.ingest_max_backlog.max(1),
             ..Default::default()
         }
