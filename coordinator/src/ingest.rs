@@ -5,10 +5,9 @@
 //! results are shared out by lease: every result of a lease goes to the same writer, so two writers
 //! never queue on each other's lease locks (a chunk holds its leases locked until it commits). A
 //! session acknowledges a batch to its worker only when every chunk holding a part of it has
-//! committed. When the database
-//! is slow or down, writers retry with back-off for as long as it takes, the backlog grows up to a
-//! bound, and while it is over half of that bound sessions grant no new leases — so nothing
-//! acknowledged is ever lost, and nothing new piles up.
+//! committed. When the database is slow or down, writers retry with back-off for as long as it
+//! takes, the backlog grows up to a bound, and while it is over half of that bound sessions grant no
+//! new leases — so nothing acknowledged is ever lost, and nothing new piles up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
