@@ -148,6 +148,11 @@ pub fn machine_cpu() -> (Duration, Duration) {
     (ticks(all - idle), ticks(all))
 }
 
+/// The machine's busy share of its cores' time between two readings of [`machine_cpu`], in percent.
+pub fn busy_percent(before: (Duration, Duration), after: (Duration, Duration)) -> f64 {
+    100.0 * (after.0 - before.0).as_secs_f64() / (after.1 - before.1).as_secs_f64().max(1e-9)
+}
+
 /// A sibling binary of this one (the `urlfleet` build of the same profile).
 pub fn sibling(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe()?;

@@ -232,12 +232,20 @@ fn start_worker(ctx: &Ctx, addr: &str, extra: &[&str]) -> Result<Service> {
     Service::start("worker", &ctx.urlfleet, &args, &[])
 }
 
-/// `urlfleet submit LIST --watch` to the coordinator at `addr`, politeness lifted (128 per host, no
-/// interval): the own-site job of the throughput scenarios.
-fn fast_submit_args(list: &Path, addr: &str) -> Vec<String> {
+/// `urlfleet submit LIST --watch` to the coordinator at `addr`, politeness lifted: `per_host`
+/// requests at once per host, no interval.
+fn lifted_submit_args(list: &Path, addr: &str, per_host: u32) -> Vec<String> {
     let mut args: Vec<String> = vec!["submit".into(), list.display().to_string(), "--watch".into()];
-    args.extend(["--host-concurrency", "128", "--host-interval", "0ms", "--coordinator", addr].map(String::from));
+    args.extend(
+        ["--host-concurrency", &per_host.to_string(), "--host-interval", "0ms", "--coordinator", addr]
+            .map(String::from),
+    );
     args
+}
+
+/// The own-site job of the throughput scenarios: politeness lifted to 128 per host.
+fn fast_submit_args(list: &Path, addr: &str) -> Vec<String> {
+    lifted_submit_args(list, addr, 128)
 }
 
 /// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).

@@ -88,21 +88,7 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
         }
         let cpu_before =
             (coordinator.cpu(), ws.iter().map(Service::cpu).sum::<Duration>(), own_cpu(), proc::machine_cpu());
-        let m = proc::measure(
-            &ctx.urlfleet,
-            &[
-                "submit".into(),
-                list.display().to_string(),
-                "--watch".into(),
-                "--host-concurrency".into(),
-                "8".into(),
-                "--host-interval".into(),
-                "0ms".into(),
-                "--coordinator".into(),
-                addr,
-            ],
-        )
-        .await?;
+        let m = proc::measure(&ctx.urlfleet, &lifted_submit_args(&list, &addr, 8)).await?;
         if m.code != 0 {
             bail!("scaling run failed:\n{}{}", m.stdout, m.stderr);
         }
@@ -113,7 +99,7 @@ pub async fn scaling(ctx: &Ctx, report: &mut Report) -> Result<()> {
             secs(coordinator.cpu() - cpu_before.0),
             secs(ws.iter().map(Service::cpu).sum::<Duration>() - cpu_before.1),
             secs(own_cpu() - cpu_before.2),
-            100.0 * secs(busy - cpu_before.3.0) / secs(all - cpu_before.3.1).max(1e-9),
+            proc::busy_percent(cpu_before.3, (busy, all)),
             secs(all - cpu_before.3.1),
         );
         let r = rate(n, m.wall);

@@ -187,10 +187,7 @@ pub async fn coordinators(ctx: &Ctx, report: &mut Report) -> Result<()> {
             format!("{:.2} s", m.wall.as_secs_f64()),
             format!("{r:.0}"),
             format!("{:.2}×", r / b),
-            format!(
-                "{:.0} %",
-                100.0 * (after.0 - before.0).as_secs_f64() / (after.1 - before.1).as_secs_f64().max(1e-9)
-            ),
+            format!("{:.0} %", proc::busy_percent(before, after)),
         ]);
         for (coordinator, worker, _) in tier {
             worker.stop().await?;
