@@ -286,6 +286,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if match &cli.command {
+        Command::Coordinator(_) => true,
+        Command::Check(args) => args.stores(),
+        _ => false,
+    } {
+        without_huge_pages();
+    }
     let (default_filter, service) = match cli.command {
         Command::Coordinator(_) => ("info", "urlfleet-coordinator"),
         Command::Worker(_) => ("info", "urlfleet-worker"),
@@ -311,6 +318,19 @@ fn main() -> ExitCode {
             eprintln!("urlfleet: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps the process off transparent huge pages (the allocator asks for them). A store's buffers —
+/// rows handed over by the thousand, result chunks, upload batches — grow and shrink all the time:
+/// on huge pages every fresh 2 MiB region they touch is cleared whole by the kernel and stays
+/// resident, which inflated the stored paths' peak memory and made the kernel's page clearing their
+/// largest single cost. The engine alone (`check --no-store`, a worker) reuses its memory and runs
+/// faster on huge pages: it keeps them.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("urlfleet: could not turn transparent huge pages off ({e}); going on with them");
     }
 }
 
