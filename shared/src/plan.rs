@@ -248,6 +248,34 @@ impl Planner {
     }
 }
 
+impl Planner {
+    /// Finishes a plan that is not submitted (a check with no store): its counts and invalid
+    /// entries, without the unique key a submission is known by. The digests of the URL set are
+    /// freed here, before any URL is checked.
+    pub fn tally(self) -> Tally {
+        debug_assert!(self.ready.iter().all(Vec::is_empty), "URLs left untaken");
+        Tally {
+            total: (self.seen.len() + self.invalid.len()) as u64,
+            invalid: self.invalid,
+            received: self.received,
+            duplicates: self.duplicates,
+        }
+    }
+}
+
+/// What a plan that is not submitted counts (see [`Planner::tally`]).
+#[derive(Debug)]
+pub struct Tally {
+    /// Distinct invalid entries, in arrival order.
+    pub invalid: Vec<InvalidEntry>,
+    /// Entries received (blank entries excluded).
+    pub received: u64,
+    /// Entries that collapsed into an identical earlier one.
+    pub duplicates: u64,
+    /// Distinct entries, valid and invalid.
+    pub total: u64,
+}
+
 /// SHA-256 of the check options (without name, labels and idempotency key, which do not change what
 /// is checked), the sorted digests of the URL set and the sorted invalid entries.
 fn unique_key(digests: &[u128], invalid: &[InvalidEntry], options: &JobOptions) -> String {
@@ -286,6 +314,22 @@ mod tests {
         assert!(plan.invalid[0].reason.contains("scheme"));
         assert_eq!(plan.total, 3);
         assert_eq!(plan.priority, Priority::High);
+    }
+
+    #[test]
+    fn a_tally_counts_as_the_finished_plan_does() {
+        let entries = ["http://a.example/x", "HTTP://A.example:80/x#f", "", "ftp://b.example/", "nope", "nope"];
+        let planned = |entries: &[&str]| {
+            let mut p = Planner::new(&JobOptions::default(), 1);
+            entries.iter().for_each(|e| p.push(e));
+            p.take(0, usize::MAX);
+            p
+        };
+        let plan = planned(&entries).finish(&JobOptions::default());
+        let tally = planned(&entries).tally();
+        assert_eq!((tally.received, tally.duplicates, tally.total), (plan.received, plan.duplicates, plan.total));
+        assert_eq!((tally.received, tally.duplicates, tally.total), (5, 2, 3));
+        assert_eq!(tally.invalid, plan.invalid);
     }
 
     #[test]

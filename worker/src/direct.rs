@@ -73,6 +73,9 @@ pub struct Report {
     pub interrupted: bool,
 }
 
+/// Entries planned between two takes of the planner's URLs.
+const TAKE_EVERY: usize = 4_096;
+
 /// Checks every entry of `entries` (blank entries are ignored). Cancelling `cancel` stops the checks
 /// in progress: their URLs are reported as errors.
 pub async fn check_list<E>(
@@ -82,17 +85,29 @@ pub async fn check_list<E>(
     progress: &Progress,
 ) -> Result<Report, DirectError<E>> {
     let mut planner = Planner::new(&check.options, 1);
+    // Each URL is held once, in its host's text, from the moment it is planned: a planned URL also
+    // carries its host and position, which only a submission needs.
+    let mut by_host: BTreeMap<String, HostUrls> = BTreeMap::new();
+    let mut take = |planner: &mut Planner| {
+        for u in planner.take(0, usize::MAX) {
+            match by_host.get_mut(&u.host) {
+                Some(urls) => urls.push(&u.url),
+                None => by_host.entry(u.host).or_default().push(&u.url),
+            }
+        }
+    };
     futures::pin_mut!(entries);
+    let mut planned = 0usize;
     while let Some(entry) = entries.next().await {
         planner.push_entry(&entry.map_err(DirectError::Input)?);
+        planned += 1;
+        if planned.is_multiple_of(TAKE_EVERY) {
+            take(&mut planner);
+        }
     }
-
-    let mut by_host: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for u in planner.take(0, usize::MAX) {
-        by_host.entry(u.host).or_default().push(u.url);
-    }
+    take(&mut planner);
     progress.total.store(by_host.values().map(|v| v.len() as u64).sum(), Ordering::Relaxed);
-    let plan = planner.finish(&check.options);
+    let plan = planner.tally();
     let engine = Engine::new(check.engine.clone()).map_err(DirectError::Engine)?;
     // Every host at once: a host waiting for its interval holds no slot (see `check_batch`), so the
     // engine's bound on requests in flight, and each host's pace, are the only limits.
@@ -102,14 +117,14 @@ pub async fn check_list<E>(
         let policy = check.options.politeness_for(&host, check.base, site);
         let (engine, tally) = (&engine, &tally);
         async move {
-            let urls = urls.into_iter().map(|u| (u.clone(), u)).collect();
-            check_batch(engine, urls, policy, cancel, None, |url, outcome| {
+            // A URL's key is its place in the host's text, which names it in the report if it fails.
+            check_batch(engine, urls.iter(), policy, cancel, None, |i, outcome| {
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
                 t.0.checked += 1;
                 t.0.add_class(outcome.kind.class());
                 progress.checked.fetch_add(1, Ordering::Relaxed);
                 if check.keep.contains(&outcome.kind.class()) {
-                    t.1.push(Failed { url, outcome });
+                    t.1.push(Failed { url: urls.get(i).to_string(), outcome });
                 }
             })
             .await;
@@ -134,6 +149,35 @@ pub async fn check_list<E>(
     Ok(Report { counts, failed, invalid: plan.invalid, interrupted: cancel.is_cancelled() })
 }
 
+/// One host's URLs as one text and where each ends: a million URLs cost their bytes and an offset
+/// each, not an allocation each.
+#[derive(Default)]
+struct HostUrls {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl HostUrls {
+    fn push(&mut self, url: &str) {
+        self.text.push_str(url);
+        self.ends.push(self.text.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    /// Each URL with its place, in order, as an owned string made when its check starts.
+    fn iter(&self) -> impl ExactSizeIterator<Item = (usize, String)> + '_ {
+        (0..self.len()).map(|i| (i, self.get(i).to_string()))
+    }
+}
+
 /// Why a store-less check could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError<E> {
@@ -143,4 +187,21 @@ pub enum DirectError<E> {
     /// The engine could not be built (TLS setup).
     #[error(transparent)]
     Engine(EngineError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_urls_come_back_as_they_went_in() {
+        let urls = ["http://a.example/", "http://a.example/é?q=1", "http://a.example/x/y#", "http://a.example/"];
+        let mut h = HostUrls::default();
+        urls.iter().for_each(|u| h.push(u));
+        assert_eq!(h.len(), 4);
+        assert_eq!((0..h.len()).map(|i| h.get(i)).collect::<Vec<_>>(), urls);
+        let listed: Vec<(usize, String)> = h.iter().collect();
+        assert_eq!(listed, urls.iter().enumerate().map(|(i, u)| (i, u.to_string())).collect::<Vec<_>>());
+        assert_eq!(h.iter().len(), 4);
+    }
 }

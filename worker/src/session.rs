@@ -458,7 +458,7 @@ impl Worker {
             async move {
                 // One task per lease: its URLs wait as data, at most the host's concurrency of them
                 // under way (see `check_batch`).
-                let urls = lease.urls.into_iter().map(|u| (u.url_id, u.url)).collect();
+                let urls = lease.urls.into_iter().map(|u| (u.url_id, u.url));
                 crate::engine::check_batch(&engine, urls, policy, &token, Some(valid), |url_id, outcome| {
                     let result = (!token.is_cancelled())
                         .then(|| urlfleet_shared::convert::check_result(lease_id, epoch, url_id, &outcome));

@@ -16,15 +16,16 @@ use urlfleet_shared::{CheckOutcome, HostPolicy, OutcomeKind};
 use super::{Engine, InProgress, Step};
 
 /// Checks every URL of `urls` under `policy`, calling `done` with each URL's key and outcome as it
-/// finishes, in the order they finish. URLs start in the order given. Cancelling `cancel` ends the
+/// finishes, in the order they finish. URLs start in the order given, and are taken from `urls` only
+/// as they start: a URL not started yet is whatever the caller's iterator holds. Cancelling `cancel` ends the
 /// batch: checks under way end with what they have, and the others are reported as cancelled.
 ///
 /// With `valid_until`, no attempt starts at or after the instant it holds (a lease whose renewal is
 /// not confirmed): the batch waits until the instant moves on, or it is cancelled. A check that
 /// panics ends as an error of its own; the batch goes on.
-pub async fn check_batch<K: Send>(
+pub async fn check_batch<K: Send, U: AsRef<str>>(
     engine: &Engine,
-    urls: Vec<(K, String)>,
+    urls: impl IntoIterator<Item = (K, U), IntoIter: ExactSizeIterator>,
     policy: HostPolicy,
     cancel: &CancellationToken,
     mut valid_until: Option<watch::Receiver<Instant>>,
@@ -61,7 +62,7 @@ pub async fn check_batch<K: Send>(
                 continue;
             }
             let Some((key, url)) = fresh.next() else { break };
-            match engine.begin(&url) {
+            match engine.begin(url.as_ref()) {
                 Ok(check) => under_way.push(attempt(key, check)),
                 Err(outcome) => done(key, *outcome),
             }
