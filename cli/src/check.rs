@@ -96,6 +96,9 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     config.max_host_concurrency = config.max_host_concurrency.max(args.concurrency as u32);
     // Its only worker is this process: a lease may take as long as the list's slowest host.
     config.max_lease_life = Duration::from_secs(7 * 24 * 3_600);
+    // Results wait in memory for the one SQLite writer: when checks outrun it, a few chunks queued
+    // keep it busy, and leasing pauses rather than let a large list's results pile up.
+    config.ingest_max_backlog = 4 * config.ingest_chunk_rows;
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
     let coordinator = tokio::spawn(urlfleet_coordinator::run(incoming, store, config, async {
         let _ = coordinator_stopped.await;
