@@ -8,6 +8,7 @@
 //! - `bigjob`: a million-URL submission through the client API.
 //! - `hosts`: politeness at scale: many hosts, failing pages, a strict limiter on a busy machine, a
 //!   big polite job.
+//! - `million`: a million URLs over 32 hosts on every path, against wall and memory targets.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ use crate::proc::{self, Measured, Service};
 mod bigjob;
 mod hosts;
 mod ingest;
+mod million;
 mod politeness;
 mod throughput;
 mod trust;
@@ -31,6 +33,7 @@ mod trust;
 pub use bigjob::bigjob;
 pub use hosts::{big_polite, many_hosts, some_fail, strict_load};
 pub use ingest::ingest;
+pub use million::million;
 pub use politeness::{polite, scaling};
 pub use throughput::{coordinators, throughput};
 pub use trust::trust;
