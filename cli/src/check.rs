@@ -65,13 +65,6 @@ pub struct CheckArgs {
     job: JobArgs,
 }
 
-impl CheckArgs {
-    /// Whether the check keeps its results in a store (not `--no-store`).
-    pub fn stores(&self) -> bool {
-        !self.no_store
-    }
-}
-
 /// Runs the check; exit 0 when nothing failed, 2 otherwise.
 pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let started = Instant::now();
