@@ -208,6 +208,14 @@ fn lychee_args(list: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// lychee on `list` with politeness off (128 in flight, 128 per host, no interval), when installed.
+async fn lychee_own_site(ctx: &Ctx, list: &Path) -> Result<Option<Measured>> {
+    let Some(lychee) = &ctx.lychee else { return Ok(None) };
+    let args =
+        lychee_args(list, &["--max-concurrency", "128", "--host-concurrency", "128", "--host-request-interval", "0s"]);
+    Ok(Some(proc::measure(lychee, &args).await?))
+}
+
 fn expect_all_ok(m: &Measured, n: usize, what: &str) -> Result<()> {
     let want = format!("{n} URLs in");
     if m.code != 0 || !m.stderr.contains(&want) {

@@ -43,20 +43,7 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let cluster = cluster_throughput(ctx, &list, n).await?;
     let engine_alone = engine_throughput(port, n).await?;
 
-    let ly = match &ctx.lychee {
-        Some(l) => {
-            let m = proc::measure(
-                l,
-                &lychee_args(
-                    &list,
-                    &["--max-concurrency", "128", "--host-concurrency", "128", "--host-request-interval", "0s"],
-                ),
-            )
-            .await?;
-            Some(m)
-        }
-        None => None,
-    };
+    let ly = lychee_own_site(ctx, &list).await?;
     let ly_rate = ly.as_ref().map(|m| rate(n, m.wall));
     let fmt_ratio = |r: f64, base: Option<f64>| base.map(|b| format!("{:.2}×", r / b)).unwrap_or_else(|| "n/a".into());
     let uf_rate = rate(n, uf.wall);
