@@ -246,9 +246,7 @@ impl Planner {
             unique_key,
         }
     }
-}
 
-impl Planner {
     /// Finishes a plan that is not submitted (a check with no store): its counts and invalid
     /// entries, without the unique key a submission is known by. The digests of the URL set are
     /// freed here, before any URL is checked.

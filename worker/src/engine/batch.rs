@@ -17,8 +17,9 @@ use super::{Engine, InProgress, Step};
 
 /// Checks every URL of `urls` under `policy`, calling `done` with each URL's key and outcome as it
 /// finishes, in the order they finish. URLs start in the order given, and are taken from `urls` only
-/// as they start: a URL not started yet is whatever the caller's iterator holds. Cancelling `cancel` ends the
-/// batch: checks under way end with what they have, and the others are reported as cancelled.
+/// as they start: a URL not started yet is whatever the caller's iterator holds. Cancelling `cancel`
+/// ends the batch: checks under way end with what they have, and the others are reported as
+/// cancelled.
 ///
 /// With `valid_until`, no attempt starts at or after the instant it holds (a lease whose renewal is
 /// not confirmed): the batch waits until the instant moves on, or it is cancelled. A check that
