@@ -234,7 +234,9 @@ impl WorkerService for WorkApi {
         };
         let n = self.sessions.fetch_add(1, Ordering::Relaxed);
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).insert(holder.clone(), n);
-        let (tx, rx) = mpsc::channel(64);
+        // Room for a whole grant's leases (up to `MAX_LEASES_PER_CALL`): the session goes on to its
+        // next grant while the worker takes them in, rather than waiting for it lease by lease.
+        let (tx, rx) = mpsc::channel(MAX_LEASES_PER_CALL);
         let welcome = pb::Welcome {
             coordinator_id: self.coordinator_id.to_string(),
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
