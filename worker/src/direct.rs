@@ -90,10 +90,7 @@ pub async fn check_list<E>(
     let mut by_host: BTreeMap<String, HostUrls> = BTreeMap::new();
     let mut take = |planner: &mut Planner| {
         for u in planner.take(0, usize::MAX) {
-            match by_host.get_mut(&u.host) {
-                Some(urls) => urls.push(&u.url),
-                None => by_host.entry(u.host).or_default().push(&u.url),
-            }
+            by_host.entry(u.host).or_default().push(&u.url);
         }
     };
     futures::pin_mut!(entries);

@@ -27,7 +27,7 @@ pub(crate) const KEYED_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL 
 
 /// Connects and runs pending migrations. Every statement of the store is a short keyed read or write:
 /// compiling one with JIT (which a plan's cost estimate can trigger, more so with the keyed-plan
-/// settings) took longer than running it — 30 ms of a 40 ms ingest statement — so it is off.
+/// settings) took longer than running it, so it is off.
 pub(crate) async fn connect(url: &str) -> StoreResult<PgPool> {
     let err = |source| StoreError::Connect { url: mask_password(url), source };
     // One direct connection first: a refused or misconfigured server fails at once instead of after

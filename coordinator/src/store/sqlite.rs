@@ -36,8 +36,8 @@ pub(crate) async fn connect(url: &str) -> StoreResult<SqlitePool> {
         .busy_timeout(std::time::Duration::from_secs(30))
         .foreign_keys(true)
         // A run writes each URL's rows several times over: keep the working set in memory (32 MiB of
-        // pages: a larger cache was no faster on a million URLs, whose database outgrows any cache,
-        // only larger) and checkpoint the log in larger steps.
+        // pages; a larger cache only held more memory, as a million URLs' database outgrows either)
+        // and checkpoint the log in larger steps.
         .pragma("cache_size", "-32768")
         .pragma("wal_autocheckpoint", "8192")
         .pragma("temp_store", "memory")
