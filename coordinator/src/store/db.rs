@@ -147,7 +147,38 @@ fn spelled(text: String, pg: bool) -> String {
             format!("(SELECT value >> 32 AS a, value & 4294967295 AS b FROM json_each(${n}))")
         }
     });
-    spell(text, ID_SET, |n| if pg { format!("= ANY(${n})") } else { format!("IN (SELECT value FROM json_each(${n}))") })
+    let text = spell(text, ID_SET, |n| {
+        if pg { format!("= ANY(${n})") } else { format!("IN (SELECT value FROM json_each(${n}))") }
+    });
+    if pg { text } else { anonymous_placeholders(text) }
+}
+
+/// A SQLite statement whose placeholders are `$1, $2, … $n`, in that order and each once, with
+/// each spelled `?` instead; any other statement as it is. The driver asks SQLite for every
+/// parameter's name to bind it, and SQLite finds a name by walking the list of all of them: a
+/// statement of a thousand named parameters (a `VALUES` list) was a million steps to bind, which
+/// anonymous ones, having no names, are spared.
+fn anonymous_placeholders(text: String) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut next, mut copied, mut i) = (1u64, 0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'$' || !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+            continue;
+        }
+        let end = bytes[i + 1..].iter().position(|b| !b.is_ascii_digit()).map_or(bytes.len(), |k| i + 1 + k);
+        if text[i + 1..end].parse::<u64>().ok() != Some(next) {
+            return text;
+        }
+        out.push_str(&text[copied..i]);
+        out.push('?');
+        next += 1;
+        copied = end;
+        i = end;
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Replaces each `marker N marker` in `text` by `spelling(N)`.
@@ -478,7 +509,26 @@ pub fn is_transient(e: &super::StoreError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Db, ladder_chunks, sql};
+    use super::{Db, anonymous_placeholders, ladder_chunks, sql};
+
+    /// Placeholders numbered in order, each once, become anonymous; a statement that repeats or
+    /// reorders them keeps its names, and a `$` that is no placeholder is left alone.
+    #[test]
+    fn placeholders_in_order_become_anonymous_and_others_keep_their_names() {
+        let s = |t: &str| anonymous_placeholders(t.to_string());
+        assert_eq!(s("VALUES ($1, $2), ($3, $4)"), "VALUES (?, ?), (?, ?)");
+        assert_eq!(
+            s("SELECT json_extract(value, '$[0]') FROM json_each($1) WHERE a = $2"),
+            "SELECT json_extract(value, '$[0]') FROM json_each(?) WHERE a = ?"
+        );
+        assert_eq!(
+            s("SET a = CASE WHEN a < $2 THEN $2 END WHERE id = $1"),
+            "SET a = CASE WHEN a < $2 THEN $2 END WHERE id = $1"
+        );
+        assert_eq!(s("WHERE a = $1 OR b = $1"), "WHERE a = $1 OR b = $1");
+        assert_eq!(s("LIMIT $10"), "LIMIT $10");
+        assert_eq!(s("SELECT 1"), "SELECT 1");
+    }
 
     /// Pairs read back as the table they were bound as, on SQLite, packed and not: ids that fit
     /// in the packed integer (up to its bounds) and ids that do not.

@@ -204,7 +204,12 @@ impl SqlStore {
                          JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
                     );
                     q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ");
-                    q.push_id_set(jobs.iter().copied());
+                    // Most often one job hands out work: a value compared, rather than a set that
+                    // every branch parses from JSON again.
+                    match jobs.as_slice() {
+                        [job] => q.push("= ").push_bind(*job),
+                        _ => q.push_id_set(jobs.iter().copied()),
+                    };
                     q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ")
                         .push_bind(i64::from(*limit))
                         .push(") AS f");
