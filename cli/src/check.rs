@@ -77,7 +77,6 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     if args.no_store {
         return run_without_store(args, entries, started).await;
     }
-    let store = urlfleet_coordinator::store::connect(&args.db).await?;
     let (connector, incoming) = urlfleet_shared::inprocess::pair();
     let target = Target::InProcess(connector.clone());
     let mut config = CoordinatorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), args.db.clone());
@@ -93,9 +92,10 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     // keep it busy, and leasing pauses rather than let a large list's results pile up.
     config.ingest_max_backlog = 4 * config.ingest_chunk_rows;
     let (stop_coordinator, coordinator_stopped) = oneshot::channel::<()>();
-    let coordinator = tokio::spawn(urlfleet_coordinator::run(incoming, store, config, async {
+    let coordinator = embedded_coordinator(args.db.clone(), incoming, config, async {
         let _ = coordinator_stopped.await;
-    }));
+    })
+    .await?;
 
     let mut worker_config = WorkerConfig::new("");
     worker_config.in_process = Some(connector);
@@ -140,6 +140,40 @@ pub async fn run(args: CheckArgs) -> Result<ExitCode> {
     let done = outcome?;
     summary(&output::counts(&done), started, &args.listing);
     Ok(crate::gate(&output::counts(&done)))
+}
+
+/// Starts the embedded coordinator on a thread and runtime of its own, its store opened there, and
+/// returns once the store is open; the receiver yields the coordinator's end, once its runtime (its
+/// tasks, its store) is gone. On the engine's runtime the coordinator's tasks — the session granting
+/// leases, the ingest writer feeding SQLite's thread — waited in the same queues as thousands of
+/// ready checks; on a thread of their own the kernel shares the cores between the two.
+async fn embedded_coordinator(
+    db: String,
+    incoming: urlfleet_shared::inprocess::Incoming,
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (opened_tx, opened) = oneshot::channel::<Result<()>>();
+    let (ended_tx, ended) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("coordinator".into()).spawn(move || {
+        let ended = runtime.block_on(async move {
+            match urlfleet_coordinator::store::connect(&db).await {
+                Ok(store) => {
+                    let _ = opened_tx.send(Ok(()));
+                    urlfleet_coordinator::run(incoming, store, config, shutdown).await
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e.into()));
+                    Ok(())
+                }
+            }
+        });
+        drop(runtime);
+        let _ = ended_tx.send(ended);
+    })?;
+    opened.await??;
+    Ok(ended)
 }
 
 /// The job options the arguments ask for; an unnamed job is named after its inputs, so that the
