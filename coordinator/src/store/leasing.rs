@@ -39,10 +39,10 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
     // The update locks the lease rows, as a submission joining a URL to a lease does before counting
     // it in: the two are serialized, and this one sees the joined count. SQLite rewrites the entries
     // of every index whose condition names a column the statement sets — `active`, for both partial
-    // indexes of `leases` — even when its value stays: there the leases that end are marked apart,
-    // which on a chunk spread over many hosts' leases halved the statement. (PostgreSQL keeps the
-    // update heap-only when no indexed value changes.)
-    let sqlite = dialect.for_no_key_update.is_empty();
+    // indexes of `leases` — even when its value stays: there only the leases that end are marked, by
+    // a second statement, rather than every lease a chunk touches. (PostgreSQL keeps the update
+    // heap-only when no indexed value changes.)
+    let sqlite = matches!(tx, Tx::Lite(_));
     let mut q = sql(if sqlite {
         "UPDATE leases SET open = leases.open - v.b FROM "
     } else {
