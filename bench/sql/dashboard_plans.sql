@@ -12,15 +12,15 @@ INSERT INTO jobs (id, name, state, priority, options, unique_key, unique_active,
 VALUES (1, 'million', 'completed', 2, '\x', 'k1', false, 0, 1000100, 1000000, 985000, 10000, 5000, 100, 0, 0, 1);
 INSERT INTO jobs (id, name, state, priority, options, unique_key, unique_active, not_before, created_at)
 SELECT g, 'job ' || g, 'completed', 2, '\x', 'k' || g, false, 0, g FROM generate_series(2, 2000) g;
-INSERT INTO urls (id, url, kind, status, response_ms, attempts, checked_at)
-SELECT g, 'http://h' || (g % 32) || '.example/page/' || g,
-       CASE WHEN g % 100 = 0 THEN 'broken' WHEN g % 200 = 1 THEN 'timeout' ELSE 'ok' END,
-       CASE WHEN g % 100 = 0 THEN 404 WHEN g % 200 = 1 THEN NULL ELSE 200 END, g % 900, 1, 1700000000000 + g
-FROM generate_series(1, 1000000) g;
+INSERT INTO urls (id, url)
+SELECT g, 'http://h' || (g % 32) || '.example/page/' || g FROM generate_series(1, 1000000) g;
 INSERT INTO checks (url_id, checked_at, lease_id, kind, status, attempts, response_ms)
-SELECT id, checked_at, id / 1000 + 1, kind, status, attempts, response_ms FROM urls;
+SELECT g, 1700000000000 + g, g / 1000 + 1,
+       CASE WHEN g % 100 = 0 THEN 'broken' WHEN g % 200 = 1 THEN 'timeout' ELSE 'ok' END,
+       CASE WHEN g % 100 = 0 THEN 404 WHEN g % 200 = 1 THEN NULL ELSE 200 END, 1, g % 900
+FROM generate_series(1, 1000000) g;
 INSERT INTO job_urls (job_id, url_id, host, state, url_order, lease_id, kind)
-SELECT 1, id, 'h' || (id % 32) || '.example', 'done', 0, id / 1000 + 1, kind FROM urls;
+SELECT 1, url_id, 'h' || (url_id % 32) || '.example', 'done', 0, lease_id, kind FROM checks;
 INSERT INTO job_invalid (job_id, seq, input, reason)
 SELECT 1, g, 'not a url ' || g, 'relative URL without a base' FROM generate_series(1, 100) g;
 INSERT INTO hosts (host, pending, active_leases, max_leases, next_allowed_at)
@@ -36,45 +36,41 @@ SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
 WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 0)
-SELECT u.id, u.url, ju.kind, ju.state,
-  CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
-  CASE WHEN c.url_id IS NULL THEN u.checked_at ELSE c.checked_at END AS checked_at
-FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done'
-  AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2
-  WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id)
+SELECT u.id, u.url, ju.kind, ju.state, c.status, c.checked_at
+FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c
+  ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' THEN (SELECT MAX(c2.checked_at)
+  FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END,
+  (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id))
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== the same, page 200'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
 WITH p AS MATERIALIZED (SELECT ju.url_id, ju.url_id AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 9950)
-SELECT u.id, u.url, ju.kind, ju.state,
-  CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
-  CASE WHEN c.url_id IS NULL THEN u.checked_at ELSE c.checked_at END AS checked_at
-FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done'
-  AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2
-  WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id)
+SELECT u.id, u.url, ju.kind, ju.state, c.status, c.checked_at
+FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c
+  ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' THEN (SELECT MAX(c2.checked_at)
+  FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END,
+  (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id))
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== sorted by URL (on demand), page 200'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
 WITH p AS MATERIALIZED (SELECT ju.url_id, u.url || '' AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.failure IN ('broken', 'timeout', 'dns', 'connect', 'tls', 'too_many_redirects', 'redirect_loop', 'blocked', 'failed', 'other')
   ORDER BY sort_key ASC, ju.url_id LIMIT 50 OFFSET 9950)
-SELECT u.id, u.url, ju.kind, ju.state,
-  CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
-  CASE WHEN c.url_id IS NULL THEN u.checked_at ELSE c.checked_at END AS checked_at
-FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done'
-  AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2
-  WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id)
+SELECT u.id, u.url, ju.kind, ju.state, c.status, c.checked_at
+FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c
+  ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' THEN (SELECT MAX(c2.checked_at)
+  FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END,
+  (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id))
 WHERE ju.job_id = 1 ORDER BY p.sort_key ASC, ju.url_id;
 \echo '== broken only, status 404, one host, by status, page 20'
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON)
-WITH p AS MATERIALIZED (SELECT ju.url_id, u.status AS sort_key FROM job_urls ju JOIN urls u ON u.id = ju.url_id WHERE ju.job_id = 1 AND ju.failure IN ('broken') AND u.status = 404 AND ju.host = 'h4.example'
+WITH p AS MATERIALIZED (SELECT ju.url_id, (SELECT c.status FROM checks c WHERE c.url_id = ju.url_id ORDER BY c.checked_at DESC LIMIT 1) AS sort_key FROM job_urls ju WHERE ju.job_id = 1 AND ju.failure IN ('broken') AND (SELECT c.status FROM checks c WHERE c.url_id = ju.url_id ORDER BY c.checked_at DESC LIMIT 1) = 404 AND ju.host = 'h4.example'
   ORDER BY sort_key DESC, ju.url_id LIMIT 50 OFFSET 950)
-SELECT u.id, u.url, ju.kind, ju.state,
-  CASE WHEN c.url_id IS NULL THEN u.status ELSE c.status END AS status,
-  CASE WHEN c.url_id IS NULL THEN u.checked_at ELSE c.checked_at END AS checked_at
-FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c ON ju.state = 'done'
-  AND c.url_id = ju.url_id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2
-  WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id)
+SELECT u.id, u.url, ju.kind, ju.state, c.status, c.checked_at
+FROM job_urls ju JOIN p ON p.url_id = ju.url_id JOIN urls u ON u.id = ju.url_id LEFT JOIN checks c
+  ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' THEN (SELECT MAX(c2.checked_at)
+  FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END,
+  (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id))
 WHERE ju.job_id = 1 ORDER BY p.sort_key DESC, ju.url_id;
 
 \echo '== search within the failures'

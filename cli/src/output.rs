@@ -121,18 +121,20 @@ impl Progress {
     }
 }
 
-/// `12000/100000 URLs (12%) 2400/s eta 37s: …`
+/// `12000/100000 URLs (12%) 2400/s eta 37s: …`; no rate nor ETA in the first second, where they
+/// would say more about when the display started than about the job.
 fn status_line(elapsed: Duration, done: u64, total: u64, note: &str) -> String {
-    let secs = elapsed.as_secs_f64().max(0.001);
-    let rate = done as f64 / secs;
     let pct = (done * 100).checked_div(total).unwrap_or(100);
-    let eta = if rate > 0.0 && total > done {
-        format!(" eta {}s", ((total - done) as f64 / rate).ceil() as u64)
-    } else {
-        String::new()
-    };
+    let mut speed = String::new();
+    if elapsed >= Duration::from_secs(1) {
+        let rate = done as f64 / elapsed.as_secs_f64();
+        speed = format!(" {rate:.0}/s");
+        if rate > 0.0 && total > done {
+            speed.push_str(&format!(" eta {}s", ((total - done) as f64 / rate).ceil() as u64));
+        }
+    }
     let note = if note.is_empty() { String::new() } else { format!(": {note}") };
-    format!("{done}/{total} URLs ({pct}%) {rate:.0}/s{eta}{note}")
+    format!("{done}/{total} URLs ({pct}%){speed}{note}")
 }
 
 /// Shows a job's progress.
@@ -505,6 +507,14 @@ struct CsvRow<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_line_gives_a_rate_only_after_a_second() {
+        let early = status_line(Duration::from_millis(2), 100_000, 100_000, "completed");
+        assert_eq!(early, "100000/100000 URLs (100%): completed");
+        let later = status_line(Duration::from_secs(4), 1_000, 5_000, "");
+        assert_eq!(later, "1000/5000 URLs (20%) 250/s eta 16s");
+    }
 
     #[test]
     fn csv_rows_are_quoted_when_needed_and_read_back() {

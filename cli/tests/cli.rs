@@ -53,8 +53,12 @@ async fn check_prints_a_summary_stores_the_results_and_exits_2_on_broken_urls() 
     assert_mixed_verdict(&r, &a, &b);
 
     let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-    let rows: Vec<(String, Option<i32>, Option<String>)> =
-        sqlx::query_as("SELECT url, status, kind FROM urls ORDER BY url").fetch_all(&mut c).await.unwrap();
+    let rows: Vec<(String, Option<i32>, Option<String>)> = sqlx::query_as(
+        "SELECT u.url, l.status, l.kind FROM urls u LEFT JOIN latest_checks l ON l.url_id = u.id ORDER BY u.url",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 63);
     let get = |u: &str| rows.iter().find(|r| r.0 == u).cloned().unwrap();
     assert_eq!(get(&b.url("/status/404")).1, Some(404));

@@ -166,7 +166,11 @@ async fn a_holder_can_neither_date_its_verdict_in_the_future_nor_freeze_its_host
     let done = wait_done(&mut client, again, Duration::from_secs(20)).await;
     assert_eq!(done.counts.unwrap().broken, 2);
     assert!(all_results(&mut client, again).await.iter().all(|r| r.status == 404), "the re-check is the real one");
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM urls WHERE status = 404").await, 2, "the latest state is the real one");
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM latest_checks WHERE status = 404").await,
+        2,
+        "the latest state is the real one"
+    );
     // The first job's results stay what that job saw (its own checks, under its lease).
     assert!(all_results(&mut client, id).await.iter().all(|r| r.status == 200));
     worker.stop().await;

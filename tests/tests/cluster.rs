@@ -36,11 +36,17 @@ async fn stored_statuses(db: &TestDb) -> HashMap<String, Option<i32>> {
     let rows: Vec<(String, Option<i32>)> = match db.backend {
         Backend::Postgres => {
             let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as("SELECT url, status FROM urls").fetch_all(&mut c).await.unwrap()
+            sqlx::query_as("SELECT u.url, l.status FROM urls u LEFT JOIN latest_checks l ON l.url_id = u.id")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
         }
         Backend::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as("SELECT url, status FROM urls").fetch_all(&mut c).await.unwrap()
+            sqlx::query_as("SELECT u.url, l.status FROM urls u LEFT JOIN latest_checks l ON l.url_id = u.id")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
         }
     };
     rows.into_iter().collect()

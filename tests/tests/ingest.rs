@@ -68,7 +68,7 @@ async fn many_rows_cross_many_chunks(backend: Backend) {
     assert_eq!((done.counts.checked, done.counts.ok, done.counts.leased), (N as u64, N as u64, 0));
     assert_eq!(done.state, urlfleet_coordinator::store::JobState::Completed);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, N as i64, "every row exactly once");
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM urls WHERE checked_at IS NOT NULL").await, N as i64);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM latest_checks").await, N as i64);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM job_urls WHERE state = 'done'").await, N as i64);
     assert_eq!(db.scalar("SELECT COUNT(*) FROM leases WHERE active").await, 0, "every lease ended");
 }

@@ -90,6 +90,10 @@ pub struct JobSample {
     pub n_error: i64,
 }
 
+/// The status of a job URL's latest state: its newest check's.
+const LATEST_STATUS: &str =
+    "(SELECT c.status FROM checks c WHERE c.url_id = ju.url_id ORDER BY c.checked_at DESC LIMIT 1)";
+
 impl SqlStore {
     pub(crate) async fn job_failures_impl(&self, q: &FailureQuery) -> StoreResult<FailurePage> {
         let classes: Vec<OutcomeClass> = if q.classes.is_empty() {
@@ -113,7 +117,7 @@ impl SqlStore {
             // `failure` is `kind` for the failing kinds (all `kinds` are): the partial index's column.
             s.push(" AND ju.failure IN (").push_list(kinds.iter().copied()).push(")");
             if let Some(status) = q.status {
-                s.push(" AND u.status = ").push_bind(i32::from(status));
+                s.push(&format!(" AND {LATEST_STATUS} = ")).push_bind(i32::from(status));
             }
             if let Some(host) = &q.host {
                 s.push(" AND ju.host = ").push_bind(host.clone());
@@ -126,7 +130,7 @@ impl SqlStore {
         let mut rows = Vec::new();
         if !kinds.is_empty() {
             // The URL rows join in only when a filter reads them: the count alone is the index's.
-            let join = if q.status.is_some() || q.search.is_some() { "JOIN urls u ON u.id = ju.url_id " } else { "" };
+            let join = if q.search.is_some() { "JOIN urls u ON u.id = ju.url_id " } else { "" };
             let mut count = sql(format!("SELECT COUNT(*) FROM job_urls ju {join}WHERE ju.job_id = "));
             count.push_bind(q.job_id);
             filter(&mut count);
@@ -135,7 +139,8 @@ impl SqlStore {
                 // The page is chosen among the failures alone (the partial index finds them; the URL
                 // rows join in only for a filter or an order that reads them), then only its rows
                 // are joined with their checks: no pass over the job's other URLs, nor over the
-                // history. Sorting by status or time uses the URL's latest state.
+                // history. Sorting by status or time uses the URL's latest state (its newest check,
+                // found through the history's primary key).
                 let dir = if q.descending { "DESC" } else { "ASC" };
                 // `|| ''` keeps the URL index out of the plan: walking every URL of the database in
                 // order to find a job's few failures costs more, the deeper the page, than sorting
@@ -143,10 +148,10 @@ impl SqlStore {
                 let key = match q.sort {
                     FailureSort::Submitted => "ju.url_id",
                     FailureSort::Url => "u.url || ''",
-                    FailureSort::Status => "u.status",
-                    FailureSort::Time => "u.checked_at",
+                    FailureSort::Status => LATEST_STATUS,
+                    FailureSort::Time => "(SELECT MAX(c.checked_at) FROM checks c WHERE c.url_id = ju.url_id)",
                 };
-                let join = if q.sort != FailureSort::Submitted || q.status.is_some() || q.search.is_some() {
+                let join = if q.sort == FailureSort::Url || q.search.is_some() {
                     "JOIN urls u ON u.id = ju.url_id "
                 } else {
                     ""

@@ -87,7 +87,7 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
         |conflict| {
             format!(
                 "INSERT INTO urls (url) SELECT * FROM UNNEST($1::text[]){conflict} \
-                 RETURNING url, id, kind, status, checked_at, TRUE AS new"
+                 RETURNING url, id, NULL::text AS kind, NULL::int AS status, NULL::bigint AS checked_at, TRUE AS new"
             )
         },
         " ON CONFLICT (url) DO NOTHING",
@@ -98,7 +98,9 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
     if stored.len() < urls.len() {
         let known = not_stored(chunk, &stored);
         let rows: Vec<StoredUrl> = sqlx::query_as(
-            "SELECT url, id, kind, status, checked_at, FALSE AS new FROM urls WHERE url = ANY($1::text[])",
+            "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN LATERAL \
+             (SELECT kind, status, checked_at FROM checks WHERE url_id = u.id ORDER BY checked_at DESC LIMIT 1) c \
+             ON TRUE WHERE u.url = ANY($1::text[])",
         )
         .bind(&known)
         .fetch_all(&mut **tx)
@@ -151,8 +153,8 @@ pub(crate) async fn insert_job_urls(tx: &mut PgTx, job_id: i64, planned: &[Plann
     Ok(())
 }
 
-/// Writes a chunk's results: finishes the open `job_urls` rows of its URLs (and returns them), checks
-/// that every URL exists, then records history and latest state in one statement.
+/// Writes a chunk's results: finishes the open `job_urls` rows of its URLs (and returns them), then
+/// records the history, whose newest row of each URL is its latest state.
 pub(crate) async fn record_results(
     tx: &mut PgTx,
     results: &[&ReportedResult],
@@ -185,15 +187,12 @@ pub(crate) async fn record_results(
     .await?;
     // No foreign keys on the hot tables: every URL here exists, because the fence let through only
     // URLs a lease holds, and a URL's `job_urls` rows are written in one transaction with it.
-    // History and latest state in one statement over one `UNNEST` of the results (unpacking the arrays
-    // is a large part of each statement's cost): every result becomes a `checks` row — a replay hits
-    // the primary key and changes nothing — and the newest of each URL sets its latest state,
-    // monotonic. Rows go in URL id order, the order concurrent chunks lock `urls` rows in, newest first
-    // within a URL: of equally new results the first reported leads, so it is the one `checks` keeps,
-    // the one that sets the latest state, and the one `newest_per_url` counts.
+    // Every result becomes a `checks` row — a replay hits the primary key and changes nothing — and a
+    // URL's newest row is its latest state. Rows go in URL id order, the order concurrent chunks meet
+    // each other's keys in, newest first within a URL: of equally new results the first reported
+    // leads, so it is the one `checks` keeps and the one `newest_per_url` counts.
     let mut rows: Vec<(usize, &ReportedResult)> = results.iter().copied().enumerate().collect();
     rows.sort_by_key(|(i, r)| (r.url_id, std::cmp::Reverse(r.outcome.checked_at_ms), *i));
-    let newest_flags: Vec<bool> = (0..rows.len()).map(|k| k == 0 || rows[k - 1].1.url_id != rows[k].1.url_id).collect();
     let url_ids: Vec<i64> = rows.iter().map(|(_, r)| r.url_id).collect();
     let lease_ids: Vec<i64> = rows.iter().map(|(_, r)| r.lease_id).collect();
     let c = OutcomeColumns::of(rows.iter().map(|(_, r)| &r.outcome));
@@ -211,29 +210,18 @@ pub(crate) async fn record_results(
             .bind(&c.content_types)
             .bind(&c.content_lengths)
             .bind(&c.errors)
-            .bind(&newest_flags)
     })
     .await?;
     Ok(finished)
 }
 
-/// Records results passed as column arrays: each one a `checks` row, and the ones marked newest (one
-/// per URL) the URL's latest state unless it holds a newer one.
+/// Records results passed as column arrays, each one a `checks` row.
 fn record_statement(conflict: &str) -> String {
     format!(
-        "WITH t AS MATERIALIZED (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-         $5::int[], $6::text[], $7::text[], $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::text[], \
-         $13::bool[]) AS t(url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
-         response_ms, content_type, content_length, error, newest)), \
-         history AS (INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, \
-         attempts, response_ms, content_type, content_length, error) \
-         SELECT url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, response_ms, \
-         content_type, content_length, error FROM t{conflict}) \
-         UPDATE urls u SET kind = t.kind, status = t.status, final_url = t.final_url, \
-         redirects = t.redirects, attempts = t.attempts, response_ms = t.response_ms, \
-         content_type = t.content_type, content_length = t.content_length, error = t.error, \
-         checked_at = t.checked_at FROM t WHERE t.newest AND u.id = t.url_id \
-         AND (u.checked_at IS NULL OR u.checked_at < t.checked_at)"
+        "INSERT INTO checks (url_id, checked_at, lease_id, kind, status, final_url, redirects, attempts, \
+         response_ms, content_type, content_length, error) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[], \
+         $7::text[], $8::int[], $9::bigint[], $10::text[], $11::bigint[], $12::text[]){conflict}"
     )
 }
 

@@ -91,24 +91,21 @@ pub(crate) fn invalid_row(seq: i64, input: String, reason: String) -> ResultRow 
 
 /// `SELECT … WHERE ju.job_id = ` (the job id to push next): a job's URL rows as [`UrlResultRow`]s.
 /// A URL the job checked shows that check (found by the job's lease), not the URL's latest state,
-/// which a later job may have changed; a fresh URL shows the stored state it counted with.
+/// which a later job may have changed; any other URL (fresh, not checked yet, or finished by another
+/// lease's report) shows its latest state, the newest check of its history.
 pub(crate) fn job_url_rows<'a>() -> super::db::Sql<'a> {
     sql(job_url_select(""))
 }
 
 /// The text of [`job_url_rows`], with `join` (a `JOIN … ON …` clause) after `job_urls ju`.
 pub(crate) fn job_url_select(join: &str) -> String {
-    let own = |col: &str| format!("CASE WHEN c.url_id IS NULL THEN u.{col} ELSE c.{col} END AS {col}");
-    let cols = ["status", "final_url", "redirects", "attempts", "response_ms", "content_type", "content_length"]
-        .map(own)
-        .join(", ");
     format!(
-        "SELECT u.id, u.url, ju.kind, ju.state, {cols}, {}, {} FROM job_urls ju {join} JOIN urls u ON u.id = ju.url_id \
-         LEFT JOIN checks c ON ju.state = 'done' AND c.url_id = ju.url_id AND c.checked_at = \
-         (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) \
-         WHERE ju.job_id = ",
-        own("checked_at"),
-        own("error")
+        "SELECT u.id, u.url, ju.kind, ju.state, c.status, c.final_url, c.redirects, c.attempts, c.response_ms, \
+         c.content_type, c.content_length, c.checked_at, c.error FROM job_urls ju {join} JOIN urls u ON u.id = ju.url_id \
+         LEFT JOIN checks c ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' \
+         THEN (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END, \
+         (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id)) \
+         WHERE ju.job_id = "
     )
 }
 

@@ -60,14 +60,16 @@ pub(crate) async fn upsert_urls(tx: &mut LiteTx, chunk: &[PlannedUrl]) -> StoreR
         qb.push_values(run, |mut b, u| {
             b.push_bind(u.url.as_str());
         });
-        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, kind, status, checked_at, TRUE AS new");
+        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, NULL AS kind, NULL AS status, NULL AS checked_at, TRUE AS new");
         stored.extend(qb.build_query_as::<StoredUrl>().fetch_all(&mut **tx).await?);
     }
     if stored.len() < chunk.len() {
         let known = not_stored(chunk, &stored);
         for run in ladder_chunks(&known, SUBMIT_ROWS) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT url, id, kind, status, checked_at, FALSE AS new FROM urls WHERE url IN (",
+                "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN checks c \
+                 ON c.url_id = u.id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = u.id) \
+                 WHERE u.url IN (",
             );
             let mut sep = qb.separated(", ");
             for u in run {
@@ -100,28 +102,14 @@ pub(crate) async fn insert_job_urls(tx: &mut LiteTx, job_id: i64, planned: &[Pla
     Ok(())
 }
 
-/// Writes a chunk's results: the latest state of each URL (monotonic), every result into the history
-/// (a replay hits the primary key and changes nothing), and the open `job_urls` rows of its URLs
-/// finished and returned. A result for a URL that does not exist fails on the foreign keys.
+/// Writes a chunk's results: every result into the history (a replay hits the primary key and changes
+/// nothing; the newest `checks` row of a URL is its latest state), and the open `job_urls` rows of its
+/// URLs finished and returned. A result for a URL that does not exist fails on the foreign keys.
 pub(crate) async fn record_results(
     tx: &mut LiteTx,
     results: &[&ReportedResult],
     newest: &[&ReportedResult],
 ) -> StoreResult<Vec<Finished>> {
-    for chunk in ladder_chunks(newest, INGEST_ROWS) {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("WITH v(id, {OUTCOME_COLUMNS}) AS ("));
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.url_id);
-            push_outcome(&mut b, &r.outcome);
-        });
-        qb.push(
-            ") UPDATE urls SET kind = v.kind, status = v.status, final_url = v.final_url, redirects = v.redirects, \
-             attempts = v.attempts, response_ms = v.response_ms, content_type = v.content_type, \
-             content_length = v.content_length, error = v.error, checked_at = v.checked_at \
-             FROM v WHERE urls.id = v.id AND (urls.checked_at IS NULL OR urls.checked_at < v.checked_at)",
-        );
-        qb.build().execute(&mut **tx).await?;
-    }
     for chunk in ladder_chunks(results, INGEST_ROWS) {
         let mut qb = QueryBuilder::<Sqlite>::new(format!("INSERT INTO checks (url_id, lease_id, {OUTCOME_COLUMNS}) "));
         qb.push_values(chunk, |mut b, r| {
@@ -147,7 +135,7 @@ pub(crate) async fn record_results(
     Ok(finished)
 }
 
-/// The outcome columns of `urls` and `checks`, in the order [`push_outcome`] binds them.
+/// The outcome columns of `checks`, in the order [`push_outcome`] binds them.
 const OUTCOME_COLUMNS: &str =
     "kind, status, final_url, redirects, attempts, response_ms, content_type, content_length, error, checked_at";
 
