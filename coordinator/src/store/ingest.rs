@@ -49,31 +49,52 @@ struct FencedLease {
     created_at: i64,
 }
 
+/// A `job_urls` row of a reported URL, read before the fence locks the leases.
+#[derive(sqlx::FromRow)]
+struct UrlRow {
+    job_id: i64,
+    url_id: i64,
+    lease_id: Option<i64>,
+    state: String,
+}
+
+/// What the fence lets through, and what it learned on the way.
+pub(crate) struct Fenced<'a> {
+    pub accepted: Vec<Cow<'a, ReportedResult>>,
+    pub refused: Vec<RefusedResult>,
+    /// The leases it locked, in id order: the only leases whose rows the chunk may finish.
+    pub locked: Vec<i64>,
+    /// The rows the chunk may finish, as `(url_id, job_id)` in that order: every row of a reported
+    /// URL that was pending, or leased under a lease now locked, when read. A row pending only since
+    /// is left for its own check; one that moved meanwhile is checked again by the finish.
+    pub open_rows: Vec<(i64, i64)>,
+}
+
 /// Splits a chunk into the results that may be stored — each bounded by the coordinator's clock —
 /// and the refused ones. A result counts only for a URL its lease holds (a `job_urls` row names the
 /// lease), under a live lease held by its reporter, at the lease's epoch. A result stored under its
 /// lease before is a replay: it is accepted, and changes nothing.
 ///
 /// The leases read stay locked until the chunk commits (the reaper's `SKIP LOCKED` passes over
-/// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile.
-/// Returns the ids of the leases it locked too: the only leases whose rows the chunk may finish.
-async fn fence<'a>(
-    tx: &mut Tx,
-    results: &'a [ReportedResult],
-    now: i64,
-    dialect: &Dialect,
-) -> StoreResult<(Vec<Cow<'a, ReportedResult>>, Vec<RefusedResult>, Vec<i64>)> {
+/// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile. The
+/// URL rows are read once, before the leases are locked (the leases to lock are among them): a row
+/// that a cancel takes off a lease between that read and the lock still counts as held, so its
+/// result — a check the lease's holder really made — goes to the history, and finishes nothing.
+async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect: &Dialect) -> StoreResult<Fenced<'a>> {
     // The store's lock order starts with leases: the reported ones, and those holding the reported
     // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
+    // One read of the reported URLs' rows finds those leases, the open rows the finish goes to by
+    // key, and which reported (URL, lease) pairs a row holds. It goes by URL (`+ 0` keeps the lease
+    // index out of it), so it is the size of the chunk, not of every URL its leases hold. The leases
+    // are read apart and locked below: in one statement, as an `OR` of two tests or a union, the
+    // planner read every lease ever granted for every chunk (bitmap scans are off in keyed plans),
+    // or ran the URLs' read once per lease.
     let mut ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
-    if !dialect.for_no_key_update.is_empty() {
-        // Read apart and locked below with the rest: in one statement, as an `OR` of two tests or a
-        // union, the planner read every lease ever granted for every chunk (bitmap scans are off in
-        // keyed plans), or ran the URLs' read once per lease.
-        let mut q = sql("SELECT lease_id FROM job_urls WHERE url_id ");
-        q.push_id_set(results.iter().map(|r| r.url_id)).push(" AND state = 'leased'");
-        ids.extend(q.fetch_all::<(Option<i64>,)>(tx).await?.into_iter().filter_map(|(id,)| id));
-    }
+    let mut q = sql("SELECT job_id, url_id, lease_id, state FROM job_urls WHERE url_id ");
+    q.push_id_set(results.iter().map(|r| r.url_id).collect::<BTreeSet<_>>());
+    q.push(" AND (state IN ('pending', 'leased') OR lease_id + 0 ").push_id_set(ids.iter().copied()).push(")");
+    let rows = q.fetch_all::<UrlRow>(tx).await?;
+    ids.extend(rows.iter().filter(|r| r.state == "leased").filter_map(|r| r.lease_id));
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
     q.push_id_set(ids);
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
@@ -81,21 +102,7 @@ async fn fence<'a>(
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
     let mut locked: Vec<i64> = leases.keys().copied().collect();
     locked.sort_unstable();
-    // Which reported (URL, lease) pairs of live leases a `job_urls` row holds: read by URL (`+ 0`
-    // keeps the lease's index out of it), so the read is the size of the chunk, not of every URL
-    // its leases hold.
-    let reported: BTreeSet<(i64, i64)> = results
-        .iter()
-        .filter(|r| leases.get(&r.lease_id).is_some_and(|l| l.active))
-        .map(|r| (r.url_id, r.lease_id))
-        .collect();
-    let mut held: HashSet<(i64, i64)> = HashSet::new();
-    if !reported.is_empty() {
-        let mut q = sql("SELECT ju.lease_id, ju.url_id FROM ");
-        q.push_id_pairs(reported.into_iter().collect());
-        q.push(" AS v JOIN job_urls ju ON ju.url_id = v.a AND ju.lease_id + 0 = v.b");
-        held.extend(q.fetch_all::<(i64, i64)>(tx).await?);
-    }
+    let held: HashSet<(i64, i64)> = rows.iter().filter_map(|r| r.lease_id.map(|l| (l, r.url_id))).collect();
     let mut accepted = Vec::with_capacity(results.len());
     let mut ended = Vec::new();
     let mut refused = Vec::new();
@@ -153,7 +160,15 @@ async fn fence<'a>(
                 accepted.into_iter().enumerate().filter(|(i, _)| !replayed.contains(i)).map(|(_, r)| r).collect();
         }
     }
-    Ok((accepted, refused, locked))
+    let mut open_rows: Vec<(i64, i64)> = rows
+        .into_iter()
+        .filter(|r| {
+            r.state == "pending" || (r.state == "leased" && r.lease_id.is_some_and(|l| leases.contains_key(&l)))
+        })
+        .map(|r| (r.url_id, r.job_id))
+        .collect();
+    open_rows.sort_unstable();
+    Ok(Fenced { accepted, refused, locked, open_rows })
 }
 
 fn refusal(r: &ReportedResult, reason: Refusal) -> RefusedResult {
@@ -167,7 +182,7 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        let (accepted, refused, locked) = fence(&mut tx, results, now, self.db.dialect()).await?;
+        let Fenced { accepted, refused, locked, open_rows } = fence(&mut tx, results, now, self.db.dialect()).await?;
         if !refused.is_empty() {
             tracing::warn!(
                 refused = refused.len(),
@@ -183,7 +198,7 @@ impl SqlStore {
         let accepted: Vec<&ReportedResult> = accepted.iter().map(AsRef::as_ref).collect();
         let newest = newest_per_url(&accepted);
         let finished = match &mut tx {
-            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked).await?,
+            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked, &open_rows).await?,
             Tx::Lite(t) => super::sqlite::record_results(t, &accepted, &newest).await?,
         };
         let mut touched = settle(tx, finished, &newest, &accepted, now).await?;
