@@ -24,8 +24,8 @@ pub(crate) struct Finished {
     pub host: String,
 }
 
-/// The newest result of each URL in a batch (it sets the latest state and the job progress), in URL
-/// id order; of equally new results, the first reported.
+/// The newest result of each URL in a batch (it finishes the URL's open rows, with its kind), in URL
+/// id order; of equally new results, the first reported (the one `checks` keeps).
 pub(crate) fn newest_per_url<'a>(results: &[&'a ReportedResult]) -> Vec<&'a ReportedResult> {
     let mut by_url: HashMap<i64, &'a ReportedResult> = HashMap::with_capacity(results.len());
     for &r in results {
@@ -49,12 +49,11 @@ struct FencedLease {
     created_at: i64,
 }
 
-/// A `job_urls` row of a reported URL, read before the fence locks the leases.
+/// A `job_urls` row of a reported URL under a lease, read before the fence locks the leases.
 #[derive(sqlx::FromRow)]
-struct UrlRow {
-    job_id: i64,
+struct LeasedRow {
     url_id: i64,
-    lease_id: Option<i64>,
+    lease_id: i64,
     state: String,
 }
 
@@ -64,10 +63,6 @@ pub(crate) struct Fenced<'a> {
     pub refused: Vec<RefusedResult>,
     /// The leases it locked, in id order: the only leases whose rows the chunk may finish.
     pub locked: Vec<i64>,
-    /// The rows the chunk may finish, as `(url_id, job_id)` in that order: every row of a reported
-    /// URL that was pending, or leased under a lease now locked, when read. A row pending only since
-    /// is left for its own check; one that moved meanwhile is checked again by the finish.
-    pub open_rows: Vec<(i64, i64)>,
 }
 
 /// Splits a chunk into the results that may be stored — each bounded by the coordinator's clock —
@@ -77,24 +72,25 @@ pub(crate) struct Fenced<'a> {
 ///
 /// The leases read stay locked until the chunk commits (the reaper's `SKIP LOCKED` passes over
 /// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile. The
-/// URL rows are read once, before the leases are locked (the leases to lock are among them): a row
-/// that a cancel takes off a lease between that read and the lock still counts as held, so its
-/// result — a check the lease's holder really made — goes to the history, and finishes nothing.
+/// URL rows are read once, before the leases are locked (the leases to lock are found by it): a row
+/// that a cancel or a discard takes off its lease between that read and the lock still counts as
+/// held, so its result — a check the lease's holder really made — goes to the history and finishes
+/// the URL's rows that are still open, as any check does; the row taken off stays as it was left.
 async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect: &Dialect) -> StoreResult<Fenced<'a>> {
     // The store's lock order starts with leases: the reported ones, and those holding the reported
     // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
-    // One read of the reported URLs' rows finds those leases, the open rows the finish goes to by
-    // key, and which reported (URL, lease) pairs a row holds. It goes by URL (`+ 0` keeps the lease
-    // index out of it), so it is the size of the chunk, not of every URL its leases hold. The leases
-    // are read apart and locked below: in one statement, as an `OR` of two tests or a union, the
-    // planner read every lease ever granted for every chunk (bitmap scans are off in keyed plans),
-    // or ran the URLs' read once per lease.
+    // One read of the reported URLs' rows under a lease finds those leases, and which reported
+    // (URL, lease) pairs a row holds. It goes by URL (`+ 0` keeps the lease index out of it), so it
+    // is the size of the chunk, not of every URL its leases hold. The leases are read apart and
+    // locked below: in one statement, as an `OR` of two tests or a union, the planner read every
+    // lease ever granted for every chunk (bitmap scans are off in keyed plans), or ran the URLs'
+    // read once per lease.
     let mut ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
-    let mut q = sql("SELECT job_id, url_id, lease_id, state FROM job_urls WHERE url_id ");
+    let mut q = sql("SELECT url_id, lease_id, state FROM job_urls WHERE url_id ");
     q.push_id_set(results.iter().map(|r| r.url_id).collect::<BTreeSet<_>>());
-    q.push(" AND (state IN ('pending', 'leased') OR lease_id + 0 ").push_id_set(ids.iter().copied()).push(")");
-    let rows = q.fetch_all::<UrlRow>(tx).await?;
-    ids.extend(rows.iter().filter(|r| r.state == "leased").filter_map(|r| r.lease_id));
+    q.push(" AND (state = 'leased' OR lease_id + 0 ").push_id_set(ids.iter().copied()).push(")");
+    let rows = q.fetch_all::<LeasedRow>(tx).await?;
+    ids.extend(rows.iter().filter(|r| r.state == "leased").map(|r| r.lease_id));
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
     q.push_id_set(ids);
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
@@ -102,7 +98,7 @@ async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
     let mut locked: Vec<i64> = leases.keys().copied().collect();
     locked.sort_unstable();
-    let held: HashSet<(i64, i64)> = rows.iter().filter_map(|r| r.lease_id.map(|l| (l, r.url_id))).collect();
+    let held: HashSet<(i64, i64)> = rows.iter().map(|r| (r.lease_id, r.url_id)).collect();
     let mut accepted = Vec::with_capacity(results.len());
     let mut ended = Vec::new();
     let mut refused = Vec::new();
@@ -160,15 +156,7 @@ async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect
                 accepted.into_iter().enumerate().filter(|(i, _)| !replayed.contains(i)).map(|(_, r)| r).collect();
         }
     }
-    let mut open_rows: Vec<(i64, i64)> = rows
-        .into_iter()
-        .filter(|r| {
-            r.state == "pending" || (r.state == "leased" && r.lease_id.is_some_and(|l| leases.contains_key(&l)))
-        })
-        .map(|r| (r.url_id, r.job_id))
-        .collect();
-    open_rows.sort_unstable();
-    Ok(Fenced { accepted, refused, locked, open_rows })
+    Ok(Fenced { accepted, refused, locked })
 }
 
 fn refusal(r: &ReportedResult, reason: Refusal) -> RefusedResult {
@@ -182,7 +170,7 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        let Fenced { accepted, refused, locked, open_rows } = fence(&mut tx, results, now, self.db.dialect()).await?;
+        let Fenced { accepted, refused, locked } = fence(&mut tx, results, now, self.db.dialect()).await?;
         if !refused.is_empty() {
             tracing::warn!(
                 refused = refused.len(),
@@ -198,7 +186,7 @@ impl SqlStore {
         let accepted: Vec<&ReportedResult> = accepted.iter().map(AsRef::as_ref).collect();
         let newest = newest_per_url(&accepted);
         let finished = match &mut tx {
-            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked, &open_rows).await?,
+            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked).await?,
             Tx::Lite(t) => super::sqlite::record_results(t, &accepted, &newest).await?,
         };
         let mut touched = settle(tx, finished, &newest, &accepted, now).await?;
@@ -207,7 +195,7 @@ impl SqlStore {
     }
 }
 
-/// The rest of an ingest once `urls`, `checks` and `job_urls` are written: counters, frontier, lease
+/// The rest of an ingest once `checks` and `job_urls` are written: counters, frontier, lease
 /// ends, host pauses and job completion, then commit.
 async fn settle(
     mut tx: Tx,

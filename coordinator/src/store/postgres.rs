@@ -3,7 +3,6 @@
 //! the same URL) at once. Its bulk statements take their rows as arrays (`UNNEST`), so a batch costs a
 //! handful of round trips whatever its size.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -161,32 +160,30 @@ pub(crate) async fn record_results(
     results: &[&ReportedResult],
     newest: &[&ReportedResult],
     locked_leases: &[i64],
-    open_rows: &[(i64, i64)],
 ) -> StoreResult<Vec<Finished>> {
-    // The rows the fence read open, of the URLs with a stored result, in URL id order (the order
-    // concurrent chunks lock `job_urls` rows in), each with its URL's newest kind. Each is updated by
-    // its key, and only if it is still open: if another transaction moved it meanwhile, the condition
-    // is checked again on its new version. A row leased only after the fence (a grant marked it
-    // since) stays with its new lease, whose holder reports it: finishing it here would end a lease
-    // this chunk did not lock first, out of the store's lock order.
-    let kind_of: HashMap<i64, &str> = newest.iter().map(|r| (r.url_id, r.outcome.kind.as_str())).collect();
-    let (mut job_ids, mut url_ids, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
-    for (url_id, job_id) in open_rows {
-        if let Some(kind) = kind_of.get(url_id) {
-            job_ids.push(*job_id);
-            url_ids.push(*url_id);
-            kinds.push(*kind);
-        }
-    }
+    let ids: Vec<i64> = newest.iter().map(|r| r.url_id).collect();
+    let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
+    // The rows are read inside the statement, after the fence locked the leases: a URL that a
+    // submission joined to one of those leases meanwhile (see `join_running_leases`) is finished with
+    // it. If another transaction moves a row meanwhile, the condition is checked again on its new
+    // version (it is repeated outside the lateral read for that). A row leased only after the fence
+    // (a grant marked it since) stays with its new lease, whose holder reports it: finishing it here
+    // would end a lease this chunk did not lock first, out of the store's lock order.
+    // The rows are found by a lateral read per URL, kept apart by `OFFSET 0`: as a plain join (or a
+    // lateral read the planner pulled up into one), a young table's statistics led it to read every
+    // row of the URL index once and compare it with every reported URL (tens of millions of
+    // comparisons, seconds per chunk). The URLs go in id order, the order concurrent chunks lock
+    // `job_urls` rows in.
     let finished: Vec<Finished> = sqlx::query_as(
         "UPDATE job_urls ju SET state = 'done', kind = v.kind \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS v(job_id, url_id, kind) \
+         FROM (SELECT j.job_id, j.url_id, t.kind FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
+         CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = t.url_id AND (state = 'pending' \
+         OR (state = 'leased' AND lease_id = ANY($3::bigint[]))) OFFSET 0) AS j) AS v \
          WHERE ju.job_id = v.job_id AND ju.url_id = v.url_id AND (ju.state = 'pending' \
-         OR (ju.state = 'leased' AND ju.lease_id = ANY($4::bigint[]))) \
+         OR (ju.state = 'leased' AND ju.lease_id = ANY($3::bigint[]))) \
          RETURNING ju.job_id, ju.url_id, ju.lease_id, ju.host",
     )
-    .bind(&job_ids)
-    .bind(&url_ids)
+    .bind(&ids)
     .bind(&kinds)
     .bind(locked_leases)
     .fetch_all(&mut **tx)
