@@ -6,6 +6,7 @@ use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
 use super::db::sql;
 use super::results::{UrlResultRow, invalid_row, job_url_select};
+use super::rows::latest_check_at;
 use super::{ResultRow, SqlStore, StoreResult};
 
 /// How a failures table is sorted.
@@ -145,11 +146,12 @@ impl SqlStore {
                 // `|| ''` keeps the URL index out of the plan: walking every URL of the database in
                 // order to find a job's few failures costs more, the deeper the page, than sorting
                 // the failures.
+                let latest_at = latest_check_at("ju.url_id");
                 let key = match q.sort {
                     FailureSort::Submitted => "ju.url_id",
                     FailureSort::Url => "u.url || ''",
                     FailureSort::Status => LATEST_STATUS,
-                    FailureSort::Time => "(SELECT MAX(c.checked_at) FROM checks c WHERE c.url_id = ju.url_id)",
+                    FailureSort::Time => latest_at.as_str(),
                 };
                 let join = if q.sort == FailureSort::Url || q.search.is_some() {
                     "JOIN urls u ON u.id = ju.url_id "

@@ -10,7 +10,7 @@ use sqlx::{Acquire, Connection, FromRow, Postgres};
 
 use super::granting::Picked;
 use super::ingest::Finished;
-use super::rows::OutcomeRow;
+use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
 use super::{PlannedUrl, StoreError, StoreResult, mask_password};
 use urlfleet_shared::ReportedResult;
@@ -97,11 +97,11 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
     let mut stored = rows.iter().map(StoredUrl::from_row).collect::<Result<Vec<_>, _>>()?;
     if stored.len() < urls.len() {
         let known = not_stored(chunk, &stored);
-        let rows: Vec<StoredUrl> = sqlx::query_as(
-            "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN LATERAL \
-             (SELECT kind, status, checked_at FROM checks WHERE url_id = u.id ORDER BY checked_at DESC LIMIT 1) c \
-             ON TRUE WHERE u.url = ANY($1::text[])",
-        )
+        let rows: Vec<StoredUrl> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN checks c \
+             ON c.url_id = u.id AND c.checked_at = {} WHERE u.url = ANY($1::text[])",
+            latest_check_at("u.id")
+        )))
         .bind(&known)
         .fetch_all(&mut **tx)
         .await?;

@@ -5,7 +5,7 @@ use urlfleet_shared::job::JobUrlState;
 use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
 use super::db::sql;
-use super::rows::{decode_redirects, parse_kind};
+use super::rows::{decode_redirects, latest_check_at, parse_kind};
 use super::{FrontierStats, ResultCursor, ResultPage, ResultRow, SqlStore, StoreResult};
 
 /// Why a URL whose leases kept expiring has no result.
@@ -104,8 +104,8 @@ pub(crate) fn job_url_select(join: &str) -> String {
          c.content_type, c.content_length, c.checked_at, c.error FROM job_urls ju {join} JOIN urls u ON u.id = ju.url_id \
          LEFT JOIN checks c ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' \
          THEN (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END, \
-         (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id)) \
-         WHERE ju.job_id = "
+         {}) WHERE ju.job_id = ",
+        latest_check_at("ju.url_id")
     )
 }
 

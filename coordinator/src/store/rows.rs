@@ -1,5 +1,5 @@
 //! How domain values are laid out in columns: the row types statements decode into, and the one
-//! mapping of an outcome onto the `urls` / `checks` columns.
+//! mapping of an outcome onto the `checks` columns, whose newest row of a URL is its latest state.
 
 use urlfleet_shared::job::{JobCounts, JobOptions, JobState, Priority};
 use urlfleet_shared::{CheckOutcome, OutcomeKind, RedirectHop};
@@ -10,6 +10,12 @@ use super::{JobRecord, StoreError, StoreResult};
 pub(crate) const JOB_COLUMNS: &str = "id, name, state, priority, options, not_before, received, total, duplicates, \
      leased, checked, fresh, invalid, failed, cancelled, n_ok, n_redirected, n_broken, n_error, created_at, \
      sealed_at, finished_at, owner";
+
+/// The time of a URL's latest state — its newest check — for the URL id `url_id` (an SQL
+/// expression): an index probe of the last `checks` primary key entry of the URL.
+pub(crate) fn latest_check_at(url_id: &str) -> String {
+    format!("(SELECT MAX(lc.checked_at) FROM checks lc WHERE lc.url_id = {url_id})")
+}
 
 /// A `jobs` row as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -88,7 +94,7 @@ pub(crate) fn parse_kind(kind: &str) -> StoreResult<OutcomeKind> {
     kind.parse().map_err(|e: String| StoreError::Corrupt(e))
 }
 
-/// An outcome as the `urls` and `checks` columns hold it: the one place that maps the domain value to
+/// An outcome as the `checks` columns hold it: the one place that maps the domain value to
 /// column types (unsigned values clamped into `BIGINT`, hops encoded).
 pub(crate) struct OutcomeRow<'a> {
     pub kind: &'static str,

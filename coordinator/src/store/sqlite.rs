@@ -12,7 +12,7 @@ use urlfleet_shared::{CheckOutcome, ReportedResult};
 
 use super::db::ladder_chunks;
 use super::ingest::Finished;
-use super::rows::OutcomeRow;
+use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
 use super::{PlannedUrl, StoreError, StoreResult, mask_password};
 
@@ -66,11 +66,11 @@ pub(crate) async fn upsert_urls(tx: &mut LiteTx, chunk: &[PlannedUrl]) -> StoreR
     if stored.len() < chunk.len() {
         let known = not_stored(chunk, &stored);
         for run in ladder_chunks(&known, SUBMIT_ROWS) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
                 "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN checks c \
-                 ON c.url_id = u.id AND c.checked_at = (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = u.id) \
-                 WHERE u.url IN (",
-            );
+                 ON c.url_id = u.id AND c.checked_at = {} WHERE u.url IN (",
+                latest_check_at("u.id")
+            ));
             let mut sep = qb.separated(", ");
             for u in run {
                 sep.push_bind(*u);
