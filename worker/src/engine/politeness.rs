@@ -33,16 +33,19 @@ use urlfleet_shared::HostPolicy;
 pub const PENALTY_START: Duration = Duration::from_millis(500);
 /// Largest penalty.
 pub const PENALTY_MAX: Duration = Duration::from_secs(60);
-/// Added to every non-zero spacing, with [`margin`]: the server measures arrivals, which jitter by a
-/// connection set-up or a scheduling hiccup on either side; the margin keeps a polite client polite by
-/// the server's clock, also on a busy machine.
+/// Added to every non-zero spacing ([`margin`]). The next start is anchored on the previous
+/// request's answer, which the server sent after it saw the request arrive, so the server sees the two
+/// arrivals at least the spacing apart however late the first left this machine. What is left to
+/// cover is a server that reads its clock in whole milliseconds (as nginx's `limit_req` does) and may
+/// round the later arrival down by one. (An answer slower than half a spacing anchors on the cap of
+/// [`Started::arrived_by`] instead, where no margin of a few milliseconds would decide anything.)
 pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
 
-/// The safety margin added to a spacing: a twentieth of it plus [`INTERVAL_MARGIN`]. The start of the
-/// next request already waits for the previous answer, so the margin covers only the server's own
-/// clock and timer granularity.
+/// The safety margin added to a non-zero spacing: [`INTERVAL_MARGIN`], whatever the spacing. A margin
+/// that grows with the spacing would cover a client clock that runs slow against the server's, which
+/// no machine's clock does by a measurable share of a second.
 pub fn margin(spacing: Duration) -> Duration {
-    if spacing.is_zero() { Duration::ZERO } else { spacing / 20 + INTERVAL_MARGIN }
+    if spacing.is_zero() { Duration::ZERO } else { INTERVAL_MARGIN }
 }
 
 /// Per-host state.
