@@ -38,7 +38,7 @@ pub const PENALTY_MAX: Duration = Duration::from_secs(60);
 /// arrivals at least the spacing apart however late the first left this machine. What is left to
 /// cover is a server that reads its clock in whole milliseconds (as nginx's `limit_req` does) and may
 /// round the later arrival down by one. (An answer slower than half a spacing anchors on the cap of
-/// [`Started::arrived_by`] instead, where no margin of a few milliseconds would decide anything.)
+/// `Started::arrived_by` instead, where no margin of a few milliseconds would decide anything.)
 pub const INTERVAL_MARGIN: Duration = Duration::from_millis(2);
 
 /// The safety margin added to a non-zero spacing: [`INTERVAL_MARGIN`], whatever the spacing. A margin
