@@ -176,15 +176,50 @@ impl Drop for Burner {
     }
 }
 
+/// What nginx's limiter logged from byte `from` of its log on: answers 429, answers 200, and the
+/// closest two requests to one address came (in nginx's whole milliseconds).
+fn limiter_log(path: &Path, from: usize) -> Result<(u64, u64, Option<Duration>)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut arrivals: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+    let (mut throttled, mut ok) = (0, 0);
+    for line in text.get(from..).unwrap_or_default().lines() {
+        let mut f = line.split_whitespace();
+        let (Some(at), Some(addr), Some(status)) = (f.next(), f.next(), f.next()) else { continue };
+        match status {
+            "429" => throttled += 1,
+            "200" => ok += 1,
+            _ => {}
+        }
+        arrivals.entry(addr).or_default().extend(at.parse::<f64>().ok());
+    }
+    let closest = arrivals
+        .values_mut()
+        .flat_map(|v| {
+            v.sort_by(f64::total_cmp);
+            v.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        })
+        .min_by(f64::total_cmp)
+        .map(|s| Duration::from_secs_f64(s.max(0.0)));
+    Ok((throttled, ok, closest))
+}
+
 /// Scenario 8: the strict limiter of scenario 2 (429 to any request < 100 ms after the previous one),
-/// five runs in a row while every core is kept busy; `check` and a coordinator with 2 workers.
+/// five runs in a row while every core is kept busy; `check` and a coordinator with 2 workers — against
+/// the harness's limiter, which reads a precise clock, and against nginx's own (`limit_req`), which
+/// reads its clock in whole milliseconds, as a strict server in front of a real site does.
 pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let (hosts, per_host, runs) = (ctx.size(32, 4), ctx.size(50, 5), ctx.size(5, 1));
     let minimum = Duration::from_millis(100) * per_host as u32;
     report.section(
         &format!("8. Strict limiter under load: {hosts} hosts × {per_host} URLs, every core busy, {runs} runs (minimum {:.1} s)", minimum.as_secs_f64()),
-        &["run", "tool", "wall", "× minimum", "429 answers", "closest spacing seen by a server"],
+        &["run", "tool", "limiter", "wall", "× minimum", "429 answers", "closest spacing seen by a server"],
     );
+    let addrs: Vec<IpAddr> = (0..hosts).map(|h| IpAddr::from([127, 0, 6, 1 + h as u8])).collect();
+    let limited = nginx_serving(ctx, "strict", &addrs, Site::Limited).await?;
+    if limited.is_none() {
+        report.note("nginx is not installed: the runs against its limiter are skipped.");
+    }
+    let nginx_log = ctx.file("nginx-strict").join("logs").join("access.log");
     let burner = Burner::start()?;
     for run in 1..=runs {
         for tool in ["check", "coordinator + 2 workers"] {
@@ -197,13 +232,7 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 &list,
                 (0..per_host).flat_map(|i| servers.iter().map(move |s| s.url(&format!("/polite/100/u{i}")))),
             )?;
-            let m = if tool == "check" {
-                let _ = std::fs::remove_file(ctx.file("strict.db"));
-                let db = format!("sqlite:{}", ctx.file("strict.db").display());
-                proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, Some(&db), &[])).await?
-            } else {
-                cluster_run(ctx, "strict", &list, 2).await?.0
-            };
+            let m = strict_run(ctx, tool, &list).await?;
             let served: usize = servers.iter().map(|s| s.count("/polite/")).sum();
             if served < hosts * per_host {
                 bail!("{tool}: the servers saw {served} requests:\n{}{}", m.stdout, m.stderr);
@@ -212,15 +241,51 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
             report.row(&[
                 run.to_string(),
                 tool.into(),
+                "harness".into(),
                 format!("{:.2} s", m.wall.as_secs_f64()),
                 format!("{:.2}×", m.wall.as_secs_f64() / minimum.as_secs_f64()),
                 servers.iter().map(|s| s.throttled()).sum::<u64>().to_string(),
                 format!("{:.1} ms", closest.as_secs_f64() * 1000.0),
             ]);
+            let Some((_, port)) = &limited else { continue };
+            let list = ctx.file("strict-nginx.txt");
+            write_list(
+                &list,
+                (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/u{i}"))),
+            )?;
+            let from = std::fs::metadata(&nginx_log).map_or(0, |m| m.len() as usize);
+            let m = strict_run(ctx, tool, &list).await?;
+            let (throttled, ok, closest) = limiter_log(&nginx_log, from)?;
+            if ok < (hosts * per_host) as u64 {
+                bail!("{tool}: nginx answered {ok} requests with 200:\n{}{}", m.stdout, m.stderr);
+            }
+            report.row(&[
+                run.to_string(),
+                tool.into(),
+                "nginx `limit_req`".into(),
+                format!("{:.2} s", m.wall.as_secs_f64()),
+                format!("{:.2}×", m.wall.as_secs_f64() / minimum.as_secs_f64()),
+                throttled.to_string(),
+                closest.map_or("-".into(), |c| format!("{:.0} ms", c.as_secs_f64() * 1000.0)),
+            ]);
         }
     }
     drop(burner);
+    if let Some((nginx, _)) = limited {
+        nginx.stop().await?;
+    }
     Ok(())
+}
+
+/// One run of scenario 8's `tool` on `list`, default settings.
+async fn strict_run(ctx: &Ctx, tool: &str, list: &Path) -> Result<Measured> {
+    if tool == "check" {
+        let _ = std::fs::remove_file(ctx.file("strict.db"));
+        let db = format!("sqlite:{}", ctx.file("strict.db").display());
+        proc::measure(&ctx.urlfleet, &urlfleet_check_args(list, Some(&db), &[])).await
+    } else {
+        Ok(cluster_run(ctx, "strict", list, 2).await?.0)
+    }
 }
 
 /// Scenario 9: a big polite job — URLs over many hosts at 100 ms per host — on a coordinator and 2

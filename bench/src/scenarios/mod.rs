@@ -160,20 +160,53 @@ async fn start_nginx(ctx: &Ctx) -> Result<Option<(Service, u16)>> {
 
 /// Starts nginx answering 200 on `addrs`, all on one port; returns it and the port.
 async fn nginx_on(ctx: &Ctx, label: &str, addrs: &[IpAddr]) -> Result<Option<(Service, u16)>> {
+    nginx_serving(ctx, label, addrs, Site::Open).await
+}
+
+/// What nginx serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// 200 to every request, nothing logged.
+    Open,
+    /// 200 behind nginx's own limiter, per listening address: a request less than 100 ms after the
+    /// previous one that got through is answered 429 (`limit_req`, 10 requests/s, no burst, nginx's
+    /// clock in whole milliseconds). Every answer is logged to `logs/access.log` as
+    /// `$msec $server_addr $status`.
+    Limited,
+}
+
+/// Starts nginx serving `site` on `addrs`, all on one port; returns it and the port.
+async fn nginx_serving(ctx: &Ctx, label: &str, addrs: &[IpAddr], site: Site) -> Result<Option<(Service, u16)>> {
     let Some(nginx) = &ctx.nginx else { return Ok(None) };
     let port = proc::free_port()?;
     let root = ctx.file(&format!("nginx-{label}"));
     std::fs::create_dir_all(root.join("logs"))?;
     let listen: String = addrs.iter().map(|a| format!("listen {a}:{port};\n")).collect();
+    let (http, location) = match site {
+        Site::Open => ("access_log off;".to_string(), "return 200 \"ok\\n\";"),
+        Site::Limited => {
+            // `return` would answer before the limiter runs: the answer is a file.
+            std::fs::create_dir_all(root.join("www"))?;
+            std::fs::write(root.join("www").join("ok.txt"), "ok\n")?;
+            (
+                format!(
+                    "log_format answers '$msec $server_addr $status'; access_log {root}/logs/access.log answers;\n\
+                     limit_req_zone $server_addr zone=strict:10m rate=10r/s; limit_req_status 429; root {root}/www;",
+                    root = root.display()
+                ),
+                "limit_req zone=strict; try_files /ok.txt =404;",
+            )
+        }
+    };
     let conf = root.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
              worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
+             http {{ {http} keepalive_requests 1000000;\n\
              client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
-             server {{ {listen} location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+             server {{ {listen} location / {{ {location} }} }} }}\n",
             root = root.display()
         ),
     )?;
