@@ -214,7 +214,7 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
         &format!("8. Strict limiter under load: {hosts} hosts × {per_host} URLs, every core busy, {runs} runs (minimum {:.1} s)", minimum.as_secs_f64()),
         &["run", "tool", "limiter", "wall", "× minimum", "429 answers", "closest spacing seen by a server"],
     );
-    let addrs: Vec<IpAddr> = (0..hosts).map(|h| IpAddr::from([127, 0, 6, 1 + h as u8])).collect();
+    let addrs: Vec<IpAddr> = (0..hosts).map(|h| IpAddr::from([127, 0, 8, 1 + h as u8])).collect();
     let limited = nginx_serving(ctx, "strict", &addrs, Site::Limited).await?;
     if limited.is_none() {
         report.note("nginx is not installed: the runs against its limiter are skipped.");
