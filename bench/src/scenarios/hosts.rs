@@ -237,16 +237,9 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
             if served < hosts * per_host {
                 bail!("{tool}: the servers saw {served} requests:\n{}{}", m.stdout, m.stderr);
             }
-            let closest = spacings(&servers).0;
-            report.row(&[
-                run.to_string(),
-                tool.into(),
-                "harness".into(),
-                format!("{:.2} s", m.wall.as_secs_f64()),
-                format!("{:.2}×", m.wall.as_secs_f64() / minimum.as_secs_f64()),
-                servers.iter().map(|s| s.throttled()).sum::<u64>().to_string(),
-                format!("{:.1} ms", closest.as_secs_f64() * 1000.0),
-            ]);
+            let closest = format!("{:.1} ms", spacings(&servers).0.as_secs_f64() * 1000.0);
+            let throttled = servers.iter().map(|s| s.throttled()).sum::<u64>();
+            report.row(&strict_row(run, tool, "harness", m.wall, minimum, throttled, closest));
             let Some((_, port)) = &limited else { continue };
             let list = ctx.file("strict-nginx.txt");
             write_list(
@@ -259,15 +252,8 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
             if ok < (hosts * per_host) as u64 {
                 bail!("{tool}: nginx answered {ok} requests with 200:\n{}{}", m.stdout, m.stderr);
             }
-            report.row(&[
-                run.to_string(),
-                tool.into(),
-                "nginx `limit_req`".into(),
-                format!("{:.2} s", m.wall.as_secs_f64()),
-                format!("{:.2}×", m.wall.as_secs_f64() / minimum.as_secs_f64()),
-                throttled.to_string(),
-                closest.map_or("-".into(), |c| format!("{:.0} ms", c.as_secs_f64() * 1000.0)),
-            ]);
+            let closest = closest.map_or("-".into(), |c| format!("{:.0} ms", c.as_secs_f64() * 1000.0));
+            report.row(&strict_row(run, tool, "nginx `limit_req`", m.wall, minimum, throttled, closest));
         }
     }
     drop(burner);
@@ -275,6 +261,27 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
         nginx.stop().await?;
     }
     Ok(())
+}
+
+/// A row of scenario 8.
+fn strict_row(
+    run: usize,
+    tool: &str,
+    limiter: &str,
+    wall: Duration,
+    minimum: Duration,
+    throttled: u64,
+    closest: String,
+) -> [String; 7] {
+    [
+        run.to_string(),
+        tool.into(),
+        limiter.into(),
+        format!("{:.2} s", wall.as_secs_f64()),
+        format!("{:.2}×", wall.as_secs_f64() / minimum.as_secs_f64()),
+        throttled.to_string(),
+        closest,
+    ]
 }
 
 /// One run of scenario 8's `tool` on `list`, default settings.
