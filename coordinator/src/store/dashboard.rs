@@ -6,7 +6,7 @@ use urlfleet_shared::{OutcomeClass, OutcomeKind};
 
 use super::db::sql;
 use super::results::{UrlResultRow, invalid_row, job_url_select};
-use super::rows::latest_check_at;
+use super::rows::{latest_check, latest_check_at};
 use super::{ResultRow, SqlStore, StoreResult};
 
 /// How a failures table is sorted.
@@ -91,10 +91,6 @@ pub struct JobSample {
     pub n_error: i64,
 }
 
-/// The status of a job URL's latest state: its newest check's.
-const LATEST_STATUS: &str =
-    "(SELECT c.status FROM checks c WHERE c.url_id = ju.url_id ORDER BY c.checked_at DESC LIMIT 1)";
-
 impl SqlStore {
     pub(crate) async fn job_failures_impl(&self, q: &FailureQuery) -> StoreResult<FailurePage> {
         let classes: Vec<OutcomeClass> = if q.classes.is_empty() {
@@ -118,7 +114,7 @@ impl SqlStore {
             // `failure` is `kind` for the failing kinds (all `kinds` are): the partial index's column.
             s.push(" AND ju.failure IN (").push_list(kinds.iter().copied()).push(")");
             if let Some(status) = q.status {
-                s.push(&format!(" AND {LATEST_STATUS} = ")).push_bind(i32::from(status));
+                s.push(&format!(" AND {} = ", latest_check("status", "ju.url_id"))).push_bind(i32::from(status));
             }
             if let Some(host) = &q.host {
                 s.push(" AND ju.host = ").push_bind(host.clone());
@@ -146,11 +142,11 @@ impl SqlStore {
                 // `|| ''` keeps the URL index out of the plan: walking every URL of the database in
                 // order to find a job's few failures costs more, the deeper the page, than sorting
                 // the failures.
-                let latest_at = latest_check_at("ju.url_id");
+                let (latest_status, latest_at) = (latest_check("status", "ju.url_id"), latest_check_at("ju.url_id"));
                 let key = match q.sort {
                     FailureSort::Submitted => "ju.url_id",
                     FailureSort::Url => "u.url || ''",
-                    FailureSort::Status => LATEST_STATUS,
+                    FailureSort::Status => latest_status.as_str(),
                     FailureSort::Time => latest_at.as_str(),
                 };
                 let join = if q.sort == FailureSort::Url || q.search.is_some() {

@@ -11,10 +11,15 @@ pub(crate) const JOB_COLUMNS: &str = "id, name, state, priority, options, not_be
      leased, checked, fresh, invalid, failed, cancelled, n_ok, n_redirected, n_broken, n_error, created_at, \
      sealed_at, finished_at, owner";
 
-/// The time of a URL's latest state — its newest check — for the URL id `url_id` (an SQL
+/// `column` of a URL's latest state — its newest check — for the URL id `url_id` (an SQL
 /// expression): an index probe of the last `checks` primary key entry of the URL.
+pub(crate) fn latest_check(column: &str, url_id: &str) -> String {
+    format!("(SELECT lc.{column} FROM checks lc WHERE lc.url_id = {url_id} ORDER BY lc.checked_at DESC LIMIT 1)")
+}
+
+/// The time of a URL's latest state ([`latest_check`]).
 pub(crate) fn latest_check_at(url_id: &str) -> String {
-    format!("(SELECT MAX(lc.checked_at) FROM checks lc WHERE lc.url_id = {url_id})")
+    latest_check("checked_at", url_id)
 }
 
 /// A `jobs` row as stored.
