@@ -315,7 +315,8 @@ async fn the_coordinators_clock_orders_results(backend: Backend) {
 
 /// A large submission has PostgreSQL analyze the URL tables at once: without statistics (a new
 /// database, or tables the job has made several times larger) the prepared ingest statements are
-/// planned as scans of the whole table per chunk.
+/// planned as scans of the whole table per chunk. Once they have statistics, uploads that add less
+/// than three times what those describe start no other analyze.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_submission_gets_the_url_tables_analyzed_on_postgres() {
     let (db, store) = open(Backend::Postgres).await;
@@ -333,17 +334,24 @@ async fn a_large_submission_gets_the_url_tables_analyzed_on_postgres() {
     assert_eq!(db.scalar(analyzed).await, 0);
     // While the upload goes on (its URLs are leased and reported meanwhile), once it reaches 10,000.
     let (job, _) = store.create_job(new_job("big", 12_000)).await.unwrap();
-    let all = urls("a.example", 12_000);
+    let all = urls("a.example", 48_000);
     store.add_urls(job.id, &all[..6_000], recheck()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(db.scalar(analyzed).await, 0, "not below 10,000 URLs");
-    store.add_urls(job.id, &all[6_000..], recheck()).await.unwrap();
+    store.add_urls(job.id, &all[6_000..12_000], recheck()).await.unwrap();
     assert!(both_analyzed().await, "both URL tables analyzed during the upload");
-    // And once more when a large job is sealed.
-    db.scalar("SELECT 0::bigint FROM (SELECT pg_stat_reset()) AS r").await;
-    assert_eq!(db.scalar(analyzed).await, 0);
     store.seal_job(job.id, seal("big", 12_000, job.priority)).await.unwrap();
-    assert!(both_analyzed().await, "both URL tables analyzed at the seal");
+    // Statistics of 12,000 rows: a second job of 24,000 leaves them as they are, however its upload
+    // is cut, and one that takes the rows added to three times that many has them analyzed again.
+    db.scalar("SELECT 0::bigint FROM (SELECT pg_stat_reset()) AS r").await;
+    let (second, _) = store.create_job(new_job("second", 36_000)).await.unwrap();
+    for part in all[12_000..36_000].chunks(4_000) {
+        store.add_urls(second.id, part, recheck()).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(db.scalar(analyzed).await, 0, "24,000 rows added to statistics of 12,000");
+    store.add_urls(second.id, &all[36_000..], recheck()).await.unwrap();
+    assert!(both_analyzed().await, "36,000 rows added to statistics of 12,000");
 }
 
 /// Finishing a URL that answered well changes no value any index of `job_urls` or `urls` names, so

@@ -393,6 +393,8 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     db: db::Db,
+    /// What this store knows of the URL tables' statistics (PostgreSQL), shared by its clones.
+    statistics: std::sync::Arc<std::sync::Mutex<submission::Statistics>>,
 }
 
 #[async_trait]
@@ -504,7 +506,7 @@ pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     } else {
         return Err(StoreError::UnsupportedUrl(mask_password(url)));
     };
-    Ok(std::sync::Arc::new(SqlStore { db }))
+    Ok(std::sync::Arc::new(SqlStore { db, statistics: Default::default() }))
 }
 
 /// The URL with its password replaced by `***`, for messages and logs.

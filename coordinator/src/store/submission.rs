@@ -76,22 +76,40 @@ pub(crate) fn owned_key(owner: &str, key: &str) -> String {
     if owner.is_empty() { key.to_string() } else { format!("\u{1f}{owner}/{key}") }
 }
 
-/// A sealed job of at least this many URLs has the URL tables analyzed (PostgreSQL), and so has
-/// one whose upload reaches this many URLs and every fourfold of it.
+/// The URL tables are analyzed (PostgreSQL) once uploads have added at least this many rows to
+/// `job_urls` since their statistics were taken, and at least three times the rows those statistics
+/// describe: the tables are then at least four times what the planner believes (always, for the first
+/// large job on a new database).
 const ANALYZE_AFTER_URLS: u64 = 10_000;
 
-/// Whether an upload that held `before` URLs before a batch and `after` after it reaches
-/// [`ANALYZE_AFTER_URLS`] or a fourfold of it with that batch.
-fn reaches_an_analyze(before: u64, after: u64) -> bool {
-    let mut at = ANALYZE_AFTER_URLS;
-    while at <= after {
-        if at > before {
-            return true;
+/// What this store knows of the URL tables' statistics: the rows of `job_urls` the last statistics
+/// describe (read from the catalog the first time it matters), the rows its uploads added since, and
+/// whether an analyze is running. One store has one analyze at a time: uploads in several lanes, or
+/// several jobs at once, each reaching the threshold would otherwise each start one, on the cores the
+/// leases and the ingest need at that moment.
+#[derive(Debug, Default)]
+pub(crate) struct Statistics {
+    described: Option<u64>,
+    added: u64,
+    running: bool,
+}
+
+impl Statistics {
+    /// Counts `rows` added; true when an analyze should start now (and marks it running).
+    fn added(&mut self, rows: u64) -> bool {
+        self.added = self.added.saturating_add(rows);
+        if self.running || !self.stale() {
+            return false;
         }
-        let Some(next) = at.checked_mul(4) else { break };
-        at = next;
+        self.running = true;
+        true
     }
-    false
+
+    /// Whether the rows added since the statistics make them stale (see [`ANALYZE_AFTER_URLS`]); not
+    /// knowing what they describe yet counts as stale until it is read.
+    fn stale(&self) -> bool {
+        self.added >= ANALYZE_AFTER_URLS && self.described.is_none_or(|d| self.added >= d.saturating_mul(3))
+    }
 }
 
 impl SqlStore {
@@ -207,29 +225,55 @@ impl SqlStore {
         tx.commit().await?;
         // A job's URLs are leased and reported while its upload goes on: its first results are
         // ingested while the tables may still hold statistics of when they were nearly empty.
-        // `seq` is a URL's position in the upload: the batch took it from `first` URLs to `last + 1`.
-        let seqs = urls.iter().map(|u| u.seq);
-        if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max())
-            && reaches_an_analyze(first, last + 1)
-        {
-            self.analyze_url_tables();
-        }
+        self.analyze_when_stale(urls.len() as u64);
         Ok(())
     }
 
-    /// Has PostgreSQL analyze the URL tables, in the background (it blocks no reader or writer).
-    /// A large job can be most of them (always, on a new database): until PostgreSQL's own analyze
-    /// comes round, the prepared ingest and lease statements would be planned without statistics
-    /// — as scans of the whole table per chunk, or nested loops over all of it.
-    fn analyze_url_tables(&self) {
-        if let super::db::Db::Pg(pool) = &self.db {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = sqlx::query("ANALYZE job_urls, urls").execute(&pool).await {
-                    tracing::warn!(error = %e, "analyzing the URL tables after a large submission failed");
-                }
-            });
+    /// Counts `rows` added to `job_urls` and, when that makes the statistics stale, has PostgreSQL
+    /// analyze the URL tables in the background (it blocks no reader or writer). A large job can be
+    /// most of the tables (always, on a new database): until PostgreSQL's own analyze comes round,
+    /// the prepared ingest and lease statements would be planned without statistics — as scans of
+    /// the whole table per chunk, or nested loops over all of it.
+    fn analyze_when_stale(&self, rows: u64) {
+        let super::db::Db::Pg(pool) = &self.db else { return };
+        if !self.statistics().added(rows) {
+            return;
         }
+        let (pool, store) = (pool.clone(), self.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.refresh_statistics(&pool).await {
+                tracing::warn!(error = %e, "analyzing the URL tables after a large upload failed");
+            }
+            store.statistics().running = false;
+        });
+    }
+
+    /// Reads what the statistics describe, if this store does not know yet, and analyzes the URL
+    /// tables if they are stale.
+    async fn refresh_statistics(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let described = || async {
+            let rows = "SELECT GREATEST(reltuples, 0)::BIGINT FROM pg_class WHERE oid = 'job_urls'::regclass";
+            sqlx::query_scalar::<_, i64>(rows).fetch_one(pool).await.map(|d| d.max(0) as u64)
+        };
+        if self.statistics().described.is_none() {
+            let d = described().await?;
+            let mut stats = self.statistics();
+            stats.described = Some(d);
+            if !stats.stale() {
+                return Ok(());
+            }
+        }
+        let added = self.statistics().added;
+        sqlx::query("ANALYZE job_urls, urls").execute(pool).await?;
+        let d = described().await?;
+        let mut stats = self.statistics();
+        stats.described = Some(d);
+        stats.added -= added.min(stats.added);
+        Ok(())
+    }
+
+    fn statistics(&self) -> std::sync::MutexGuard<'_, Statistics> {
+        self.statistics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A URL another job has leased right now joins that lease: it is checked once, and its result
@@ -362,9 +406,6 @@ impl SqlStore {
             |e| matches!(e, StoreError::Query(sqlx::Error::Database(d)) if d.is_unique_violation()),
         )
         .await?;
-        if seal.total >= ANALYZE_AFTER_URLS {
-            self.analyze_url_tables();
-        }
         Ok(sealed)
     }
 
@@ -555,17 +596,22 @@ pub(crate) fn not_stored<'a>(chunk: &'a [PlannedUrl], stored: &[StoredUrl]) -> V
 
 #[cfg(test)]
 mod tests {
-    use super::reaches_an_analyze;
+    use super::Statistics;
 
     #[test]
-    fn an_upload_is_analyzed_at_ten_thousand_urls_and_every_fourfold() {
-        assert!(!reaches_an_analyze(0, 9_999));
-        assert!(reaches_an_analyze(0, 10_000));
-        assert!(reaches_an_analyze(9_999, 12_000));
-        assert!(!reaches_an_analyze(10_000, 39_999), "10,000 was reached by an earlier batch");
-        assert!(reaches_an_analyze(39_000, 41_000));
-        assert!(reaches_an_analyze(159_000, 161_000));
-        assert!(!reaches_an_analyze(161_000, 600_000));
-        assert!(!reaches_an_analyze(u64::MAX - 1, u64::MAX), "no overflow");
+    fn statistics_go_stale_at_ten_thousand_rows_added_and_three_times_what_they_describe() {
+        let mut s = Statistics::default();
+        assert!(!s.added(9_999));
+        assert!(s.added(1), "10,000 rows added to tables whose statistics are not known yet");
+        assert!(!s.added(50_000), "one analyze at a time");
+        // The analyze found the tables at 60,000 rows and counted what it saw.
+        (s.described, s.added, s.running) = (Some(60_000), 0, false);
+        assert!(!s.added(100_000));
+        assert!(s.added(80_000), "180,000 rows added: the tables are four times what the statistics describe");
+        (s.described, s.added, s.running) = (Some(0), 0, false);
+        assert!(!s.added(9_999), "a new database: below 10,000 rows nothing is planned differently");
+        assert!(s.added(1));
+        (s.described, s.added, s.running) = (Some(u64::MAX), 0, false);
+        assert!(!s.added(u64::MAX - 1), "no overflow");
     }
 }
