@@ -1,5 +1,5 @@
 //! The worker's metrics: checks by outcome class and status, check latency, checks in flight, host
-//! pauses.
+//! pauses, hosts tracked.
 
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ pub struct EngineMetrics {
     latency: Histogram,
     in_flight: Gauge,
     host_pauses: Counter,
+    hosts_tracked: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -43,7 +44,13 @@ impl Default for EngineMetrics {
         registry.register("urlfleet_checks_in_flight", "Checks running now", in_flight.clone());
         let host_pauses = Counter::default();
         registry.register("urlfleet_host_pauses", "Hosts paused after 429/503", host_pauses.clone());
-        Self { checks, latency, in_flight, host_pauses, registry: Arc::new(registry) }
+        let hosts_tracked = Gauge::default();
+        registry.register(
+            "urlfleet_hosts_tracked",
+            "Hosts whose politeness state (spacing, pause, penalty) the worker keeps",
+            hosts_tracked.clone(),
+        );
+        Self { checks, latency, in_flight, host_pauses, hosts_tracked, registry: Arc::new(registry) }
     }
 }
 
@@ -66,6 +73,11 @@ impl EngineMetrics {
             status: outcome.status.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
         };
         self.checks.get_or_create(&labels).inc();
+    }
+
+    /// The gauge of hosts the politeness gate keeps a state for, which the gate sets.
+    pub(crate) fn hosts_tracked(&self) -> Gauge {
+        self.hosts_tracked.clone()
     }
 
     pub(crate) fn host_paused(&self) {

@@ -121,8 +121,9 @@ impl Engine {
             .user_agent(config.user_agent.clone())
             .dns_resolver(GuardedResolver { policy: addresses.clone() })
             .build()?;
-        let gate = Politeness::new(config.concurrency);
-        Ok(Self { client, config, addresses, gate, metrics: Default::default() })
+        let metrics = crate::metrics::EngineMetrics::default();
+        let gate = Politeness::new(config.concurrency).with_tracked_gauge(metrics.hosts_tracked());
+        Ok(Self { client, config, addresses, gate, metrics })
     }
 
     /// The engine's settings.

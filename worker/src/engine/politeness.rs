@@ -17,6 +17,11 @@
 //! is multiplicative in both directions: each verdict of overload doubles the host's extra spacing
 //! (from [`PENALTY_START`] to at most [`PENALTY_MAX`]) and pauses it that long; each healthy answer
 //! takes a quarter of it off, down to none below 10 ms.
+//!
+//! A host's state lives while the host is in use: once nothing has asked for it for
+//! [`FORGET_AFTER`], nobody holds or waits on it, and its next request could start at once, it is
+//! forgotten (swept as the table grows), so a long-running worker's memory follows the hosts it works
+//! on, not every host it has ever seen. Coming back after that is coming back to a new worker.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use super::retry::Evidence;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use urlfleet_shared::HostPolicy;
@@ -33,6 +39,15 @@ use urlfleet_shared::HostPolicy;
 pub const PENALTY_START: Duration = Duration::from_millis(500);
 /// Largest penalty.
 pub const PENALTY_MAX: Duration = Duration::from_secs(60);
+/// How long a host's state is kept after its last request was answered, once nothing holds or waits
+/// on it and its spacing and any pause have run out. Longer than the largest penalty: a host that was
+/// slowed and left alone for this long meets a worker's fresh state, as it would meet a new worker.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The table of host states is first swept when it holds this many, then whenever it has doubled
+/// since the last sweep: a sweep costs a pass over the table, paid for by the hosts added since.
+const SWEEP_FROM: usize = 1_024;
+
 /// Added to every non-zero spacing ([`margin`]). The next start is anchored on the previous
 /// request's answer, which the server sent after it saw the request arrive, so the server sees the two
 /// arrivals at least the spacing apart however late the first left this machine. What is left to
@@ -68,6 +83,8 @@ struct HostState {
     answered: tokio::sync::Notify,
     /// Recent answers, newest in bit 0: 1 for strained, 0 for healthy.
     recent: Mutex<Recent>,
+    /// When the state was made: the start of its quiet time until a request is let through.
+    created: Instant,
 }
 
 /// A request that was let through: the anchor of the next start.
@@ -115,6 +132,44 @@ impl Recent {
 }
 
 impl HostState {
+    fn new(initial: HostPolicy) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(initial.concurrency.max(1) as usize)),
+            concurrency: Mutex::new(initial.concurrency.max(1)),
+            interval_us: AtomicU64::new(initial.interval.as_micros() as u64),
+            next_start: tokio::sync::Mutex::new(Instant::now()),
+            paused_until: Mutex::new(None),
+            penalty_us: AtomicU64::new(0),
+            last: Mutex::new(None),
+            answered: tokio::sync::Notify::new(),
+            recent: Mutex::new(Recent::default()),
+            created: Instant::now(),
+        }
+    }
+
+    /// Whether the state can be forgotten: nobody holds it but the table (`held` is its count of
+    /// other holders: a request in flight or waiting holds it), a request could start now — no pause,
+    /// spacing run out — and its last request was answered [`FORGET_AFTER`] ago or more (or it was
+    /// made that long ago and never let a request through).
+    fn forgettable(&self, held: usize, now: Instant) -> bool {
+        if held > 0 {
+            return false;
+        }
+        if self.paused_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|p| p > now) {
+            return false;
+        }
+        let Ok(next) = self.next_start.try_lock() else { return false };
+        if *next > now {
+            return false;
+        }
+        let quiet_since = match *self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => self.created,
+            Some(l) if l.arrived_by() + l.spacing + margin(l.spacing) > now => return false,
+            Some(l) => l.answered.unwrap_or(l.at),
+        };
+        now.saturating_duration_since(quiet_since) >= FORGET_AFTER
+    }
+
     /// Makes `policy` the host's limits: slots are added at once; removed ones are taken out as they
     /// come free (the rest on a later call).
     fn apply(&self, policy: HostPolicy) {
@@ -135,8 +190,27 @@ impl HostState {
 #[derive(Debug)]
 pub struct Politeness {
     /// Read on every request, written when a host is first seen: a read-write lock.
-    hosts: RwLock<HashMap<String, Arc<HostState>>>,
+    hosts: RwLock<Hosts>,
     global: Arc<Semaphore>,
+    /// Set to the number of host states whenever it changes.
+    tracked: Gauge,
+}
+
+/// The host states, and the size at which they are next swept.
+#[derive(Debug)]
+struct Hosts {
+    states: HashMap<String, Arc<HostState>>,
+    sweep_at: usize,
+}
+
+impl Hosts {
+    /// Forgets the states nobody needs any more ([`HostState::forgettable`]). Called with the table
+    /// locked for writing: no request can take a state out of it meanwhile, so a state held by
+    /// nobody but the table stays unused until it is gone.
+    fn sweep(&mut self, now: Instant) {
+        self.states.retain(|_, s| !s.forgettable(Arc::strong_count(s) - 1, now));
+        self.sweep_at = (self.states.len() * 2).max(SWEEP_FROM);
+    }
 }
 
 /// Permission to send one request: a host slot and a global slot, released on drop. Call
@@ -169,38 +243,40 @@ impl Drop for Permit {
 impl Politeness {
     /// A gate with `global` in-flight requests at most.
     pub fn new(global: usize) -> Self {
-        Self { hosts: RwLock::new(HashMap::new()), global: Arc::new(Semaphore::new(global.max(1))) }
+        let hosts = Hosts { states: HashMap::new(), sweep_at: SWEEP_FROM };
+        Self { hosts: RwLock::new(hosts), global: Arc::new(Semaphore::new(global.max(1))), tracked: Gauge::default() }
+    }
+
+    /// Reports the number of host states kept in `gauge`.
+    pub fn with_tracked_gauge(mut self, gauge: Gauge) -> Self {
+        gauge.set(self.hosts_tracked() as i64);
+        self.tracked = gauge;
+        self
     }
 
     fn get(&self, host: &str) -> Option<Arc<HostState>> {
-        self.hosts.read().unwrap_or_else(|e| e.into_inner()).get(host).cloned()
+        self.hosts.read().unwrap_or_else(|e| e.into_inner()).states.get(host).cloned()
     }
 
     /// The host's state, created on first sight; a given policy becomes the host's limits. One state
-    /// per host for the worker's lifetime: swapping it would let requests on the old and the new
-    /// state run side by side, over both limits.
+    /// per host while anything holds it or its spacing runs: swapping it would let requests on the
+    /// old and the new state run side by side, over both limits. States nobody needs any more are
+    /// swept out as the table grows.
     fn host(&self, host: &str, policy: Option<HostPolicy>) -> Arc<HostState> {
         let state = match self.get(host) {
             Some(s) => s,
             None => {
-                let initial = policy.unwrap_or_default();
                 let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
-                hosts
+                if hosts.states.len() >= hosts.sweep_at && !hosts.states.contains_key(host) {
+                    hosts.sweep(Instant::now());
+                }
+                let state = hosts
+                    .states
                     .entry(host.to_string())
-                    .or_insert_with(|| {
-                        Arc::new(HostState {
-                            slots: Arc::new(Semaphore::new(initial.concurrency.max(1) as usize)),
-                            concurrency: Mutex::new(initial.concurrency.max(1)),
-                            interval_us: AtomicU64::new(initial.interval.as_micros() as u64),
-                            next_start: tokio::sync::Mutex::new(Instant::now()),
-                            paused_until: Mutex::new(None),
-                            penalty_us: AtomicU64::new(0),
-                            last: Mutex::new(None),
-                            answered: tokio::sync::Notify::new(),
-                            recent: Mutex::new(Recent::default()),
-                        })
-                    })
-                    .clone()
+                    .or_insert_with(|| Arc::new(HostState::new(policy.unwrap_or_default())))
+                    .clone();
+                self.tracked.set(hosts.states.len() as i64);
+                state
             }
         };
         if let Some(p) = policy {
@@ -286,6 +362,11 @@ impl Politeness {
             *paused = Some(until);
         }
         Some(pause)
+    }
+
+    /// Hosts whose state the gate keeps right now.
+    pub fn hosts_tracked(&self) -> usize {
+        self.hosts.read().unwrap_or_else(|e| e.into_inner()).states.len()
     }
 
     /// Requests in flight right now.
@@ -435,5 +516,56 @@ mod tests {
         let next = gate.acquire("f.example", Some(free)).await;
         assert_eq!(t2.elapsed(), Duration::ZERO);
         drop((held, next));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn host_states_are_kept_while_needed_and_forgotten_when_long_quiet() {
+        let gate = Arc::new(Politeness::new(64));
+        let quick = HostPolicy { concurrency: 2, interval: Duration::ZERO };
+        let polite = HostPolicy { concurrency: 1, interval: Duration::from_millis(100) };
+        let name = |i: usize| format!("h{i}.example");
+        // Hosts worked on and then left alone.
+        for i in 0..2 * SWEEP_FROM {
+            drop(gate.acquire(&name(i), Some(quick)).await);
+        }
+        // Hosts still needed when the sweep comes: a request in flight, a request waiting for a
+        // paused host, a host paused beyond the quiet time, a host whose interval outlasts it.
+        let held = gate.acquire("held.example", Some(quick)).await;
+        drop(gate.acquire("waiting.example", Some(polite)).await);
+        gate.pause("waiting.example", FORGET_AFTER * 2);
+        let g = gate.clone();
+        let waiting = tokio::spawn(async move { g.acquire("waiting.example", Some(polite)).await });
+        drop(gate.acquire("paused.example", Some(quick)).await);
+        gate.pause("paused.example", FORGET_AFTER * 2);
+        let slow = HostPolicy { concurrency: 1, interval: FORGET_AFTER * 3 };
+        drop(gate.acquire("slow.example", Some(slow)).await);
+        let slow_at = Instant::now();
+        tokio::task::yield_now().await;
+        assert_eq!(gate.hosts_tracked(), 2 * SWEEP_FROM + 4);
+
+        // Just short of the quiet time: nothing is forgotten, the table grows.
+        tokio::time::advance(FORGET_AFTER - Duration::from_secs(1)).await;
+        for i in 2 * SWEEP_FROM..4 * SWEEP_FROM {
+            drop(gate.acquire(&name(i), Some(quick)).await);
+        }
+        assert_eq!(gate.hosts_tracked(), 4 * SWEEP_FROM + 4);
+
+        // Past it for the first hosts: the next sweep forgets them and only them.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for i in 4 * SWEEP_FROM..8 * SWEEP_FROM {
+            drop(gate.acquire(&name(i), Some(quick)).await);
+        }
+        let tracked = gate.hosts_tracked();
+        assert!(tracked < 7 * SWEEP_FROM, "the first hosts were forgotten: {tracked}");
+        for kept in ["held.example", "waiting.example", "paused.example", "slow.example"] {
+            assert!(gate.get(kept).is_some(), "{kept} was forgotten while needed");
+        }
+        assert!(gate.get(&name(0)).is_none());
+        assert!(gate.get(&name(3 * SWEEP_FROM)).is_some(), "a host used within the quiet time stays");
+        // What was kept still holds: the slow host's interval, the paused host's pause.
+        drop(gate.acquire("slow.example", Some(slow)).await);
+        assert!(slow_at.elapsed() >= FORGET_AFTER * 3, "the slow host's spacing was kept: {:?}", slow_at.elapsed());
+        assert!(waiting.is_finished(), "the paused host let its waiting request through after its pause");
+        drop((held, waiting.await));
     }
 }
