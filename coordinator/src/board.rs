@@ -3,9 +3,10 @@
 //! results it ingested (status mix, latency). In memory, per coordinator: a fleet behind several
 //! coordinators shows on each the part it serves.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
+use hashlink::LruCache;
 use urlfleet_shared::OutcomeClass;
 
 /// Answers remembered per host.
@@ -50,14 +51,21 @@ pub struct HostHealth {
 #[derive(Default)]
 struct Recent {
     answers: VecDeque<(OutcomeClass, u64)>,
-    seen: u64,
 }
 
 /// The dashboard's in-memory view.
-#[derive(Default)]
 pub struct Board {
     workers: Mutex<BTreeMap<u64, WorkerView>>,
-    hosts: Mutex<(HashMap<String, Recent>, u64)>,
+    /// Hosts in the order of their latest answer: a new host past the bound forgets the one whose
+    /// latest answer is oldest, in constant time (a job of a million hosts brings a new one with
+    /// almost every answer).
+    hosts: Mutex<LruCache<String, Recent>>,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Self { workers: Mutex::default(), hosts: Mutex::new(LruCache::new(MAX_HOSTS)) }
+    }
 }
 
 impl Board {
@@ -78,18 +86,14 @@ impl Board {
 
     /// Remembers an answer of `host`.
     pub fn answer(&self, host: &str, class: OutcomeClass, response_ms: u64) {
-        let mut guard = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let (hosts, clock) = &mut *guard;
-        *clock += 1;
-        let now = *clock;
-        if !hosts.contains_key(host)
-            && hosts.len() >= MAX_HOSTS
-            && let Some(oldest) = hosts.iter().min_by_key(|(_, r)| r.seen).map(|(h, _)| h.clone())
-        {
-            hosts.remove(&oldest);
-        }
-        let r = hosts.entry(host.to_string()).or_default();
-        r.seen = now;
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let r = match hosts.get_mut(host) {
+            Some(r) => r,
+            None => {
+                hosts.insert(host.to_string(), Recent::default());
+                hosts.get_mut(host).expect("just inserted")
+            }
+        };
         if r.answers.len() == RECENT_PER_HOST {
             r.answers.pop_front();
         }
@@ -98,8 +102,8 @@ impl Board {
 
     /// A host's recent answers; `None` when this coordinator has seen none.
     pub fn host(&self, host: &str) -> Option<HostHealth> {
-        let guard = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let r = guard.0.get(host)?;
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let r = hosts.peek(host)?;
         let mut mix = [0usize; 4];
         let mut times: Vec<u64> = Vec::with_capacity(r.answers.len());
         for (class, ms) in &r.answers {
@@ -135,5 +139,26 @@ mod tests {
         assert_eq!(h.mix, [180, 0, 20, 0]);
         assert_eq!(h.latency_ms, [200, 280, 298]);
         assert!(b.host("b.example").is_none());
+    }
+
+    #[test]
+    fn past_the_bound_the_host_answered_longest_ago_is_forgotten() {
+        let b = Board::default();
+        for i in 0..MAX_HOSTS {
+            b.answer(&format!("h{i}.example"), OutcomeClass::Ok, 1);
+        }
+        // h0 answers again: h1 is now the one whose latest answer is oldest.
+        b.answer("h0.example", OutcomeClass::Broken, 2);
+        for i in 0..3 * MAX_HOSTS {
+            b.answer(&format!("new{i}.example"), OutcomeClass::Ok, 1);
+            if i == 0 {
+                assert!(b.host("h1.example").is_none(), "the oldest answer's host goes first");
+                assert_eq!(b.host("h0.example").map(|h| h.answers), Some(2), "a host that answered again stays");
+                assert!(b.host("h2.example").is_some());
+            }
+        }
+        assert_eq!(b.hosts.lock().unwrap().len(), MAX_HOSTS);
+        assert!(b.host(&format!("new{}.example", 3 * MAX_HOSTS - 1)).is_some());
+        assert!(b.host("h0.example").is_none());
     }
 }
