@@ -54,6 +54,9 @@ struct State {
     most_in_flight: u32,
     /// Documents served at their paths.
     documents: HashMap<String, Bytes>,
+    /// Connections accepted, and of those the ones still open.
+    connections: u32,
+    open_connections: u32,
 }
 
 /// Counts a request in flight until dropped (also when the client goes away mid-answer).
@@ -94,7 +97,13 @@ impl Fixture {
                 };
                 let st = st.clone();
                 let token = token.clone();
+                {
+                    let mut state = st.lock().unwrap();
+                    state.connections += 1;
+                    state.open_connections += 1;
+                }
                 tokio::spawn(async move {
+                    let counts = st.clone();
                     let service = service_fn(move |req| handle(st.clone(), req));
                     let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let fut = conn.serve_connection(TokioIo::new(stream), service);
@@ -102,6 +111,7 @@ impl Fixture {
                         _ = fut => {}
                         () = token.cancelled() => {}
                     }
+                    counts.lock().unwrap().open_connections -= 1;
                 });
             }
         });
@@ -121,6 +131,12 @@ impl Fixture {
     /// `http://ip:port` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connections accepted so far, and of those the ones still open (neither side closed them).
+    pub fn connections(&self) -> (u32, u32) {
+        let st = self.state.lock().unwrap();
+        (st.connections, st.open_connections)
     }
 
     /// Every request received so far.

@@ -250,3 +250,45 @@ async fn hosts_waiting_for_their_interval_hold_no_slot() {
         assert!(a.windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(100)), "{a:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polite_host_whose_batch_is_done_keeps_no_idle_connection() {
+    // Ten URLs of one polite host, and one URL of each of four more: every connection goes with the
+    // answer of its host's last request instead of idling in the client's pool.
+    let site = Fixture::local().await;
+    let others = [
+        Fixture::start(IpAddr::from([127, 0, 6, 1])).await,
+        Fixture::start(IpAddr::from([127, 0, 6, 2])).await,
+        Fixture::start(IpAddr::from([127, 0, 6, 3])).await,
+        Fixture::start(IpAddr::from([127, 0, 6, 4])).await,
+    ];
+    let e = engine(|_| {});
+    let polite = HostPolicy { concurrency: 2, interval: Duration::from_millis(20) };
+    let cancel = CancellationToken::new();
+    let urls: Vec<(usize, String)> = (0..10).map(|i| (i, site.url(&format!("/status/200?n={i}")))).collect();
+    let mut outcomes = Vec::new();
+    urlfleet_worker::engine::check_batch(&e, urls, polite, &cancel, None, |_, o| outcomes.push(o)).await;
+    for s in &others {
+        let one = vec![(0usize, s.url("/status/200"))];
+        urlfleet_worker::engine::check_batch(&e, one, polite, &cancel, None, |_, o| outcomes.push(o)).await;
+    }
+    assert_eq!(outcomes.len(), 14);
+    assert!(outcomes.iter().all(|o| o.kind == OutcomeKind::Ok), "{outcomes:?}");
+    // The server sees the close at once; the pool would have kept them for its idle timeout (30 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::iter::once(&site).chain(&others).any(|s| s.connections().1 > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (accepted, open) = site.connections();
+    assert_eq!(open, 0, "an idle connection outlived the batch ({accepted} accepted)");
+    assert!(accepted <= 2, "the batch's requests shared their connections: {accepted}");
+    for s in &others {
+        assert_eq!(s.connections(), (1, 0));
+    }
+    // A host whose limits are lifted keeps its connections for the next lease.
+    let lifted = Fixture::start(IpAddr::from([127, 0, 6, 5])).await;
+    let urls: Vec<(usize, String)> = (0..4).map(|i| (i, lifted.url(&format!("/status/200?n={i}")))).collect();
+    urlfleet_worker::engine::check_batch(&e, urls, free(), &cancel, None, |_, _| {}).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(lifted.connections().1 > 0, "a lifted host's connections stay pooled");
+}

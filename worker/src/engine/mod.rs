@@ -183,7 +183,7 @@ impl Engine {
             Err(e) => return invalid(format!("not a valid URL: {e}")),
         };
         let home = host_key(&parsed).unwrap_or_default();
-        Ok(InProgress { parsed, home, attempt: 0, paused_until: None, last: None, span, started })
+        Ok(InProgress { parsed, home, last_of_host: false, attempt: 0, paused_until: None, last: None, span, started })
     }
 
     /// One attempt of a check: its outcome, or how long to wait before the next attempt (a wait that
@@ -192,7 +192,7 @@ impl Engine {
         check.attempt += 1;
         let attempt = check.attempt;
         let mut result = tokio::select! {
-            r = self.attempt(&check.parsed, &check.home, policy).instrument(check.span.clone()) => r,
+            r = self.attempt(&check.parsed, &check.home, check.last_of_host, policy).instrument(check.span.clone()) => r,
             () = cancel.cancelled() => {
                 let outcome = CheckOutcome::error(OutcomeKind::Other, "check cancelled", attempt);
                 return Step::Done(self.conclude(check.parsed.as_str(), &check.span, check.started, outcome));
@@ -267,7 +267,7 @@ impl Engine {
     }
 
     /// One attempt: a request and the redirects it leads to.
-    async fn attempt(&self, start: &url::Url, home: &str, policy: HostPolicy) -> Attempt {
+    async fn attempt(&self, start: &url::Url, home: &str, last_of_host: bool, policy: HostPolicy) -> Attempt {
         let mut current = start.clone();
         let mut hops: Vec<RedirectHop> = Vec::new();
         let mut seen: HashSet<String> = HashSet::from([current.as_str().to_string()]);
@@ -278,7 +278,8 @@ impl Engine {
             }
             // The lease's policy governs its own host; a redirect target keeps whatever limits it has.
             let host_policy = (host == home).then_some(policy);
-            let sent = self.request(&current, &host, host_policy).await;
+            let close = last_of_host && host == home;
+            let sent = self.request(&current, &host, host_policy, close).await;
             let (status, headers, elapsed) = match sent {
                 Ok(r) => r,
                 Err(t) => return Attempt::transport(t, hops, Some(host)),
@@ -320,18 +321,20 @@ impl Engine {
     }
 
     /// Sends HEAD, then GET when HEAD is refused; returns the status, headers and time to first byte.
+    /// With `close`, each request asks the server to close its connection after answering.
     async fn request(
         &self,
         url: &url::Url,
         host: &str,
         policy: Option<HostPolicy>,
+        close: bool,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
-        match self.send(Method::HEAD, url, host, policy).await {
+        match self.send(Method::HEAD, url, host, policy, close).await {
             Ok((StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED, ..)) => {
-                self.send(Method::GET, url, host, policy).await
+                self.send(Method::GET, url, host, policy, close).await
             }
             // Servers that mishandle HEAD (a body after the headers, a garbled answer) often serve GET.
-            Err(Transport::Other(_)) => self.send(Method::GET, url, host, policy).await,
+            Err(Transport::Other(_)) => self.send(Method::GET, url, host, policy, close).await,
             other => other,
         }
     }
@@ -342,6 +345,7 @@ impl Engine {
         url: &url::Url,
         host: &str,
         policy: Option<HostPolicy>,
+        close: bool,
     ) -> Result<(StatusCode, header::HeaderMap, Duration), Transport> {
         let permit = self.gate.acquire(host, policy).await;
         let span = info_span!(
@@ -356,7 +360,12 @@ impl Engine {
         let started = Instant::now();
         let is_get = method == Method::GET;
         let fut = async {
-            let sent = self.client.request(method, url.as_str()).send().await;
+            let mut request = self.client.request(method, url.as_str());
+            if close {
+                // The connection goes with the answer instead of idling in the pool.
+                request = request.header(header::CONNECTION, "close");
+            }
+            let sent = request.send().await;
             // The answer's head is in (or the request failed): the request has certainly reached the
             // server, and the host's next request is spaced from now.
             permit.answered();
@@ -451,6 +460,9 @@ impl Engine {
 pub struct InProgress {
     parsed: url::Url,
     home: String,
+    /// The next attempt's requests to the home host ask the server to close the connection after
+    /// answering: no request of the host's batch will need it again.
+    last_of_host: bool,
     attempt: u32,
     paused_until: Option<i64>,
     last: Option<CheckOutcome>,
