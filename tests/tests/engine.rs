@@ -292,3 +292,28 @@ async fn a_polite_host_whose_batch_is_done_keeps_no_idle_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(lifted.connections().1 > 0, "a lifted host's connections stay pooled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_many_hosts_checks_a_bounded_number_of_hosts_at_once() {
+    // One request in flight at most: 32 hosts under way at once, not the list's 40 hosts of one URL.
+    let mut sites = Vec::new();
+    for h in 0..40u8 {
+        sites.push(Fixture::start(IpAddr::from([127, 0, 9, 1 + h])).await);
+    }
+    let list: Vec<Result<Entry, std::io::Error>> = sites.iter().map(|s| Ok(Entry::Url(s.url("/delay/20")))).collect();
+    let check = urlfleet_worker::direct::DirectCheck::new(
+        EngineConfig { concurrency: 1, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
+        Default::default(),
+        HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
+    );
+    let progress = urlfleet_worker::direct::Progress::default();
+    let report =
+        urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new(), &progress)
+            .await
+            .unwrap();
+    assert_eq!((report.counts.checked, report.counts.ok), (40, 40));
+    let most = progress.most_hosts_at_once.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(most, 32, "hosts under way at once");
+    assert_eq!(progress.hosts_under_way.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(sites.iter().all(|s| s.seen().len() == 1));
+}

@@ -1,6 +1,6 @@
 //! Checking a list with no store: the entries are planned as a submission would be (normalized,
 //! deduplicated, invalid ones set aside), then each host's URLs go to the check engine with the
-//! politeness a lease of that host would carry, every host at once (a host waiting for its interval
+//! politeness a lease of that host would carry, many hosts at once (a host waiting for its interval
 //! holds no slot another host could use). Only failures are kept in memory.
 //! Nothing is written anywhere: this is the verdict a CI gate needs, on the same rules as a stored run.
 
@@ -49,7 +49,17 @@ pub struct Progress {
     pub total: AtomicU64,
     /// URLs checked so far.
     pub checked: AtomicU64,
+    /// Hosts being checked now.
+    pub hosts_under_way: AtomicU64,
+    /// The most hosts that were being checked at once.
+    pub most_hosts_at_once: AtomicU64,
 }
+
+/// Hosts checked at once, per request the engine may have in flight. A polite host uses a slot for
+/// a request's time once per interval, so the slots stay busy only with many hosts under way; but a
+/// host under way holds a check parked at the gate, a few kilobytes, and a list of a million hosts
+/// of one URL each would park a million of them. Past this many, a host starts when another is done.
+const HOSTS_PER_SLOT: usize = 32;
 
 /// A URL whose check failed, with its outcome.
 #[derive(Debug, Clone)]
@@ -106,14 +116,16 @@ pub async fn check_list<E>(
     progress.total.store(by_host.values().map(|v| v.len() as u64).sum(), Ordering::Relaxed);
     let plan = planner.tally();
     let engine = Engine::new(check.engine.clone()).map_err(DirectError::Engine)?;
-    // Every host at once: a host waiting for its interval holds no slot (see `check_batch`), so the
-    // engine's bound on requests in flight, and each host's pace, are the only limits.
+    // Many hosts at once: a host waiting for its interval holds no slot (see `check_batch`), so the
+    // engine's bound on requests in flight, and each host's pace, are the limits that matter.
     let tally = Mutex::new((CountsDelta::default(), Vec::new()));
     let hosts = by_host.into_iter().map(|(host, urls)| {
         let site = check.site_policies.iter().find(|(h, _)| *h == host).map(|(_, p)| p);
         let policy = check.options.politeness_for(&host, check.base, site);
         let (engine, tally) = (&engine, &tally);
         async move {
+            let now = progress.hosts_under_way.fetch_add(1, Ordering::Relaxed) + 1;
+            progress.most_hosts_at_once.fetch_max(now, Ordering::Relaxed);
             // A URL's key is its place in the host's text, which names it in the report if it fails.
             check_batch(engine, urls.iter(), policy, cancel, None, |i, outcome| {
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,9 +137,11 @@ pub async fn check_list<E>(
                 }
             })
             .await;
+            progress.hosts_under_way.fetch_sub(1, Ordering::Relaxed);
         }
     });
-    futures::future::join_all(hosts).await;
+    let at_once = check.engine.concurrency.max(1) * HOSTS_PER_SLOT;
+    futures::stream::iter(hosts).buffer_unordered(at_once).for_each(|()| async {}).await;
     let (delta, mut failed) = tally.into_inner().unwrap_or_else(|e| e.into_inner());
     failed.sort_by(|a, b| a.url.cmp(&b.url));
     let n = |v: i64| v.max(0) as u64;
