@@ -2,7 +2,7 @@
 //! against real HTTP servers on loopback, and prints a table of figures and ratios.
 //!
 //! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, `many-hosts`, `some-fail`,
-//! `strict-load`, `big-polite`, `trust`, `coordinators`, `million`, or `all`; `--smoke` shrinks
+//! `strict-load`, `big-polite`, `trust`, `coordinators`, `million`, `one-url-hosts`, or `all`; `--smoke` shrinks
 //! every size so the whole run takes seconds (CI runs it so the harness cannot rot).
 
 mod proc;
@@ -44,6 +44,7 @@ enum Scenario {
     Trust,
     Coordinators,
     Million,
+    OneUrlHosts,
 }
 
 #[tokio::main]
@@ -89,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Scenario::Million) {
         scenarios::million(&ctx, &mut report).await?;
+    }
+    if want(Scenario::OneUrlHosts) {
+        scenarios::one_url_hosts(&ctx, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

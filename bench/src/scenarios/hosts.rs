@@ -1,6 +1,6 @@
-//! Scenarios 6–9: politeness at scale — many polite hosts, some failing pages, a strict limiter on a
-//! busy machine, and a big polite job on a cluster. Hosts are distinct loopback addresses
-//! (127.x.y.z), so each is a host of its own to every tool.
+//! Scenarios 6–9 and 13: politeness at scale — many polite hosts, some failing pages, a strict limiter
+//! on a busy machine, a big polite job on a cluster, and many hosts of one URL each. Hosts are
+//! distinct loopback addresses (127.x.y.z), so each is a host of its own to every tool.
 
 use super::*;
 
@@ -96,6 +96,63 @@ pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
             format!("{r:.0}"),
             vs(r),
             format!("{} / {}", mib(cp), mib(wp)),
+        ]);
+    }
+    nginx.stop().await?;
+    Ok(())
+}
+
+/// Scenario 13: many hosts of one URL each (a site's outbound links), both tools at 2 concurrent
+/// requests and 100 ms between request starts per host; peak memory is the point: what a tool keeps
+/// per host it has reached (connections, per-host state, checks waiting to start).
+pub async fn one_url_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    // nginx opens a listening socket per address in its master process, under the inherited limit on
+    // open files (20,000 here).
+    let n = ctx.size(15_000, 40);
+    report.section(
+        &format!("13. Many hosts of one URL each: {n} hosts × 1 URL, 2 concurrent / 100 ms per host"),
+        &["tool", "wall", "URLs/s", "vs lychee's rate", "peak RSS"],
+    );
+    let addrs = host_addrs(5, n);
+    let Some((nginx, port)) = nginx_on(ctx, "one-url-hosts", &addrs).await? else {
+        report.note("nginx is not installed: scenario skipped.");
+        return Ok(());
+    };
+    let list = ctx.file("one-url-hosts.txt");
+    write_list(&list, addrs.iter().map(|a| format!("http://{a}:{port}/o")))?;
+    let mut lychee_rate = None;
+    if let Some(lychee) = &ctx.lychee {
+        let m = proc::measure(
+            lychee,
+            &lychee_args(
+                &list,
+                &["--host-concurrency", "2", "--host-request-interval", "100ms", "--max-concurrency", "128"],
+            ),
+        )
+        .await?;
+        lychee_rate = Some(rate(n, m.wall));
+        report.row(&[
+            "lychee".into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{:.0}", rate(n, m.wall)),
+            "1.00×".into(),
+            mib(m.peak_rss),
+        ]);
+    }
+    let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
+    for (label, db) in
+        [("check --no-store", None), ("check (SQLite)", Some(format!("sqlite:{}", ctx.file("one-url.db").display())))]
+    {
+        let _ = std::fs::remove_file(ctx.file("one-url.db"));
+        let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, db.as_deref(), &[])).await?;
+        expect_all_ok(&m, n, label)?;
+        let r = rate(n, m.wall);
+        report.row(&[
+            label.into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{r:.0}"),
+            vs(r),
+            mib(m.peak_rss),
         ]);
     }
     nginx.stop().await?;

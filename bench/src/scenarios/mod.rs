@@ -31,7 +31,7 @@ mod throughput;
 mod trust;
 
 pub use bigjob::bigjob;
-pub use hosts::{big_polite, many_hosts, some_fail, strict_load};
+pub use hosts::{big_polite, many_hosts, one_url_hosts, some_fail, strict_load};
 pub use ingest::ingest;
 pub use million::million;
 pub use politeness::{polite, scaling};
@@ -203,7 +203,7 @@ async fn nginx_serving(ctx: &Ctx, label: &str, addrs: &[IpAddr], site: Site) -> 
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n\
-             worker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\n\
+             worker_rlimit_nofile 65536;\nevents {{ worker_connections 32768; }}\n\
              http {{ {http} keepalive_requests 1000000;\n\
              client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root}; uwsgi_temp_path {root}; scgi_temp_path {root};\n\
              server {{ {listen} location / {{ {location} }} }} }}\n",
