@@ -32,6 +32,25 @@ async fn check(e: &Engine, url: &str) -> urlfleet_shared::CheckOutcome {
     e.check(url, free(), &CancellationToken::new()).await
 }
 
+/// `check --no-store` of `list` with `concurrency` requests in flight at most, every host at 2 at once
+/// and 100 ms apart.
+async fn check_polite_list(
+    list: Vec<Result<Entry, std::io::Error>>,
+    concurrency: usize,
+) -> (urlfleet_worker::direct::Report, urlfleet_worker::direct::Progress) {
+    let check = urlfleet_worker::direct::DirectCheck::new(
+        EngineConfig { concurrency, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
+        Default::default(),
+        HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
+    );
+    let progress = urlfleet_worker::direct::Progress::default();
+    let report =
+        urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new(), &progress)
+            .await
+            .unwrap();
+    (report, progress)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_statuses_are_retried_until_they_succeed() {
     let site = Fixture::local().await;
@@ -222,16 +241,7 @@ async fn hosts_waiting_for_their_interval_hold_no_slot() {
     }
     let list: Vec<Result<Entry, std::io::Error>> =
         (0..3).flat_map(|i| sites.iter().map(move |s| Ok(Entry::Url(s.url(&format!("/status/200?n={i}")))))).collect();
-    let check = urlfleet_worker::direct::DirectCheck::new(
-        EngineConfig { concurrency: 4, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
-        Default::default(),
-        HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
-    );
-    let progress = urlfleet_worker::direct::Progress::default();
-    let report =
-        urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new(), &progress)
-            .await
-            .unwrap();
+    let (report, progress) = check_polite_list(list, 4).await;
     assert_eq!(progress.checked.load(std::sync::atomic::Ordering::Relaxed), 120);
     assert_eq!((report.counts.checked, report.counts.ok), (120, 120));
     let starts: Vec<Vec<Instant>> = sites
@@ -301,16 +311,7 @@ async fn a_list_of_many_hosts_checks_a_bounded_number_of_hosts_at_once() {
         sites.push(Fixture::start(IpAddr::from([127, 0, 9, 1 + h])).await);
     }
     let list: Vec<Result<Entry, std::io::Error>> = sites.iter().map(|s| Ok(Entry::Url(s.url("/delay/20")))).collect();
-    let check = urlfleet_worker::direct::DirectCheck::new(
-        EngineConfig { concurrency: 1, allow: vec!["127.0.0.0/8".parse().unwrap()], ..EngineConfig::default() },
-        Default::default(),
-        HostPolicy { concurrency: 2, interval: Duration::from_millis(100) },
-    );
-    let progress = urlfleet_worker::direct::Progress::default();
-    let report =
-        urlfleet_worker::direct::check_list(futures::stream::iter(list), &check, &CancellationToken::new(), &progress)
-            .await
-            .unwrap();
+    let (report, progress) = check_polite_list(list, 1).await;
     assert_eq!((report.counts.checked, report.counts.ok), (40, 40));
     let most = progress.most_hosts_at_once.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(most, 32, "hosts under way at once");

@@ -28,6 +28,53 @@ async fn cluster_run(ctx: &Ctx, label: &str, list: &Path, workers: usize) -> Res
     Ok((m, cp, wp))
 }
 
+/// Rows of lychee, `check --no-store` and `check` (SQLite, a new database file `db_file`) on `list` of `n`
+/// URLs, every tool at 2 concurrent requests and 100 ms between request starts per host; returns
+/// lychee's rate, when it is installed, for the rows that follow.
+async fn polite_single_process_rows(
+    ctx: &Ctx,
+    report: &mut Report,
+    list: &Path,
+    n: usize,
+    db_file: &str,
+) -> Result<Option<f64>> {
+    let mut lychee_rate = None;
+    if let Some(lychee) = &ctx.lychee {
+        let m = proc::measure(
+            lychee,
+            &lychee_args(
+                list,
+                &["--host-concurrency", "2", "--host-request-interval", "100ms", "--max-concurrency", "128"],
+            ),
+        )
+        .await?;
+        lychee_rate = Some(rate(n, m.wall));
+        report.row(&[
+            "lychee".into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{:.0}", rate(n, m.wall)),
+            "1.00×".into(),
+            mib(m.peak_rss),
+        ]);
+    }
+    let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
+    let sqlite = format!("sqlite:{}", ctx.file(db_file).display());
+    for (label, db) in [("check --no-store", None), ("check (SQLite)", Some(sqlite.as_str()))] {
+        let _ = std::fs::remove_file(ctx.file(db_file));
+        let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(list, db, &[])).await?;
+        expect_all_ok(&m, n, label)?;
+        let r = rate(n, m.wall);
+        report.row(&[
+            label.into(),
+            format!("{:.2} s", m.wall.as_secs_f64()),
+            format!("{r:.0}"),
+            vs(r),
+            mib(m.peak_rss),
+        ]);
+    }
+    Ok(lychee_rate)
+}
+
 /// Scenario 6: many polite hosts, every URL answering 200 at once; both tools at 2 concurrent
 /// requests and 100 ms between request starts per host.
 pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
@@ -48,41 +95,8 @@ pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
     };
     let list = ctx.file("many-hosts.txt");
     write_list(&list, (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/u{i}"))))?;
-    let mut lychee_rate = None;
-    if let Some(lychee) = &ctx.lychee {
-        let m = proc::measure(
-            lychee,
-            &lychee_args(
-                &list,
-                &["--host-concurrency", "2", "--host-request-interval", "100ms", "--max-concurrency", "128"],
-            ),
-        )
-        .await?;
-        lychee_rate = Some(rate(n, m.wall));
-        report.row(&[
-            "lychee".into(),
-            format!("{:.2} s", m.wall.as_secs_f64()),
-            format!("{:.0}", rate(n, m.wall)),
-            "1.00×".into(),
-            mib(m.peak_rss),
-        ]);
-    }
+    let lychee_rate = polite_single_process_rows(ctx, report, &list, n, "hosts.db").await?;
     let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
-    for (label, db) in
-        [("check --no-store", None), ("check (SQLite)", Some(format!("sqlite:{}", ctx.file("hosts.db").display())))]
-    {
-        let _ = std::fs::remove_file(ctx.file("hosts.db"));
-        let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, db.as_deref(), &[])).await?;
-        expect_all_ok(&m, n, label)?;
-        let r = rate(n, m.wall);
-        report.row(&[
-            label.into(),
-            format!("{:.2} s", m.wall.as_secs_f64()),
-            format!("{r:.0}"),
-            vs(r),
-            mib(m.peak_rss),
-        ]);
-    }
     for workers in [1, 2] {
         let (m, cp, wp) = cluster_run(ctx, &format!("hosts{workers}"), &list, workers).await?;
         if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
@@ -121,41 +135,7 @@ pub async fn one_url_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
     };
     let list = ctx.file("one-url-hosts.txt");
     write_list(&list, addrs.iter().map(|a| format!("http://{a}:{port}/o")))?;
-    let mut lychee_rate = None;
-    if let Some(lychee) = &ctx.lychee {
-        let m = proc::measure(
-            lychee,
-            &lychee_args(
-                &list,
-                &["--host-concurrency", "2", "--host-request-interval", "100ms", "--max-concurrency", "128"],
-            ),
-        )
-        .await?;
-        lychee_rate = Some(rate(n, m.wall));
-        report.row(&[
-            "lychee".into(),
-            format!("{:.2} s", m.wall.as_secs_f64()),
-            format!("{:.0}", rate(n, m.wall)),
-            "1.00×".into(),
-            mib(m.peak_rss),
-        ]);
-    }
-    let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
-    for (label, db) in
-        [("check --no-store", None), ("check (SQLite)", Some(format!("sqlite:{}", ctx.file("one-url.db").display())))]
-    {
-        let _ = std::fs::remove_file(ctx.file("one-url.db"));
-        let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, db.as_deref(), &[])).await?;
-        expect_all_ok(&m, n, label)?;
-        let r = rate(n, m.wall);
-        report.row(&[
-            label.into(),
-            format!("{:.2} s", m.wall.as_secs_f64()),
-            format!("{r:.0}"),
-            vs(r),
-            mib(m.peak_rss),
-        ]);
-    }
+    polite_single_process_rows(ctx, report, &list, n, "one-url.db").await?;
     nginx.stop().await?;
     Ok(())
 }
