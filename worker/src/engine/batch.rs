@@ -33,7 +33,12 @@ pub async fn check_batch<K: Send, U: AsRef<str>>(
     mut done: impl FnMut(K, CheckOutcome),
 ) {
     let limit = policy.concurrency.max(1) as usize;
+    // Of a polite host, an attempt that starts with fewer attempts left to start than are then under
+    // way is one whose connection no later attempt needs: it is closed with the answer, so a host
+    // whose batch is done holds no idle connection. (A host whose limits are lifted is usually
+    // checked by lease after lease, which reuse its connections.)
     let polite = !policy.interval.is_zero();
+    let surplus = |left: usize, running: usize| polite && left < running;
     let mut fresh = urls.into_iter();
     // Checks waiting for their next attempt, by due time (and arrival, to keep the order stable).
     let mut waiting: BTreeMap<(Instant, u64), (K, InProgress)> = BTreeMap::new();
@@ -58,11 +63,6 @@ pub async fn check_batch<K: Send, U: AsRef<str>>(
         // Checks due for a retry go first (they came first), then new ones, up to the limit.
         while under_way.len() < limit && !cancel.is_cancelled() && open(&valid_until) {
             let now = Instant::now();
-            // Of a polite host, an attempt that starts with fewer attempts left to start than are then
-            // under way is one whose connection no later attempt needs: it is closed with the answer,
-            // so a host whose batch is done holds no idle connection. (A host whose limits are lifted
-            // is usually checked by lease after lease, which reuse its connections.)
-            let surplus = |left: usize, running: usize| polite && left < running;
             if let Some(entry) = waiting.first_entry().filter(|e| e.key().0 <= now) {
                 let (key, mut check) = entry.remove();
                 check.last_of_host = surplus(fresh.len() + waiting.len(), under_way.len() + 1);
