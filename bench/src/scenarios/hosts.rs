@@ -30,16 +30,22 @@ async fn cluster_run(ctx: &Ctx, label: &str, list: &Path, workers: usize) -> Res
 
 /// Rows of lychee, `check --no-store` and `check` (SQLite, a new database file `db_file`) on `list` of `n`
 /// URLs, every tool at 2 concurrent requests and 100 ms between request starts per host; returns
-/// lychee's rate, when it is installed, for the rows that follow.
+/// lychee's rate, when it is installed, for the rows that follow. With the servers' `log` (see
+/// [`Site::Logged`]), each row also says how closely each tool spaced a host's requests.
 async fn polite_single_process_rows(
     ctx: &Ctx,
     report: &mut Report,
     list: &Path,
     n: usize,
     db_file: &str,
+    log: Option<&Path>,
 ) -> Result<Option<f64>> {
     let mut lychee_rate = None;
     if let Some(lychee) = &ctx.lychee {
+        let from = match log {
+            Some(log) => ServerLog::flushed(log).await,
+            None => 0,
+        };
         let m = proc::measure(
             lychee,
             &lychee_args(
@@ -49,30 +55,40 @@ async fn polite_single_process_rows(
         )
         .await?;
         lychee_rate = Some(rate(n, m.wall));
-        report.row(&[
+        let cells = vec![
             "lychee".into(),
             format!("{:.2} s", m.wall.as_secs_f64()),
             format!("{:.0}", rate(n, m.wall)),
             "1.00×".into(),
             mib(m.peak_rss),
-        ]);
+        ];
+        report.row(&with_spacing(cells, log, from).await?);
     }
     let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
     let sqlite = format!("sqlite:{}", ctx.file(db_file).display());
     for (label, db) in [("check --no-store", None), ("check (SQLite)", Some(sqlite.as_str()))] {
         let _ = std::fs::remove_file(ctx.file(db_file));
+        let from = match log {
+            Some(log) => ServerLog::flushed(log).await,
+            None => 0,
+        };
         let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(list, db, &[])).await?;
         expect_all_ok(&m, n, label)?;
         let r = rate(n, m.wall);
-        report.row(&[
-            label.into(),
-            format!("{:.2} s", m.wall.as_secs_f64()),
-            format!("{r:.0}"),
-            vs(r),
-            mib(m.peak_rss),
-        ]);
+        let cells =
+            vec![label.into(), format!("{:.2} s", m.wall.as_secs_f64()), format!("{r:.0}"), vs(r), mib(m.peak_rss)];
+        report.row(&with_spacing(cells, log, from).await?);
     }
     Ok(lychee_rate)
+}
+
+/// A row's cells, followed by its spacing cells when the servers keep a `log` (read from `from`).
+async fn with_spacing(mut cells: Vec<String>, log: Option<&Path>, from: usize) -> Result<Vec<String>> {
+    if let Some(log) = log {
+        ServerLog::flushed(log).await;
+        cells.extend(ServerLog::read(log, from)?.spacing_cells());
+    }
+    Ok(cells)
 }
 
 /// Scenario 6: many polite hosts, every URL answering 200 at once; both tools at 2 concurrent
@@ -86,31 +102,42 @@ pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "6. Many hosts: {hosts} hosts × {per_host} URLs, 2 concurrent / 100 ms per host (pacing floor {:.1} s)",
             floor.as_secs_f64()
         ),
-        &["tool", "wall", "URLs/s", "vs lychee's rate", "peak RSS"],
+        &[
+            "tool",
+            "wall",
+            "URLs/s",
+            "vs lychee's rate",
+            "peak RSS",
+            "closest spacing seen by a server",
+            "requests < 100 ms after the host's previous",
+        ],
     );
     let addrs = host_addrs(1, hosts);
-    let Some((nginx, port)) = nginx_on(ctx, "hosts", &addrs).await? else {
+    let Some((nginx, port)) = nginx_serving(ctx, "hosts", &addrs, Site::Logged).await? else {
         report.note("nginx is not installed: scenario skipped.");
         return Ok(());
     };
+    let log = ctx.file("nginx-hosts").join("logs").join("access.log");
     let list = ctx.file("many-hosts.txt");
     write_list(&list, (0..per_host).flat_map(|i| addrs.iter().map(move |a| format!("http://{a}:{port}/u{i}"))))?;
-    let lychee_rate = polite_single_process_rows(ctx, report, &list, n, "hosts.db").await?;
+    let lychee_rate = polite_single_process_rows(ctx, report, &list, n, "hosts.db", Some(&log)).await?;
     let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
     for workers in [1, 2] {
+        let from = ServerLog::flushed(&log).await;
         let (m, cp, wp) = cluster_run(ctx, &format!("hosts{workers}"), &list, workers).await?;
         if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
             bail!("cluster run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
         }
         let r = rate(n, m.wall);
         let label = format!("coordinator + {workers} worker{} (PostgreSQL)", if workers > 1 { "s" } else { "" });
-        report.row(&[
+        let cells = vec![
             label,
             format!("{:.2} s", m.wall.as_secs_f64()),
             format!("{r:.0}"),
             vs(r),
             format!("{} / {}", mib(cp), mib(wp)),
-        ]);
+        ];
+        report.row(&with_spacing(cells, Some(&log), from).await?);
     }
     nginx.stop().await?;
     Ok(())
@@ -135,7 +162,7 @@ pub async fn one_url_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
     };
     let list = ctx.file("one-url-hosts.txt");
     write_list(&list, addrs.iter().map(|a| format!("http://{a}:{port}/o")))?;
-    polite_single_process_rows(ctx, report, &list, n, "one-url.db").await?;
+    polite_single_process_rows(ctx, report, &list, n, "one-url.db", None).await?;
     nginx.stop().await?;
     Ok(())
 }
@@ -214,31 +241,56 @@ impl Drop for Burner {
     }
 }
 
-/// What nginx's limiter logged from byte `from` of its log on: answers 429, answers 200, and the
-/// closest two requests to one address came (in nginx's whole milliseconds).
-fn limiter_log(path: &Path, from: usize) -> Result<(u64, u64, Option<Duration>)> {
-    let text = std::fs::read_to_string(path)?;
-    let mut arrivals: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
-    let (mut throttled, mut ok) = (0, 0);
-    for line in text.get(from..).unwrap_or_default().lines() {
-        let mut f = line.split_whitespace();
-        let (Some(at), Some(addr), Some(status)) = (f.next(), f.next(), f.next()) else { continue };
-        match status {
-            "429" => throttled += 1,
-            "200" => ok += 1,
-            _ => {}
+/// What nginx logged from byte `from` of its log on (see [`Site`]).
+struct ServerLog {
+    /// Answers 429 (its limiter's), and 200.
+    throttled: u64,
+    ok: u64,
+    /// The closest two requests to one address came, in nginx's whole milliseconds.
+    closest: Option<Duration>,
+    /// Requests that came less than 99 ms after the previous one to the same address: closer than
+    /// 100 ms between request starts whatever the rounding of nginx's clock.
+    close: u64,
+}
+
+impl ServerLog {
+    fn read(path: &Path, from: usize) -> Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let mut arrivals: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+        let (mut throttled, mut ok) = (0, 0);
+        for line in text.get(from..).unwrap_or_default().lines() {
+            let mut f = line.split_whitespace();
+            let (Some(at), Some(addr), Some(status)) = (f.next(), f.next(), f.next()) else { continue };
+            match status {
+                "429" => throttled += 1,
+                "200" => ok += 1,
+                _ => {}
+            }
+            arrivals.entry(addr).or_default().extend(at.parse::<f64>().ok());
         }
-        arrivals.entry(addr).or_default().extend(at.parse::<f64>().ok());
+        let gaps: Vec<f64> = arrivals
+            .values_mut()
+            .flat_map(|v| {
+                v.sort_by(f64::total_cmp);
+                v.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+            })
+            .collect();
+        let closest = gaps.iter().copied().min_by(f64::total_cmp).map(|s| Duration::from_secs_f64(s.max(0.0)));
+        let close = gaps.iter().filter(|g| **g < 0.099).count() as u64;
+        Ok(Self { throttled, ok, closest, close })
     }
-    let closest = arrivals
-        .values_mut()
-        .flat_map(|v| {
-            v.sort_by(f64::total_cmp);
-            v.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
-        })
-        .min_by(f64::total_cmp)
-        .map(|s| Duration::from_secs_f64(s.max(0.0)));
-    Ok((throttled, ok, closest))
+
+    /// The log's length once nginx has written what it buffered (at least every 100 ms): where the
+    /// lines of a run that starts now begin, or where those of a run that has ended end.
+    async fn flushed(path: &Path) -> usize {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        std::fs::metadata(path).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The spacing columns of a row: the closest spacing and the requests closer than 100 ms.
+    fn spacing_cells(&self) -> [String; 2] {
+        [self.closest.map_or("-".into(), |c| format!("{:.0} ms", c.as_secs_f64() * 1000.0)), self.close.to_string()]
+    }
 }
 
 /// Scenario 8: the strict limiter of scenario 2 (429 to any request < 100 ms after the previous one),
@@ -286,12 +338,12 @@ pub async fn strict_load(ctx: &Ctx, report: &mut Report) -> Result<()> {
             )?;
             let from = std::fs::metadata(&nginx_log).map_or(0, |m| m.len() as usize);
             let m = strict_run(ctx, tool, &list).await?;
-            let (throttled, ok, closest) = limiter_log(&nginx_log, from)?;
-            if ok < (hosts * per_host) as u64 {
-                bail!("{tool}: nginx answered {ok} requests with 200:\n{}{}", m.stdout, m.stderr);
+            let log = ServerLog::read(&nginx_log, from)?;
+            if log.ok < (hosts * per_host) as u64 {
+                bail!("{tool}: nginx answered {} requests with 200:\n{}{}", log.ok, m.stdout, m.stderr);
             }
-            let closest = closest.map_or("-".into(), |c| format!("{:.0} ms", c.as_secs_f64() * 1000.0));
-            report.row(&strict_row(run, tool, "nginx `limit_req`", m.wall, minimum, throttled, closest));
+            let [closest, _] = log.spacing_cells();
+            report.row(&strict_row(run, tool, "nginx `limit_req`", m.wall, minimum, log.throttled, closest));
         }
     }
     drop(burner);

@@ -173,6 +173,9 @@ enum Site {
     /// clock in whole milliseconds). Every answer is logged to `logs/access.log` as
     /// `$msec $server_addr $status`.
     Limited,
+    /// 200 to every request, every answer logged to `logs/access.log` as `$msec $server_addr
+    /// $status` (buffered, written at least every 100 ms): what each host was sent, and when.
+    Logged,
 }
 
 /// Starts nginx serving `site` on `addrs`, all on one port; returns it and the port.
@@ -184,6 +187,14 @@ async fn nginx_serving(ctx: &Ctx, label: &str, addrs: &[IpAddr], site: Site) -> 
     let listen: String = addrs.iter().map(|a| format!("listen {a}:{port};\n")).collect();
     let (http, location) = match site {
         Site::Open => ("access_log off;".to_string(), "return 200 \"ok\\n\";"),
+        Site::Logged => (
+            format!(
+                "log_format answers '$msec $server_addr $status'; \
+                 access_log {root}/logs/access.log answers buffer=64k flush=100ms;",
+                root = root.display()
+            ),
+            "return 200 \"ok\\n\";",
+        ),
         Site::Limited => {
             // `return` would answer before the limiter runs: the answer is a file.
             std::fs::create_dir_all(root.join("www"))?;
