@@ -62,7 +62,7 @@ async fn polite_single_process_rows(
             "1.00×".into(),
             mib(m.peak_rss),
         ];
-        report.row(&with_spacing(cells, log, from).await?);
+        report.row(&with_spacing(cells, log, from, n).await?);
     }
     let vs = |r: f64| lychee_rate.map_or("-".into(), |l| format!("{:.2}×", r / l));
     let sqlite = format!("sqlite:{}", ctx.file(db_file).display());
@@ -77,16 +77,21 @@ async fn polite_single_process_rows(
         let r = rate(n, m.wall);
         let cells =
             vec![label.into(), format!("{:.2} s", m.wall.as_secs_f64()), format!("{r:.0}"), vs(r), mib(m.peak_rss)];
-        report.row(&with_spacing(cells, log, from).await?);
+        report.row(&with_spacing(cells, log, from, n).await?);
     }
     Ok(lychee_rate)
 }
 
-/// A row's cells, followed by its spacing cells when the servers keep a `log` (read from `from`).
-async fn with_spacing(mut cells: Vec<String>, log: Option<&Path>, from: usize) -> Result<Vec<String>> {
+/// A row's cells, followed by its spacing cells when the servers keep a `log` (read from `from`),
+/// which must hold an answer to each of the run's `n` URLs.
+async fn with_spacing(mut cells: Vec<String>, log: Option<&Path>, from: usize, n: usize) -> Result<Vec<String>> {
     if let Some(log) = log {
         ServerLog::flushed(log).await;
-        cells.extend(ServerLog::read(log, from)?.spacing_cells());
+        let read = ServerLog::read(log, from)?;
+        if read.ok < n as u64 {
+            bail!("{}: the servers' log holds {} answers of {n}", cells[0], read.ok);
+        }
+        cells.extend(read.spacing_cells());
     }
     Ok(cells)
 }
@@ -137,7 +142,7 @@ pub async fn many_hosts(ctx: &Ctx, report: &mut Report) -> Result<()> {
             vs(r),
             format!("{} / {}", mib(cp), mib(wp)),
         ];
-        report.row(&with_spacing(cells, Some(&log), from).await?);
+        report.row(&with_spacing(cells, Some(&log), from, n).await?);
     }
     nginx.stop().await?;
     Ok(())
