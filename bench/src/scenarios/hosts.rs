@@ -42,10 +42,7 @@ async fn polite_single_process_rows(
 ) -> Result<Option<f64>> {
     let mut lychee_rate = None;
     if let Some(lychee) = &ctx.lychee {
-        let from = match log {
-            Some(log) => ServerLog::flushed(log).await,
-            None => 0,
-        };
+        let from = ServerLog::mark(log).await;
         let m = proc::measure(
             lychee,
             &lychee_args(
@@ -68,10 +65,7 @@ async fn polite_single_process_rows(
     let sqlite = format!("sqlite:{}", ctx.file(db_file).display());
     for (label, db) in [("check --no-store", None), ("check (SQLite)", Some(sqlite.as_str()))] {
         let _ = std::fs::remove_file(ctx.file(db_file));
-        let from = match log {
-            Some(log) => ServerLog::flushed(log).await,
-            None => 0,
-        };
+        let from = ServerLog::mark(log).await;
         let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(list, db, &[])).await?;
         expect_all_ok(&m, n, label)?;
         let r = rate(n, m.wall);
@@ -290,6 +284,14 @@ impl ServerLog {
     async fn flushed(path: &Path) -> usize {
         tokio::time::sleep(Duration::from_millis(400)).await;
         std::fs::metadata(path).map_or(0, |m| m.len() as usize)
+    }
+
+    /// Where a run that starts now begins in the servers' `log`, when they keep one.
+    async fn mark(log: Option<&Path>) -> usize {
+        match log {
+            Some(log) => Self::flushed(log).await,
+            None => 0,
+        }
     }
 
     /// The spacing columns of a row: the closest spacing and the requests closer than 100 ms.
