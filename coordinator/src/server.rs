@@ -240,7 +240,7 @@ async fn reap(
         let now = urlfleet_shared::time::now_ms();
         if let Some(since) = outage_since {
             let until = now + urlfleet_shared::time::ms(config.lease_ttl);
-            match store.extend_leases_after_outage(since, until).await {
+            match store.extend_leases_after_outage(since, until, config.max_lease_life).await {
                 Ok(n) => {
                     if n > 0 {
                         info!(extended = n, "leases that expired while nobody could renew them live one more TTL");

@@ -199,6 +199,9 @@ pub enum Refusal {
     LeaseEnded,
     /// The URL is not one the lease holds (or its job was cancelled).
     NotInLease,
+    /// The lease's holder reported another result of this URL under it before: a lease gets one
+    /// result per URL.
+    Repeated,
     /// The result does not decode or breaks a bound (see the protocol's `CheckResult`).
     Malformed,
 }

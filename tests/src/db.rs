@@ -88,6 +88,81 @@ impl TestDb {
     }
 }
 
+/// What the store's counters say, each against the rows it counts: a query that counts the
+/// violations of one rule (0 when it holds).
+const INVARIANTS: &[(&str, &str)] = &[
+    (
+        "a host's pending count is its frontier rows",
+        "SELECT COUNT(*) FROM hosts h WHERE h.pending <> (SELECT COUNT(*) FROM frontier f WHERE f.host = h.host)",
+    ),
+    (
+        "a host's active lease count is its live leases",
+        "SELECT COUNT(*) FROM hosts h WHERE h.active_leases <> \
+         (SELECT COUNT(*) FROM leases l WHERE l.host = h.host AND l.active)",
+    ),
+    (
+        "a live lease's open count is the URLs it holds",
+        "SELECT COUNT(*) FROM leases l WHERE l.active AND l.open <> \
+         (SELECT COUNT(DISTINCT lu.url_id) FROM lease_urls lu WHERE lu.lease_id = l.id)",
+    ),
+    (
+        "only live leases hold URLs",
+        "SELECT COUNT(*) FROM lease_urls lu WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = lu.lease_id AND l.active)",
+    ),
+    (
+        "open work is of open URLs",
+        "SELECT (SELECT COUNT(*) FROM frontier f WHERE NOT EXISTS (SELECT 1 FROM job_urls ju \
+         WHERE ju.job_id = f.job_id AND ju.url_id = f.url_id AND ju.state = 'pending')) + \
+         (SELECT COUNT(*) FROM lease_urls lu WHERE NOT EXISTS (SELECT 1 FROM job_urls ju \
+         WHERE ju.job_id = lu.job_id AND ju.url_id = lu.url_id AND ju.state = 'pending'))",
+    ),
+    (
+        "an open URL waits in the frontier or is out in one lease, not both",
+        "SELECT COUNT(*) FROM job_urls ju WHERE ju.state = 'pending' AND \
+         (SELECT COUNT(*) FROM frontier f WHERE f.url_id = ju.url_id AND f.job_id = ju.job_id) + \
+         (SELECT COUNT(*) FROM lease_urls lu WHERE lu.url_id = ju.url_id AND lu.job_id = ju.job_id) <> 1",
+    ),
+    (
+        "an ended job has no open URL",
+        "SELECT COUNT(*) FROM job_urls ju JOIN jobs j ON j.id = ju.job_id \
+         WHERE ju.state = 'pending' AND j.state IN ('completed', 'cancelled')",
+    ),
+    (
+        "a job's counters are its rows",
+        "SELECT COUNT(*) FROM jobs j WHERE \
+         j.checked <> (SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = j.id AND ju.state = 'done') \
+         OR j.fresh <> (SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = j.id AND ju.state = 'fresh') \
+         OR j.failed <> (SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = j.id AND ju.state = 'failed') \
+         OR j.cancelled <> (SELECT COUNT(*) FROM job_urls ju WHERE ju.job_id = j.id AND ju.state = 'cancelled') \
+         OR j.leased <> (SELECT COUNT(*) FROM lease_urls lu WHERE lu.job_id = j.id) \
+         OR j.invalid <> (SELECT COUNT(*) FROM job_invalid ji WHERE ji.job_id = j.id)",
+    ),
+    (
+        "a job's classes add up to its resolved URLs",
+        "SELECT COUNT(*) FROM jobs j WHERE j.n_ok + j.n_redirected + j.n_broken + j.n_error <> j.checked + j.fresh + j.failed",
+    ),
+    (
+        "a completed job resolved exactly its total",
+        "SELECT COUNT(*) FROM jobs j WHERE j.state = 'completed' \
+         AND j.checked + j.fresh + j.invalid + j.failed + j.cancelled <> j.total",
+    ),
+];
+
+impl TestDb {
+    /// Asserts that every counter of the store equals the rows it counts (see [`INVARIANTS`]): what
+    /// every fault and concurrency test checks at its end.
+    pub async fn assert_invariants(&self) {
+        let mut broken = Vec::new();
+        for (rule, query) in INVARIANTS {
+            let n = self.scalar(query).await;
+            if n != 0 {
+                broken.push(format!("{rule}: {n} violations"));
+            }
+        }
+        assert!(broken.is_empty(), "the store's counters disagree with its rows:\n{}", broken.join("\n"));
+    }
+}
+
 /// `base` with its database name replaced by `name`.
 pub fn with_database(base: &str, name: &str) -> String {
     let (head, query) = match base.split_once('?') {

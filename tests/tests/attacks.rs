@@ -153,6 +153,7 @@ async fn a_holder_can_neither_date_its_verdict_in_the_future_nor_freeze_its_host
     let paused_until = db.scalar("SELECT MAX(next_allowed_at) FROM hosts").await;
     assert!(paused_until <= after + 2_000, "the pause is capped: {paused_until} > {after} + 2 s");
     let stored = all_results(&mut client, id).await;
+    assert_eq!(stored.len(), urls.len(), "every URL has its result");
     for r in &stored {
         assert!((before..=after).contains(&r.checked_at_ms), "dated by the coordinator: {}", r.checked_at_ms);
         assert!(r.error.len() <= 2_048, "a 15 MiB error is cut, not stored: {}", r.error.len());
@@ -165,14 +166,18 @@ async fn a_holder_can_neither_date_its_verdict_in_the_future_nor_freeze_its_host
     let again = submit(&mut client, &urls, options).await.unwrap().job.unwrap().id;
     let done = wait_done(&mut client, again, Duration::from_secs(20)).await;
     assert_eq!(done.counts.unwrap().broken, 2);
-    assert!(all_results(&mut client, again).await.iter().all(|r| r.status == 404), "the re-check is the real one");
+    let rechecked = all_results(&mut client, again).await;
+    assert_eq!(rechecked.len(), urls.len());
+    assert!(rechecked.iter().all(|r| r.status == 404), "the re-check is the real one");
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM latest_checks WHERE status = 404").await,
         2,
         "the latest state is the real one"
     );
     // The first job's results stay what that job saw (its own checks, under its lease).
-    assert!(all_results(&mut client, id).await.iter().all(|r| r.status == 200));
+    let first = all_results(&mut client, id).await;
+    assert_eq!(first.len(), urls.len());
+    assert!(first.iter().all(|r| r.status == 200));
     worker.stop().await;
     coordinator.stop().await;
 }

@@ -124,4 +124,5 @@ async fn every_path_at_once_ends_without_a_deadlock() {
     })
     .await;
     assert_eq!(deadlocks, 0, "PostgreSQL detected deadlocks (their cycles are in its log)");
+    db.assert_invariants().await;
 }

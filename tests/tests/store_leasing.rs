@@ -6,6 +6,7 @@ use std::time::Duration;
 use urlfleet_coordinator::store::{
     JobState, LeaseBudget, LeaseGrant, LeaseRequest, NewJob, PlannedUrl, Priority, Seal, Store,
 };
+use urlfleet_shared::outcome::Refusal;
 use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeKind, ReportedResult};
 use urlfleet_tests::Backend;
@@ -64,7 +65,7 @@ async fn a_host_is_leased_to_one_holder_at_a_time_and_results_complete_the_job(b
 }
 
 async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_limit(backend: Backend) {
-    let (_db, store) = open(backend).await;
+    let (db, store) = open(backend).await;
     let (job, _) = store.create_job(new_job("expire", 2)).await.unwrap();
     store.add_urls(job.id, &urls("a.example", 2), recheck()).await.unwrap();
     store.seal_job(job.id, seal("expire", 2, job.priority)).await.unwrap();
@@ -98,12 +99,16 @@ async fn expired_leases_return_urls_to_the_frontier_and_fail_after_the_attempt_l
     }
     assert!(store.acquire_lease(&short).await.unwrap().is_none());
     let rows = store.list_results(&page(job.id, &[], None, 10)).await.unwrap();
+    assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.kind == Some(OutcomeKind::Failed) && r.error.is_some()));
 
-    // A late report from an expired lease is recorded but cannot un-fail or double-count.
-    store.ingest(&[result(&leases[0], leases[0].urls[1].0, 200, now_ms())]).await.unwrap();
+    // A late report from an expired lease is refused: it cannot un-fail or double-count.
+    let touched = store.ingest(&[result(&leases[0], leases[0].urls[1].0, 200, now_ms())]).await.unwrap();
+    assert_eq!(touched.refused.iter().map(|r| r.reason).collect::<Vec<_>>(), [Refusal::LeaseEnded]);
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM checks").await, 0, "and not stored");
     let j = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!((j.counts.failed, j.counts.checked), (2, 0));
+    db.assert_invariants().await;
 }
 
 /// A sealed job of 500 URLs of one host whose limits are lifted: up to 3 leases of it at once.
@@ -442,7 +447,10 @@ async fn leases_that_expired_in_an_outage_live_on_and_can_be_renewed(backend: Ba
     // One lease expired before the database went away (its worker really stopped), one during.
     store.expire_worker_leases("w", &[before.id], now - 10_000).await.unwrap();
     store.expire_worker_leases("w", &[during.id], now - 1_000).await.unwrap();
-    assert_eq!(store.extend_leases_after_outage(now - 5_000, now + 30_000).await.unwrap(), 1);
+    assert_eq!(
+        store.extend_leases_after_outage(now - 5_000, now + 30_000, Duration::from_secs(3_600)).await.unwrap(),
+        1
+    );
     // The reaper ends the one its worker let expire; the one the outage expired lives on.
     assert_eq!(store.reap_expired(3).await.unwrap().expired_leases, 1);
     let renewed = store.renew_leases("w", &[before.id, during.id], TTL, TTL).await.unwrap();

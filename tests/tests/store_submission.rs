@@ -100,6 +100,7 @@ async fn recently_checked_urls_are_fresh_unless_forced(backend: Backend) {
     assert_eq!(sealed.state, JobState::Completed, "nothing to check");
     assert_eq!((sealed.counts.fresh, sealed.counts.ok, sealed.counts.broken), (2, 1, 1));
     let rows = store.list_results(&page(again.id, &[], None, 10)).await.unwrap();
+    assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.fresh && r.status.is_some()));
 
     // Broken URLs are re-checked sooner than healthy ones.

@@ -1,7 +1,8 @@
 //! Granting leases: the next batch of URLs of many free hosts in one transaction, with a handful of
 //! set-based statements whatever the number of hosts — the frontier read for every host at once, the
-//! leases inserted together, their URLs marked together, the hosts and the jobs' counters written
-//! once — so a worker with credits for thousands of polite hosts gets them quickly.
+//! leases inserted together, their URLs moved from the frontier to the leases together, the hosts and
+//! the jobs' counters written once — so a worker with credits for thousands of polite hosts gets them
+//! quickly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -9,6 +10,7 @@ use urlfleet_shared::job::{FRONTIER_ORDERS_PER_PRIORITY, JobOptions};
 use urlfleet_shared::time::{ms, now_ms};
 
 use super::db::{Tx, ladder_chunks, sql};
+use super::frontier::{insert_lease_urls, take_frontier, unasked};
 use super::jobs::JobDeltas;
 use super::leasing::HAND_OVER_MARGIN;
 use super::{LeaseGrant, LeaseRequest, SqlStore, StoreError, StoreResult};
@@ -96,11 +98,12 @@ impl SqlStore {
                     hosts.push((c, urls));
                 }
                 Some(_) => {}
-                // The counter drifted, or the host's work waits for `not_before`: recount, and look
-                // again a little later.
+                // The host's work waits for `not_before`, or is all out in leases of other jobs
+                // (its rows wait for their results): look again a little later. The recount reads
+                // only the host's open work, never its history.
                 None => {
                     sql("UPDATE hosts SET next_allowed_at = $2, pending = \
-                         (SELECT COUNT(*) FROM job_urls WHERE host = $1 AND waiting) WHERE host = $1")
+                         (SELECT COUNT(*) FROM frontier WHERE host = $1) WHERE host = $1")
                     .bind(c.host.clone())
                     .bind(now + 1_000)
                     .execute(&mut tx)
@@ -163,12 +166,12 @@ impl SqlStore {
     }
 
     /// Each planned host's next URLs in frontier order, each URL once (a URL pending for two jobs
-    /// comes up twice): per host, a read of the frontier index in order up to the lease's size — a
+    /// comes up twice): per host, a read of the frontier's key in order up to the lease's size — a
     /// lateral join over all hosts on PostgreSQL, a branch per host of a `UNION ALL` on SQLite. The
     /// jobs whose URLs may go are a set tested on each row (a subquery on PostgreSQL, ids read
     /// beforehand on SQLite), not joined to every frontier row (a join makes the planner collect the
-    /// host's whole frontier and sort it), and `job_id + 0` keeps the primary key's index (every row
-    /// of the job) out of it.
+    /// host's whole frontier and sort it). A URL out in a lease is passed over: its row belongs to a
+    /// job that added it meanwhile, and the lease's result will finish it.
     async fn pick_frontier(
         &self,
         tx: &mut Tx,
@@ -200,17 +203,19 @@ impl SqlStore {
                         q.push(" UNION ALL ");
                     }
                     q.push(
-                        "SELECT * FROM (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju \
-                         JOIN urls u ON u.id = ju.url_id WHERE ju.host = ",
+                        "SELECT * FROM (SELECT fr.host, fr.url_id, u.url, fr.url_order, fr.seq FROM frontier fr \
+                         JOIN urls u ON u.id = fr.url_id WHERE fr.host = ",
                     );
-                    q.push_bind(c.host.clone()).push(" AND ju.waiting AND ju.job_id + 0 ");
+                    q.push_bind(c.host.clone()).push(
+                        " AND NOT EXISTS (SELECT 1 FROM lease_urls lu WHERE lu.url_id = fr.url_id) AND fr.job_id ",
+                    );
                     // Most often one job hands out work: a value compared, rather than a set that
                     // every branch parses from JSON again.
                     match jobs.as_slice() {
                         [job] => q.push("= ").push_bind(*job),
                         _ => q.push_id_set(jobs.iter().copied()),
                     };
-                    q.push(" ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT ")
+                    q.push(" ORDER BY fr.url_order, fr.seq, fr.url_id LIMIT ")
                         .push_bind(i64::from(*limit))
                         .push(") AS f");
                 }
@@ -255,46 +260,34 @@ async fn grant(
     let lease_of =
         |host: &str| ids.get(host).copied().ok_or_else(|| StoreError::Corrupt(format!("no lease for {host}")));
 
-    // Every pending row of the leased URLs, in every job, in one statement whatever the number of
-    // leases: the (URL, lease) pairs are bound as one value and joined through the index on `url_id`.
-    let mut pairs = Vec::with_capacity(hosts.iter().map(|(_, urls)| urls.len()).sum());
+    // Every job's frontier rows of the leased URLs move to the leases, in a few statements whatever
+    // the number of leases: the grant writes one row per URL and job it leases, in `lease_urls`, and
+    // nothing to the record.
+    let mut lease_of_url: HashMap<i64, i64> = HashMap::with_capacity(hosts.iter().map(|(_, u)| u.len()).sum());
     for (c, urls) in &hosts {
         let lease = lease_of(&c.host)?;
-        pairs.extend(urls.iter().map(|(id, _)| (*id, lease)));
+        lease_of_url.extend(urls.iter().map(|(id, _)| (*id, lease)));
     }
-    let mut q = sql("UPDATE job_urls SET state = 'leased', lease_id = v.b FROM ");
-    if tx.dialect().for_no_key_update.is_empty() {
-        q.push_id_pairs(pairs);
-        q.push(" AS v WHERE job_urls.url_id = v.a AND job_urls.state = 'pending'");
-    } else {
-        // The grant holds its hosts and never waits for a URL row: one that another transaction
-        // is changing (finishing, cancelling, discarding it) is left out, like one it changed
-        // before. So a grant cannot take part in a deadlock (see the lock order). Each pair's rows
-        // are read through the index on `url_id` (a lateral read per pair): as a plain join, on a
-        // young table whose statistics say `pending` is rare, the planner compared every pair with
-        // every row of the table — 256,000 comparisons for 256 URLs, a tenth of a second holding
-        // the hosts that the job's own upload was waiting for.
-        q.push("(SELECT ju.job_id, ju.url_id, p.b FROM ");
-        q.push_id_pairs(pairs);
-        q.push(
-            " AS p CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = p.a AND state = 'pending' \
-                FOR NO KEY UPDATE SKIP LOCKED) AS ju) AS v \
-                WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id",
-        );
-    }
-    q.push(" RETURNING job_urls.job_id, job_urls.url_id, job_urls.lease_id");
+    let taken = take_frontier(tx, lease_of_url.keys().copied()).await?;
     let mut deltas = JobDeltas::default();
     let mut open: BTreeMap<i64, i64> = BTreeMap::new();
     let mut jobs_of: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    let mut taken_of_host: HashMap<String, i64> = HashMap::new();
     let mut marked: HashSet<i64> = HashSet::new();
-    for (job, url_id, lease) in q.fetch_all::<(i64, i64, i64)>(tx).await? {
-        deltas.of(job).leased += 1;
-        *open.entry(lease).or_default() += 1;
-        jobs_of.entry(lease).or_default().insert(job);
-        marked.insert(url_id);
+    let mut held = Vec::with_capacity(taken.len());
+    for t in &taken {
+        let lease = *lease_of_url.get(&t.url_id).ok_or_else(|| unasked("a frontier row"))?;
+        deltas.of(t.job_id).leased += 1;
+        jobs_of.entry(lease).or_default().insert(t.job_id);
+        *taken_of_host.entry(t.host.clone()).or_default() += 1;
+        if marked.insert(t.url_id) {
+            *open.entry(lease).or_default() += 1;
+        }
+        held.push((t.url_id, lease, t.job_id));
     }
-    // A URL that another transaction finished or cancelled since the frontier was read is not in
-    // the lease (a URL is in one lease of a grant at most: the frontier read takes each once).
+    insert_lease_urls(tx, &held).await?;
+    // A URL that another transaction finished, cancelled or is taking since the frontier was read is
+    // not in the lease (a URL is in one lease of a grant at most: the frontier read takes each once).
     for (_, urls) in &mut hosts {
         urls.retain(|(id, _)| marked.contains(id));
     }
@@ -304,14 +297,15 @@ async fn grant(
     for run in ladder_chunks(&hosts, ROWS_PER_STATEMENT) {
         let mut q = sql("WITH v(host, n, epoch, started) AS (VALUES ");
         for (i, (c, _)) in run.iter().enumerate() {
-            let n = open.get(&lease_of(&c.host)?).copied().unwrap_or(0);
+            let n = taken_of_host.get(&c.host).copied().unwrap_or(0);
+            let started = open.get(&lease_of(&c.host)?).copied().unwrap_or(0) > 0;
             q.push(if i == 0 { "(" } else { ", (" }).push_bind(c.host.clone()).push(", ").push_bind(n);
-            q.push(", ").push_bind(c.epoch + 1).push(", ").push_bind(i64::from(n > 0)).push(")");
+            q.push(", ").push_bind(c.epoch + 1).push(", ").push_bind(i64::from(started)).push(")");
         }
         q.push(") UPDATE hosts SET active_leases = active_leases + v.started, epoch = v.epoch, pending = pending - v.n, holder = ");
         q.push_bind(req.worker_id.clone()).push(", priority = COALESCE((SELECT url_order / ");
         q.push_bind(FRONTIER_ORDERS_PER_PRIORITY);
-        q.push(" FROM job_urls WHERE job_urls.host = hosts.host AND waiting ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
+        q.push(" FROM frontier WHERE frontier.host = hosts.host ORDER BY url_order LIMIT 1), 9) FROM v WHERE hosts.host = v.host");
         q.execute(tx).await?;
     }
 

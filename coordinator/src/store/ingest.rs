@@ -1,6 +1,7 @@
-//! Ingest: storing a chunk of reported results in one transaction — every result in the history, the
-//! newest of each URL as its latest state (monotonic), its open `job_urls` rows finished — then the
-//! job counters, the frontier, lease ends, host pauses and job completion. Replays change nothing.
+//! Ingest: storing a chunk of reported results in one transaction — every result in the history (whose
+//! newest row of a URL is its latest state), what its lease held of the URL and any job's waiting
+//! rows of it taken off the open work, those jobs' `job_urls` rows finished by key — then the job
+//! counters, the frontier, lease ends, host pauses and job completion. Replays change nothing.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -10,19 +11,10 @@ use urlfleet_shared::time::now_ms;
 use urlfleet_shared::{OutcomeClass, ReportedResult};
 
 use super::db::{Dialect, Tx, sql};
-use super::jobs::{JobDeltas, add_host_pending, complete_if_done};
+use super::frontier::{FinishRow, add_host_pending, count_by, finish_job_urls, release, take_frontier, unasked};
+use super::jobs::{JobDeltas, complete_if_done};
 use super::leasing::close_leases;
 use super::{RefusedResult, SqlStore, StoreResult, Touched};
-
-/// A `job_urls` row an ingest finished: its job, URL, lease (`None` for a row that was still
-/// pending: a pending row never holds a lease) and host.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct Finished {
-    pub job_id: i64,
-    pub url_id: i64,
-    pub lease_id: Option<i64>,
-    pub host: String,
-}
 
 /// The newest result of each URL in a batch (it finishes the URL's open rows, with its kind), in URL
 /// id order; of equally new results, the first reported (the one `checks` keeps).
@@ -49,114 +41,116 @@ struct FencedLease {
     created_at: i64,
 }
 
-/// A `job_urls` row of a reported URL under a lease, read before the fence locks the leases.
+/// The check a lease stored for a URL, as the fence compares a result with it.
 #[derive(sqlx::FromRow)]
-struct LeasedRow {
+struct StoredCheck {
     url_id: i64,
     lease_id: i64,
-    state: String,
+    checked_at: i64,
+    kind: String,
+    status: Option<i32>,
+    response_ms: i64,
+}
+
+impl StoredCheck {
+    /// Whether `r` is this stored result sent again. A result is stored at its own time, clamped
+    /// to its lease's grant; one dated after its arrival was stored at the arrival time, so a later
+    /// date with the same answer is the same result too.
+    fn is_stored(&self, r: &ReportedResult, granted: i64) -> bool {
+        let row = super::rows::OutcomeRow::of(&r.outcome);
+        let same = self.kind == row.kind && self.status == row.status && self.response_ms == row.response_ms;
+        same && r.outcome.checked_at_ms.max(granted) >= self.checked_at
+    }
 }
 
 /// What the fence lets through, and what it learned on the way.
 pub(crate) struct Fenced<'a> {
     pub accepted: Vec<Cow<'a, ReportedResult>>,
     pub refused: Vec<RefusedResult>,
-    /// The leases it locked, in id order: the only leases whose rows the chunk may finish.
-    pub locked: Vec<i64>,
 }
 
 /// Splits a chunk into the results that may be stored — each bounded by the coordinator's clock —
-/// and the refused ones. A result counts only for a URL its lease holds (a `job_urls` row names the
-/// lease), under a live lease held by its reporter, at the lease's epoch. A result stored under its
-/// lease before is a replay: it is accepted, and changes nothing.
+/// and the refused ones. A result counts only for a URL its lease holds open (`lease_urls`), under
+/// a live lease held by its reporter, at the lease's epoch: one result per URL per lease. A result
+/// stored under its lease before is a replay: it changes nothing, and is neither stored nor refused;
+/// another result of a URL its lease already answered is refused ([`Refusal::Repeated`]).
 ///
-/// The leases read stay locked until the chunk commits (the reaper's `SKIP LOCKED` passes over
-/// them): a lease judged live stays live, and no cancel or discard changes its URLs meanwhile. The
-/// URL rows are read once, before the leases are locked (the leases to lock are found by it): a row
-/// that a cancel or a discard takes off its lease between that read and the lock still counts as
-/// held, so its result — a check the lease's holder really made — goes to the history and finishes
-/// the URL's rows that are still open, as any check does; the row taken off stays as it was left.
+/// The reported leases are locked first, in id order, and stay locked until the chunk commits (the
+/// reaper's `SKIP LOCKED` passes over them): a lease judged live stays live, and what it holds is
+/// read after the lock, so no cancel, reap or other ingest changes it meanwhile (each of them locks
+/// the lease before it deletes what the lease holds).
 async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect: &Dialect) -> StoreResult<Fenced<'a>> {
-    // The store's lock order starts with leases: the reported ones, and those holding the reported
-    // URLs in other jobs (whose rows this chunk may finish), in id order, before any URL is written.
-    // One read of the reported URLs' rows under a lease finds those leases, and which reported
-    // (URL, lease) pairs a row holds. It goes by URL (`+ 0` keeps the lease index out of it), so it
-    // is the size of the chunk, not of every URL its leases hold. The leases are read apart and
-    // locked below: in one statement, as an `OR` of two tests or a union, the planner read every
-    // lease ever granted for every chunk (bitmap scans are off in keyed plans), or ran the URLs'
-    // read once per lease.
-    let mut ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
-    let mut q = sql("SELECT url_id, lease_id, state FROM job_urls WHERE url_id ");
-    q.push_id_set(results.iter().map(|r| r.url_id).collect::<BTreeSet<_>>());
-    q.push(" AND (state = 'leased' OR lease_id + 0 ").push_id_set(ids.iter().copied()).push(")");
-    let rows = q.fetch_all::<LeasedRow>(tx).await?;
-    ids.extend(rows.iter().filter(|r| r.state == "leased").map(|r| r.lease_id));
+    let ids: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
     let mut q = sql("SELECT id, epoch, holder, active, created_at FROM leases WHERE id ");
-    q.push_id_set(ids);
+    q.push_id_set(ids.iter().copied());
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
-    let mut locked: Vec<i64> = leases.keys().copied().collect();
-    locked.sort_unstable();
-    let held: HashSet<(i64, i64)> = rows.iter().map(|r| (r.lease_id, r.url_id)).collect();
+    let mut q = sql("SELECT DISTINCT url_id, lease_id FROM lease_urls WHERE url_id ");
+    q.push_id_set(results.iter().map(|r| r.url_id).collect::<BTreeSet<_>>()).push(" AND lease_id ");
+    q.push_id_set(leases.keys().copied());
+    let held: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().map(|(u, l)| (l, u)).collect();
     let mut accepted = Vec::with_capacity(results.len());
-    let mut ended = Vec::new();
     let mut refused = Vec::new();
-    // Results dated after their arrival, whose stored time is the arrival: a resend would arrive
-    // later and be stored again, so they are looked up as replays below.
-    let mut future = Vec::new();
+    // Results whose lease does not hold their URL open (any more): a replay, a repeat, or a refusal,
+    // told apart by the history below.
+    let mut answered: Vec<(&ReportedResult, i64)> = Vec::new();
+    // One result per URL per lease in the chunk too.
+    let mut first: HashMap<(i64, i64), i64> = HashMap::with_capacity(results.len());
     for r in results {
         let verdict = match leases.get(&r.lease_id) {
             None => Err(Refusal::NoSuchLease),
             Some(l) if l.holder != *r.reporter => Err(Refusal::NotHolder),
             Some(l) if l.epoch != r.epoch => Err(Refusal::StaleEpoch),
-            Some(l) if !l.active => Err(Refusal::LeaseEnded),
-            Some(_) if !held.contains(&(r.lease_id, r.url_id)) => Err(Refusal::NotInLease),
+            Some(l) if !l.active || !held.contains(&(r.lease_id, r.url_id)) => {
+                answered.push((r, l.created_at));
+                continue;
+            }
             Some(l) => Ok(l.created_at),
         };
         match verdict {
             Ok(granted) => {
-                if r.outcome.checked_at_ms > now {
-                    future.push(accepted.len());
-                }
                 let at = r.outcome.checked_at_ms.clamp(granted, now.max(granted));
-                if at == r.outcome.checked_at_ms {
-                    accepted.push(Cow::Borrowed(r));
-                } else {
-                    let mut r = r.clone();
-                    r.outcome.checked_at_ms = at;
-                    accepted.push(Cow::Owned(r));
+                match first.get(&(r.lease_id, r.url_id)) {
+                    Some(t) if *t == at || r.outcome.checked_at_ms > now => {}
+                    Some(_) => refused.push(refusal(r, Refusal::Repeated)),
+                    None => {
+                        first.insert((r.lease_id, r.url_id), at);
+                        if at == r.outcome.checked_at_ms {
+                            accepted.push(Cow::Borrowed(r));
+                        } else {
+                            let mut r = r.clone();
+                            r.outcome.checked_at_ms = at;
+                            accepted.push(Cow::Owned(r));
+                        }
+                    }
                 }
             }
-            Err(Refusal::LeaseEnded) => ended.push(r),
             Err(reason) => refused.push(refusal(r, reason)),
         }
     }
-    // A replay of a result stored under its lease before: its history row names the lease.
-    let replays: Vec<(i64, i64)> = ended
-        .iter()
-        .map(|r| (r.url_id, r.lease_id))
-        .chain(future.iter().map(|i| (accepted[*i].url_id, accepted[*i].lease_id)))
-        .collect();
-    if !replays.is_empty() {
-        let mut q = sql("SELECT url_id, lease_id FROM checks WHERE url_id ");
-        q.push_id_set(replays.iter().map(|k| k.0).collect::<BTreeSet<_>>()).push(" AND lease_id ");
-        q.push_id_set(replays.iter().map(|k| k.1).collect::<BTreeSet<_>>());
-        let stored: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().collect();
-        refused.extend(
-            ended
-                .into_iter()
-                .filter(|r| !stored.contains(&(r.url_id, r.lease_id)))
-                .map(|r| refusal(r, Refusal::LeaseEnded)),
-        );
-        let replayed: HashSet<usize> =
-            future.into_iter().filter(|i| stored.contains(&(accepted[*i].url_id, accepted[*i].lease_id))).collect();
-        if !replayed.is_empty() {
-            accepted =
-                accepted.into_iter().enumerate().filter(|(i, _)| !replayed.contains(i)).map(|(_, r)| r).collect();
+    if !answered.is_empty() {
+        // What each lease stored for its URLs: at most one check per URL and lease, dated from the
+        // lease's grant on (so the read is of the URL's history since then, not all of it).
+        let since = answered.iter().map(|(_, granted)| *granted).min().unwrap_or(0);
+        let mut q = sql("SELECT url_id, lease_id, checked_at, kind, status, response_ms FROM checks WHERE url_id ");
+        q.push_id_set(answered.iter().map(|(r, _)| r.url_id).collect::<BTreeSet<_>>());
+        q.push(" AND checked_at >= ").push_bind(since).push(" AND lease_id ");
+        q.push_id_set(answered.iter().map(|(r, _)| r.lease_id).collect::<BTreeSet<_>>());
+        let stored: HashMap<(i64, i64), StoredCheck> =
+            q.fetch_all::<StoredCheck>(tx).await?.into_iter().map(|c| ((c.lease_id, c.url_id), c)).collect();
+        for (r, granted) in answered {
+            let active = leases.get(&r.lease_id).is_some_and(|l| l.active);
+            match stored.get(&(r.lease_id, r.url_id)) {
+                // The same result again (a resend after a lost ack): it was stored; nothing to do.
+                Some(c) if c.is_stored(r, granted) => {}
+                Some(_) => refused.push(refusal(r, Refusal::Repeated)),
+                None if active => refused.push(refusal(r, Refusal::NotInLease)),
+                None => refused.push(refusal(r, Refusal::LeaseEnded)),
+            }
         }
     }
-    Ok(Fenced { accepted, refused, locked })
+    Ok(Fenced { accepted, refused })
 }
 
 fn refusal(r: &ReportedResult, reason: Refusal) -> RefusedResult {
@@ -170,7 +164,7 @@ impl SqlStore {
         }
         let now = now_ms();
         let mut tx = self.db.begin_keyed().await?;
-        let Fenced { accepted, refused, locked } = fence(&mut tx, results, now, self.db.dialect()).await?;
+        let Fenced { accepted, refused } = fence(&mut tx, results, now, self.db.dialect()).await?;
         if !refused.is_empty() {
             tracing::warn!(
                 refused = refused.len(),
@@ -184,69 +178,83 @@ impl SqlStore {
             return Ok(Touched { refused, ..Touched::default() });
         }
         let accepted: Vec<&ReportedResult> = accepted.iter().map(AsRef::as_ref).collect();
+        match &mut tx {
+            Tx::Pg(t) => super::postgres::record_results(t, &accepted).await?,
+            Tx::Lite(t) => super::sqlite::record_results(t, &accepted).await?,
+        }
         let newest = newest_per_url(&accepted);
-        let finished = match &mut tx {
-            Tx::Pg(t) => super::postgres::record_results(t, &accepted, &newest, &locked).await?,
-            Tx::Lite(t) => super::sqlite::record_results(t, &accepted, &newest).await?,
-        };
-        let mut touched = settle(tx, finished, &newest, &accepted, now).await?;
+        let mut touched = settle(tx, &newest, &accepted, now).await?;
         touched.refused = refused;
         Ok(touched)
     }
 }
 
-/// The rest of an ingest once `checks` and `job_urls` are written: counters, frontier, lease
-/// ends, host pauses and job completion, then commit.
-async fn settle(
-    mut tx: Tx,
-    finished: Vec<Finished>,
-    newest: &[&ReportedResult],
-    results: &[&ReportedResult],
-    now: i64,
-) -> StoreResult<Touched> {
-    let class_of: HashMap<i64, OutcomeClass> = newest.iter().map(|r| (r.url_id, r.outcome.kind.class())).collect();
-    let mut deltas = JobDeltas::default();
-    let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-    // URLs each lease no longer holds open. A late report may finish rows that another lease holds
-    // now: they are taken off that lease.
-    let mut closed: BTreeMap<i64, i64> = BTreeMap::new();
-    for f in finished {
-        let d = deltas.of(f.job_id);
-        d.checked += 1;
-        d.add_class(class_of.get(&f.url_id).copied().unwrap_or(OutcomeClass::Error));
-        match f.lease_id {
-            Some(lease) => {
-                d.leased -= 1;
-                *closed.entry(lease).or_default() += 1;
-            }
-            None => *per_host.entry(f.host).or_default() -= 1,
-        }
+/// The rest of an ingest once `checks` is written: what the leases held of the reported URLs, and
+/// every job's frontier rows of them (a URL checked once counts for every job that wants it), go;
+/// those jobs' URLs are finished; then counters, frontier, lease ends, host pauses and job completion,
+/// and commit.
+async fn settle(mut tx: Tx, newest: &[&ReportedResult], results: &[&ReportedResult], now: i64) -> StoreResult<Touched> {
+    let by_url: HashMap<i64, &ReportedResult> = newest.iter().map(|r| (r.url_id, *r)).collect();
+    let released = release(&mut tx, results.iter().map(|r| (r.url_id, r.lease_id)).collect()).await?;
+    let waiting = take_frontier(&mut tx, newest.iter().map(|r| r.url_id)).await?;
+    let mut finish = Vec::with_capacity(released.len() + waiting.len());
+    let mut from_lease: HashSet<(i64, i64)> = HashSet::with_capacity(released.len());
+    for &(url_id, _, job_id) in &released {
+        from_lease.insert((job_id, url_id));
     }
+    for (job_id, url_id) in released.iter().map(|&(u, _, j)| (j, u)).chain(waiting.iter().map(|t| (t.job_id, t.url_id)))
+    {
+        let r = by_url.get(&url_id).ok_or_else(|| unasked("an open row"))?;
+        finish.push(FinishRow {
+            job_id,
+            url_id,
+            kind: r.outcome.kind.as_str(),
+            lease_id: r.lease_id,
+            checked_at: r.outcome.checked_at_ms,
+        });
+    }
+    // In key order, the order concurrent transactions meet the rows in.
+    finish.sort_by_key(|f| (f.job_id, f.url_id));
+    finish.dedup_by_key(|f| (f.job_id, f.url_id));
+    let finished = finish_job_urls(&mut tx, &finish).await?;
+    let mut deltas = JobDeltas::default();
+    for (job_id, url_id) in finished {
+        let d = deltas.of(job_id);
+        d.checked += 1;
+        d.add_class(by_url.get(&url_id).map_or(OutcomeClass::Error, |r| r.outcome.kind.class()));
+    }
+    // Every row a lease held leaves it, finished here or not (another lease's result may have
+    // finished it first).
+    for &(job_id, _) in &from_lease {
+        deltas.of(job_id).leased -= 1;
+    }
+    // URLs each lease no longer holds open.
+    let closed =
+        count_by(released.iter().map(|&(u, l, _)| (l, u)).collect::<BTreeSet<_>>().into_iter().map(|(l, _)| l), 1);
+    let per_host = count_by(waiting.iter().map(|t| t.host.clone()), -1);
     let mut pauses: BTreeMap<i64, i64> = BTreeMap::new();
     for r in results {
         let pause = pauses.entry(r.lease_id).or_insert(0);
         *pause = (*pause).max(r.outcome.host_paused_until_ms.unwrap_or(0));
     }
     pauses.retain(|_, p| *p > now);
-    per_host.retain(|_, n| *n != 0);
     // Hosts in name order, before the first is written. Usually no host changes before the leases
     // end, and `close_leases` locks the hosts of the leases that do end; a chunk that also takes
-    // pending URLs off the frontier or pauses a host locks the hosts of all its leases first (every
-    // URL it finishes is of its lease's host). The hosts of leases that go on stay free for grants.
+    // other jobs' waiting URLs off the frontier or pauses a host locks the hosts of all its leases
+    // first (every URL it finishes is of its lease's host). The hosts of leases that go on stay free
+    // for grants.
     if !per_host.is_empty() || !pauses.is_empty() {
-        let mut leases: BTreeSet<i64> = closed.keys().copied().collect();
-        leases.extend(results.iter().map(|r| r.lease_id));
+        let leases: BTreeSet<i64> = results.iter().map(|r| r.lease_id).collect();
         super::leasing::lock_hosts_of_leases(&mut tx, leases).await?;
     }
     add_host_pending(&mut tx, &per_host).await?;
-    for (lease, pause) in pauses {
+    if !pauses.is_empty() {
         // A host that asked to be left alone stays paused for every worker.
-        sql("UPDATE hosts SET next_allowed_at = CASE WHEN next_allowed_at < $2 THEN $2 ELSE next_allowed_at END \
-             WHERE host = (SELECT host FROM leases WHERE id = $1)")
-        .bind(lease)
-        .bind(pause)
-        .execute(&mut tx)
-        .await?;
+        let mut q = sql("UPDATE hosts SET next_allowed_at = CASE WHEN hosts.next_allowed_at < p.t \
+                         THEN p.t ELSE hosts.next_allowed_at END FROM (SELECT l.host AS host, MAX(v.b) AS t FROM ");
+        q.push_id_pairs(pauses.into_iter().collect());
+        q.push(" AS v JOIN leases l ON l.id = v.a GROUP BY l.host) AS p WHERE hosts.host = p.host");
+        q.execute(&mut tx).await?;
     }
     close_leases(&mut tx, &closed, now).await?;
     deltas.apply(&mut tx).await?;

@@ -7,6 +7,7 @@ use urlfleet_shared::job::{CountsDelta, JobState};
 use urlfleet_shared::time::now_ms;
 
 use super::db::{Executor, Tx, sql};
+use super::frontier::{add_host_pending, count_by};
 use super::rows::{JOB_COLUMNS, JobRow};
 use super::{JobRecord, SqlStore, StoreError, StoreResult};
 
@@ -61,41 +62,47 @@ pub(crate) async fn require_job(ex: &mut impl Executor, id: i64) -> StoreResult<
     fetch_job(ex, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))
 }
 
-/// Completes the jobs whose every URL is resolved.
+/// Completes the jobs whose every URL is resolved. The counters are taken from the rows each write
+/// changed, so they add up to the total exactly; a sum past it is a bug, reported, and the job is
+/// left open rather than completed early.
 pub(crate) async fn complete_if_done(tx: &mut Tx, jobs: &[i64], now: i64) -> StoreResult<()> {
     for job in jobs {
-        sql("UPDATE jobs SET state = 'completed', finished_at = $2, unique_active = FALSE \
+        let done = sql("UPDATE jobs SET state = 'completed', finished_at = $2, unique_active = FALSE \
              WHERE id = $1 AND sealed_at IS NOT NULL AND state IN ('scheduled', 'running') \
-             AND checked + fresh + invalid + failed + cancelled >= total")
+             AND checked + fresh + invalid + failed + cancelled = total")
         .bind(*job)
         .bind(now)
         .execute(tx)
         .await?;
-    }
-    Ok(())
-}
-
-/// Adds pending work to hosts' frontier counters (negative to remove).
-pub(crate) async fn add_host_pending(tx: &mut Tx, per_host: &BTreeMap<String, i64>) -> StoreResult<()> {
-    for (host, n) in per_host.iter().filter(|(_, n)| **n != 0) {
-        sql("UPDATE hosts SET pending = pending + $2 WHERE host = $1").bind(host.as_str()).bind(*n).execute(tx).await?;
-    }
-    Ok(())
-}
-
-/// Cancels a job's pending URLs and takes them off the frontier; returns how many.
-pub(crate) async fn cancel_pending(tx: &mut Tx, job_id: i64) -> StoreResult<i64> {
-    let hosts: Vec<(String,)> =
-        sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host")
-            .bind(job_id)
-            .fetch_all(tx)
+        if done == 0 {
+            let over: Option<i64> = sql("SELECT checked + fresh + invalid + failed + cancelled - total FROM jobs \
+                                         WHERE id = $1 AND sealed_at IS NOT NULL AND state IN ('scheduled', 'running')")
+            .bind(*job)
+            .scalar(tx)
             .await?;
-    let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-    for (h,) in &hosts {
-        *per_host.entry(h.clone()).or_default() -= 1;
+            if let Some(over) = over.filter(|n| *n > 0) {
+                tracing::error!(job.id = job, over, "job counters add up to more than its total");
+            }
+        }
     }
-    add_host_pending(tx, &per_host).await?;
-    Ok(hosts.len() as i64)
+    Ok(())
+}
+
+/// Cancels a job's open URLs (waiting, and out in leases) and takes them off the frontier and the
+/// leases. Returns how many were cancelled, how many of them were out in leases, and the leases
+/// left holding nothing open (their hosts are released; the caller tells their holders).
+pub(crate) async fn cancel_open(tx: &mut Tx, job_id: i64) -> StoreResult<(i64, i64, Vec<i64>)> {
+    let (waiting, closed, leased) = super::leasing::take_job_open_work(tx, job_id).await?;
+    let cancelled = sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending'")
+        .bind(job_id)
+        .execute(tx)
+        .await?;
+    let hosts: BTreeSet<String> = waiting.iter().cloned().collect();
+    super::leasing::lock_hosts(tx, &hosts).await?;
+    add_host_pending(tx, &count_by(waiting, -1)).await?;
+    // A lease that still holds URLs of other jobs keeps running for them.
+    let revoked = super::leasing::close_leases(tx, &closed, 0).await?;
+    Ok((cancelled as i64, leased, revoked))
 }
 
 impl SqlStore {
@@ -134,46 +141,15 @@ impl SqlStore {
         if job.state.is_final() {
             return Ok(Some((job, Vec::new())));
         }
-        // The store's lock order: the job's leases, its URLs, then their hosts, the job last.
-        super::leasing::lock_job_open_urls(&mut tx, id).await?;
-        let cancelled: Vec<(String,)> =
-            sql("UPDATE job_urls SET state = 'cancelled' WHERE job_id = $1 AND state = 'pending' RETURNING host")
-                .bind(id)
-                .fetch_all(&mut tx)
-                .await?;
-        let pending = cancelled.len() as i64;
-        // RETURNING yields new values, so read the lease ids before clearing them.
-        let leased: Vec<(Option<i64>, String)> = sql(format!(
-            "SELECT lease_id, host FROM job_urls WHERE job_id = $1 AND state = 'leased'{}",
-            self.db.dialect().for_update
-        ))
-        .bind(id)
-        .fetch_all(&mut tx)
-        .await?;
-        sql("UPDATE job_urls SET state = 'cancelled', lease_id = NULL WHERE job_id = $1 AND state = 'leased'")
-            .bind(id)
-            .execute(&mut tx)
-            .await?;
-        let hosts: BTreeSet<String> =
-            cancelled.iter().map(|(h,)| h).chain(leased.iter().map(|(_, h)| h)).cloned().collect();
-        super::leasing::lock_hosts(&mut tx, &hosts).await?;
-        let mut per_host: BTreeMap<String, i64> = BTreeMap::new();
-        for (h,) in &cancelled {
-            *per_host.entry(h.clone()).or_default() -= 1;
-        }
-        add_host_pending(&mut tx, &per_host).await?;
-        let mut per_lease: BTreeMap<i64, i64> = BTreeMap::new();
-        for l in leased.iter().filter_map(|(l, _)| *l) {
-            *per_lease.entry(l).or_default() += 1;
-        }
-        // A lease that still holds URLs of other jobs keeps running for them.
-        let revoked = super::leasing::close_leases(&mut tx, &per_lease, 0).await?;
+        // The store's lock order: the job's leases, its open work and URLs, then their hosts, the
+        // job last.
+        let (cancelled, leased, revoked) = cancel_open(&mut tx, id).await?;
         sql("UPDATE jobs SET state = 'cancelled', finished_at = $2, unique_active = FALSE, \
              cancelled = cancelled + $3, leased = leased - $4 WHERE id = $1")
         .bind(id)
         .bind(now)
-        .bind(pending + leased.len() as i64)
-        .bind(leased.len() as i64)
+        .bind(cancelled)
+        .bind(leased)
         .execute(&mut tx)
         .await?;
         let job = require_job(&mut tx, id).await?;

@@ -7,7 +7,10 @@ use std::time::Duration;
 use urlfleet_shared::job::JobUrlState;
 use urlfleet_shared::time::{ms, now_ms};
 
+use std::collections::HashSet;
+
 use super::db::{Tx, sql};
+use super::frontier::{FrontierEntry, count_by, insert_frontier};
 use super::jobs::{JobDeltas, complete_if_done};
 use super::{SqlStore, StoreResult, Touched};
 
@@ -20,6 +23,17 @@ pub(crate) const HAND_OVER_MARGIN: std::time::Duration = std::time::Duration::fr
 
 /// Expired leases reaped per transaction.
 const REAP_BATCH: i64 = 100;
+
+/// A `job_urls` row of an expired lease, as the reaper left it.
+#[derive(sqlx::FromRow)]
+struct ReturnedRow {
+    job_id: i64,
+    url_id: i64,
+    state: String,
+    host: String,
+    url_order: i16,
+    seq: i32,
+}
 
 /// Takes each lease's closed URLs (lease id → count) off its open count, and ends the leases with
 /// none left: their hosts get the slots back and stay paused until `not_before`, and at least the
@@ -80,59 +94,85 @@ pub(crate) async fn close_leases(tx: &mut Tx, closed: &BTreeMap<i64, i64>, not_b
 }
 
 /// The first locks of a transaction about to change a job's open URLs, in the store's lock order
-/// (leases by id, then `job_urls`, then hosts by name, then `jobs` — see `docs/ARCHITECTURE.md`):
-/// the leases of the job's leased URLs, then its open URL rows by URL. PostgreSQL only: SQLite runs
-/// one writer at a time.
-///
-/// A grant may lease some of the job's pending URLs between the two statements: their new lease
-/// is locked last, out of order, so only if no one holds it (`NOWAIT`); if someone does — an ingest
-/// of that lease, which may be waiting for these very rows — the transaction fails with a lock
-/// error that [`super::db::retry_transient`] retries, instead of closing a cycle.
-pub(crate) async fn lock_job_open_urls(tx: &mut Tx, job_id: i64) -> StoreResult<()> {
+/// (leases by id, then open work and `job_urls`, then hosts by name, then `jobs` — see
+/// `docs/ARCHITECTURE.md`): the leases that hold the job's URLs. PostgreSQL only: SQLite runs one
+/// writer at a time. Returns them.
+pub(crate) async fn lock_job_leases(tx: &mut Tx, job_id: i64) -> StoreResult<Vec<i64>> {
+    let dialect = tx.dialect();
+    let mut q = sql("SELECT id FROM leases WHERE id IN (SELECT lease_id FROM lease_urls WHERE job_id = ");
+    q.push_bind(job_id).push(") ORDER BY id").push(dialect.for_no_key_update);
+    Ok(q.fetch_all::<(i64,)>(tx).await?.into_iter().map(|(id,)| id).collect())
+}
+
+/// After a job's waiting URLs left the frontier: the leases a grant gave some of them since
+/// [`lock_job_leases`] ran. Their locks come out of order, so only if no one holds them (`NOWAIT`);
+/// if someone does — an ingest of that lease, which may be waiting for these very rows — the
+/// transaction fails with a lock error that [`super::db::retry_transient`] retries, instead of
+/// closing a cycle.
+pub(crate) async fn lock_late_job_leases(tx: &mut Tx, job_id: i64, locked: &[i64]) -> StoreResult<()> {
     let dialect = tx.dialect();
     if dialect.for_no_key_update.is_empty() {
         return Ok(());
     }
-    let leases: Vec<(i64,)> = sql(format!(
-        "SELECT id FROM leases WHERE id IN (SELECT lease_id FROM job_urls WHERE job_id = $1 AND state = 'leased') \
-         ORDER BY id{}",
-        dialect.for_no_key_update
-    ))
-    .bind(job_id)
-    .fetch_all(tx)
-    .await?;
-    // Then its open URL rows in URL order, the order in which an ingest finishes a URL's rows.
-    sql(format!(
-        "SELECT url_id FROM job_urls WHERE job_id = $1 AND state IN ('pending', 'leased') ORDER BY url_id{}",
-        dialect.for_update
-    ))
-    .bind(job_id)
-    .execute(tx)
-    .await?;
-    // The rows are locked now: the leases they name cannot change any more.
-    let mut q = sql("SELECT DISTINCT lease_id FROM job_urls WHERE job_id = ");
-    q.push_bind(job_id).push(" AND state = 'leased' AND NOT lease_id ").push_id_set(leases.into_iter().map(|(id,)| id));
-    let mut late = q.fetch_all::<(i64,)>(tx).await?;
+    let mut q = sql("SELECT DISTINCT lease_id FROM lease_urls WHERE job_id = ");
+    q.push_bind(job_id).push(" AND NOT lease_id ").push_id_set(locked.iter().copied());
+    let mut late: Vec<i64> = q.fetch_all::<(i64,)>(tx).await?.into_iter().map(|(id,)| id).collect();
     if !late.is_empty() {
         late.sort_unstable();
         let mut q = sql("SELECT id FROM leases WHERE id ");
-        q.push_id_set(late.into_iter().map(|(id,)| id)).push(" ORDER BY id").push(dialect.for_no_key_update);
-        q.push(" NOWAIT");
+        q.push_id_set(late).push(" ORDER BY id").push(dialect.for_no_key_update).push(" NOWAIT");
         q.execute(tx).await?;
     }
     Ok(())
 }
 
+/// Takes a job's open work off the frontier and off its leases, in the store's lock order (the
+/// job's leases first, see [`lock_job_leases`]). Returns the hosts of its waiting URLs (one entry
+/// per URL) and, per lease, how many URLs it no longer holds open for any job.
+pub(crate) async fn take_job_open_work(
+    tx: &mut Tx,
+    job_id: i64,
+) -> StoreResult<(Vec<String>, BTreeMap<i64, i64>, i64)> {
+    let locked = lock_job_leases(tx, job_id).await?;
+    // The job's waiting rows, found by its open URLs (`job_urls` by key) through the frontier's
+    // URL index.
+    let mut q = sql(
+        "DELETE FROM frontier WHERE (host, url_order, seq, url_id, job_id) IN (SELECT f.host, f.url_order, f.seq, \
+         f.url_id, f.job_id FROM job_urls ju JOIN frontier f ON f.url_id = ju.url_id AND f.job_id = ju.job_id \
+         WHERE ju.job_id = ",
+    );
+    q.push_bind(job_id).push(" AND ju.state = 'pending') RETURNING host");
+    let waiting: Vec<String> = q.fetch_all::<(String,)>(tx).await?.into_iter().map(|(h,)| h).collect();
+    lock_late_job_leases(tx, job_id, &locked).await?;
+    let held: Vec<(i64, i64)> =
+        sql("DELETE FROM lease_urls WHERE job_id = $1 RETURNING url_id, lease_id").bind(job_id).fetch_all(tx).await?;
+    let leased = held.len() as i64;
+    // A URL the lease still holds for another job stays open in it.
+    let mut still = HashSet::new();
+    if !held.is_empty() {
+        let mut q =
+            sql("SELECT DISTINCT url_id, lease_id FROM lease_urls WHERE (url_id, lease_id) IN (SELECT a, b FROM ");
+        q.push_id_pairs(held.clone()).push(" AS v)");
+        still.extend(q.fetch_all::<(i64, i64)>(tx).await?);
+    }
+    let closed = count_by(held.into_iter().filter(|p| !still.contains(p)).map(|(_, l)| l), 1);
+    Ok((waiting, closed, leased))
+}
+
 /// Locks hosts by name, in name order, before a transaction updates several of them in statements
-/// of its own (PostgreSQL only).
+/// of its own (PostgreSQL only). The names are bound as one array, whatever their number.
 pub(crate) async fn lock_hosts(tx: &mut Tx, hosts: &BTreeSet<String>) -> StoreResult<()> {
     let dialect = tx.dialect();
     if dialect.for_no_key_update.is_empty() || hosts.is_empty() {
         return Ok(());
     }
-    let mut q = sql("SELECT host FROM hosts WHERE host IN (");
-    q.push_list(hosts.iter().cloned()).push(") ORDER BY host").push(dialect.for_no_key_update);
-    q.execute(tx).await?;
+    if let Tx::Pg(t) = tx {
+        let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        sqlx::query("SELECT host FROM hosts WHERE host = ANY($1::text[]) ORDER BY host FOR NO KEY UPDATE")
+            .bind(&names)
+            .execute(&mut **t)
+            .await?;
+    }
     Ok(())
 }
 
@@ -201,15 +241,23 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn extend_leases_after_outage_impl(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64> {
+    pub(crate) async fn extend_leases_after_outage_impl(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        max_life: Duration,
+    ) -> StoreResult<u64> {
         let mut conn = self.db.acquire().await?;
+        // Never past a lease's maximum life: an outage gives a lease its time back, not more.
         let extended = sql(format!(
-            "UPDATE leases SET expires_at = $1 WHERE id IN (SELECT id FROM leases WHERE active AND expires_at >= $2 \
-             AND expires_at < $1 ORDER BY id{})",
+            "UPDATE leases SET expires_at = CASE WHEN created_at + $3 < $1 THEN created_at + $3 ELSE $1 END \
+             WHERE id IN (SELECT id FROM leases WHERE active AND expires_at >= $2 AND expires_at < $1 \
+             AND created_at + $3 > expires_at ORDER BY id{})",
             self.db.dialect().for_no_key_update
         ))
         .bind(until_ms)
         .bind(since_ms)
+        .bind(ms(max_life))
         .execute(&mut conn)
         .await?;
         Ok(extended)
@@ -231,47 +279,78 @@ impl SqlStore {
         .bind(REAP_BATCH)
         .fetch_all(&mut tx)
         .await?;
-        // In the store's lock order: the leases (above), their URL rows, then their hosts by name.
+        if expired.is_empty() {
+            tx.commit().await?;
+            return Ok(Touched::default());
+        }
+        // In the store's lock order: the leases (above), what they hold and their jobs' URL rows,
+        // then their hosts by name.
         let mut deltas = JobDeltas::default();
-        let mut returned = Vec::with_capacity(expired.len());
-        for (host, lease_id, spacing) in &expired {
-            let rows: Vec<(i64, String)> = sql("UPDATE job_urls SET attempts = attempts + 1, lease_id = NULL, \
-                 state = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE 'pending' END, \
-                 kind = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE kind END \
-                 WHERE lease_id = $1 AND state = 'leased' RETURNING job_id, state")
-            .bind(*lease_id)
-            .bind(i64::from(max_attempts))
-            .fetch_all(&mut tx)
-            .await?;
-            let mut back = 0i64;
-            for (job, state) in &rows {
-                let d = deltas.of(*job);
-                d.leased -= 1;
-                if state.parse() == Ok(JobUrlState::Failed) {
+        let ids: Vec<i64> = expired.iter().map(|(_, id, _)| *id).collect();
+        let mut q = sql("DELETE FROM lease_urls WHERE lease_id ");
+        q.push_id_set(ids.iter().copied()).push(" RETURNING job_id, url_id");
+        let held: Vec<(i64, i64)> = q.fetch_all(&mut tx).await?;
+        let mut back: Vec<ReturnedRow> = Vec::new();
+        if !held.is_empty() {
+            for (job, _) in &held {
+                deltas.of(*job).leased -= 1;
+            }
+            // A URL whose leases expired `max_attempts` times fails; the others wait again.
+            let mut q = sql("UPDATE job_urls SET attempts = attempts + 1, \
+                 state = CASE WHEN attempts + 1 >= $1 THEN 'failed' ELSE 'pending' END, \
+                 kind = CASE WHEN attempts + 1 >= $1 THEN 'failed' ELSE kind END FROM ");
+            q = q.bind(i64::from(max_attempts));
+            q.push_id_pairs(held).push(
+                " AS v WHERE job_urls.job_id = v.a AND job_urls.url_id = v.b AND job_urls.state = 'pending' \
+                 RETURNING job_urls.job_id, job_urls.url_id, job_urls.state, job_urls.host, job_urls.url_order, job_urls.seq",
+            );
+            for r in q.fetch_all::<ReturnedRow>(&mut tx).await? {
+                if r.state.parse() == Ok(JobUrlState::Failed) {
+                    let d = deltas.of(r.job_id);
                     d.failed += 1;
                     d.error += 1;
                 } else {
-                    back += 1;
+                    back.push(r);
                 }
             }
-            sql("UPDATE leases SET active = FALSE WHERE id = $1").bind(*lease_id).execute(&mut tx).await?;
-            tracing::info!(lease.id = lease_id, server.address = %host, urls = rows.len(), "lease expired");
-            returned.push((host, back, *spacing));
         }
-        if !expired.is_empty() {
-            lock_hosts_of_leases(&mut tx, expired.iter().map(|(_, id, _)| *id)).await?;
+        let entries: Vec<FrontierEntry<'_>> = back
+            .iter()
+            .map(|r| FrontierEntry {
+                host: &r.host,
+                url_order: r.url_order,
+                seq: r.seq,
+                url_id: r.url_id,
+                job_id: r.job_id,
+            })
+            .collect();
+        let returned = count_by(insert_frontier(&mut tx, &entries).await?, 1);
+        let mut q = sql("UPDATE leases SET active = FALSE WHERE id ");
+        q.push_id_set(ids.iter().copied());
+        q.execute(&mut tx).await?;
+        for (host, lease_id, _) in &expired {
+            tracing::info!(lease.id = lease_id, server.address = %host, "lease expired");
         }
-        for (host, back, spacing) in returned {
+        lock_hosts_of_leases(&mut tx, ids.iter().copied()).await?;
+        // Per host: the leases that ended, the URLs back, the latest spacing.
+        let mut hosts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for (host, _, spacing) in &expired {
+            let h = hosts.entry(host.as_str()).or_default();
+            h.0 += 1;
+            h.1 = h.1.max(now + spacing);
+        }
+        for (host, (ended, not_before)) in hosts {
             // The expired holder may still be sending: the host's next lease keeps the spacing.
             // Its priority is that of the best URL waiting again (a grant that emptied the host's
             // frontier had set it to none).
-            sql("UPDATE hosts SET active_leases = active_leases - 1, pending = pending + $2, \
-                 next_allowed_at = CASE WHEN next_allowed_at < $3 THEN $3 ELSE next_allowed_at END, \
-                 priority = COALESCE((SELECT url_order / $4 FROM job_urls WHERE job_urls.host = $1 AND waiting \
+            sql("UPDATE hosts SET active_leases = active_leases - $2, pending = pending + $3, \
+                 next_allowed_at = CASE WHEN next_allowed_at < $4 THEN $4 ELSE next_allowed_at END, \
+                 priority = COALESCE((SELECT url_order / $5 FROM frontier WHERE frontier.host = $1 \
                  ORDER BY url_order LIMIT 1), 9) WHERE host = $1")
-            .bind(host.as_str())
-            .bind(back)
-            .bind(now + spacing)
+            .bind(host.to_string())
+            .bind(ended)
+            .bind(returned.get(host).copied().unwrap_or(0))
+            .bind(not_before)
             .bind(urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
             .execute(&mut tx)
             .await?;

@@ -6,6 +6,7 @@
 //! - [`db`]: the small interface to the two databases: statements, transactions, dialect differences.
 //! - `rows`: how domain values are laid out in columns (`FromRow` types, redirect hops).
 //! - `submission`: creating jobs, adding their URLs to the frontier, sealing and discarding them.
+//! - `frontier`: the open work, apart from the record — what waits for a lease, what leases hold.
 //! - `granting`: granting the next batches of many free hosts in one transaction.
 //! - `leasing`: renewing, ending, expiring and reaping leases.
 //! - `ingest`: storing reported results — history, monotonic latest state, job progress.
@@ -26,6 +27,7 @@ pub use dashboard::{FailurePage, FailureQuery, FailureSort, HostRow, JobSample};
 pub use db::is_transient;
 pub(crate) use submission::owned_key;
 mod dashboard;
+mod frontier;
 mod granting;
 mod ingest;
 mod jobs;
@@ -361,8 +363,9 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64], at_ms: i64) -> StoreResult<()>;
     /// After the database was out of reach since `since_ms`: the live leases that expired meanwhile,
     /// or would before `until_ms`, live until `until_ms`, so that their workers' next heartbeats renew
-    /// them (an outage is no worker's fault). Returns how many were extended.
-    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64>;
+    /// them (an outage is no worker's fault), but never past `max_life` after each was granted.
+    /// Returns how many were extended.
+    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64, max_life: Duration) -> StoreResult<u64>;
     /// Returns the URLs of expired leases to the frontier, failing those whose leases expired
     /// `max_attempts` times.
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched>;
@@ -460,8 +463,8 @@ impl Store for SqlStore {
     async fn expire_worker_leases(&self, worker_id: &str, lease_ids: &[i64], at_ms: i64) -> StoreResult<()> {
         self.expire_worker_leases_impl(worker_id, lease_ids, at_ms).await
     }
-    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64) -> StoreResult<u64> {
-        self.extend_leases_after_outage_impl(since_ms, until_ms).await
+    async fn extend_leases_after_outage(&self, since_ms: i64, until_ms: i64, max_life: Duration) -> StoreResult<u64> {
+        self.extend_leases_after_outage_impl(since_ms, until_ms, max_life).await
     }
     async fn reap_expired(&self, max_attempts: u32) -> StoreResult<Touched> {
         self.reap_expired_impl(max_attempts).await

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Acquire, Connection, FromRow, Postgres};
 
+use super::frontier::{FinishRow, FrontierEntry};
 use super::granting::Picked;
-use super::ingest::Finished;
 use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
 use super::{PlannedUrl, StoreError, StoreResult, mask_password};
@@ -87,7 +87,7 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
         |conflict| {
             format!(
                 "INSERT INTO urls (url) SELECT * FROM UNNEST($1::text[]){conflict} \
-                 RETURNING url, id, NULL::text AS kind, NULL::int AS status, NULL::bigint AS checked_at, TRUE AS new"
+                 RETURNING url, id, NULL::text AS kind, NULL::int AS status, NULL::bigint AS checked_at"
             )
         },
         " ON CONFLICT (url) DO NOTHING",
@@ -98,7 +98,7 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
     if stored.len() < urls.len() {
         let known = not_stored(chunk, &stored);
         let rows: Vec<StoredUrl> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN checks c \
+            "SELECT u.url, u.id, c.kind, c.status, c.checked_at FROM urls u LEFT JOIN checks c \
              ON c.url_id = u.id AND c.checked_at = {} WHERE u.url = ANY($1::text[])",
             latest_check_at("u.id")
         )))
@@ -111,16 +111,17 @@ pub(crate) async fn upsert_urls(tx: &mut PgTx, chunk: &[PlannedUrl]) -> StoreRes
 }
 
 /// Each host's next URLs in frontier order, up to its limit, for any number of hosts in one short
-/// statement: a lateral read of the frontier index per host (see `granting::pick_frontier`).
+/// statement: a lateral read of the frontier per host (see `granting::pick_frontier`).
 pub(crate) async fn pick_frontier(tx: &mut PgTx, hosts: &[(&str, i64)], now: i64) -> StoreResult<Vec<Picked>> {
     let names: Vec<&str> = hosts.iter().map(|(h, _)| *h).collect();
     let limits: Vec<i64> = hosts.iter().map(|(_, n)| *n).collect();
     Ok(sqlx::query_as::<_, Picked>(
         "SELECT f.* FROM UNNEST($1::text[], $2::bigint[]) AS h(host, n) CROSS JOIN LATERAL \
-         (SELECT ju.host, ju.url_id, u.url, ju.url_order, ju.seq FROM job_urls ju JOIN urls u ON u.id = ju.url_id \
-          WHERE ju.host = h.host AND ju.waiting AND ju.job_id + 0 = ANY(ARRAY(SELECT id FROM jobs \
+         (SELECT fr.host, fr.url_id, u.url, fr.url_order, fr.seq FROM frontier fr JOIN urls u ON u.id = fr.url_id \
+          WHERE fr.host = h.host AND fr.job_id = ANY(ARRAY(SELECT id FROM jobs \
           WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $3)) \
-          ORDER BY ju.url_order, ju.seq, ju.url_id LIMIT h.n) AS f",
+          AND NOT EXISTS (SELECT 1 FROM lease_urls lu WHERE lu.url_id = fr.url_id) \
+          ORDER BY fr.url_order, fr.seq, fr.url_id LIMIT h.n) AS f",
     )
     .bind(&names)
     .bind(&limits)
@@ -129,71 +130,103 @@ pub(crate) async fn pick_frontier(tx: &mut PgTx, hosts: &[(&str, i64)], now: i64
     .await?)
 }
 
-/// Inserts a job's URL rows, passed as column arrays.
-pub(crate) async fn insert_job_urls(tx: &mut PgTx, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
+/// Inserts a job's URL rows, passed as column arrays; returns the rows inserted (a batch tried again
+/// after a commit whose outcome was unknown inserts none).
+pub(crate) async fn insert_job_urls(
+    tx: &mut PgTx,
+    job_id: i64,
+    planned: &[PlannedRow<'_>],
+) -> StoreResult<Vec<(i64, String)>> {
     let ids: Vec<i64> = planned.iter().map(|p| p.url_id).collect();
     let hosts: Vec<&str> = planned.iter().map(|p| p.host).collect();
     let states: Vec<&str> = planned.iter().map(|p| p.state.as_str()).collect();
     let orders: Vec<i16> = planned.iter().map(|p| p.url_order).collect();
     let kinds: Vec<Option<&str>> = planned.iter().map(|p| p.kind).collect();
     let seqs: Vec<i32> = planned.iter().map(|p| p.seq).collect();
-    plain_first(
+    let rows = plain_first(
         tx,
         |conflict| {
             format!(
                 "INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) \
                  SELECT $1::bigint, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::smallint[], \
-                 $6::text[], $7::int[]){conflict}"
+                 $6::text[], $7::int[]){conflict} RETURNING url_id, state"
             )
         },
         " ON CONFLICT DO NOTHING",
         |text| query(text).bind(job_id).bind(&ids).bind(&hosts).bind(&states).bind(&orders).bind(&kinds).bind(&seqs),
     )
     .await?;
+    Ok(rows.iter().map(<(i64, String)>::from_row).collect::<Result<_, _>>()?)
+}
+
+/// Adds entries to the frontier, passed as column arrays; returns the host of each entry inserted.
+pub(crate) async fn insert_frontier(tx: &mut PgTx, entries: &[FrontierEntry<'_>]) -> StoreResult<Vec<String>> {
+    let hosts: Vec<&str> = entries.iter().map(|e| e.host).collect();
+    let orders: Vec<i16> = entries.iter().map(|e| e.url_order).collect();
+    let seqs: Vec<i32> = entries.iter().map(|e| e.seq).collect();
+    let urls: Vec<i64> = entries.iter().map(|e| e.url_id).collect();
+    let jobs: Vec<i64> = entries.iter().map(|e| e.job_id).collect();
+    let rows = plain_first(
+        tx,
+        |conflict| {
+            format!(
+                "INSERT INTO frontier (host, url_order, seq, url_id, job_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::smallint[], $3::int[], $4::bigint[], $5::bigint[]){conflict} \
+                 RETURNING host"
+            )
+        },
+        " ON CONFLICT DO NOTHING",
+        |text| query(text).bind(&hosts).bind(&orders).bind(&seqs).bind(&urls).bind(&jobs),
+    )
+    .await?;
+    Ok(rows.iter().map(|r| <(String,)>::from_row(r).map(|(h,)| h)).collect::<Result<_, _>>()?)
+}
+
+/// Records what new leases hold: (URL, lease, job) triples, as column arrays.
+pub(crate) async fn insert_lease_urls(tx: &mut PgTx, held: &[(i64, i64, i64)]) -> StoreResult<()> {
+    let urls: Vec<i64> = held.iter().map(|h| h.0).collect();
+    let leases: Vec<i64> = held.iter().map(|h| h.1).collect();
+    let jobs: Vec<i64> = held.iter().map(|h| h.2).collect();
+    sqlx::query(
+        "INSERT INTO lease_urls (url_id, lease_id, job_id) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])",
+    )
+    .bind(&urls)
+    .bind(&leases)
+    .bind(&jobs)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// Writes a chunk's results: finishes the open `job_urls` rows of its URLs (and returns them), then
-/// records the history, whose newest row of each URL is its latest state.
-pub(crate) async fn record_results(
-    tx: &mut PgTx,
-    results: &[&ReportedResult],
-    newest: &[&ReportedResult],
-    locked_leases: &[i64],
-) -> StoreResult<Vec<Finished>> {
-    let ids: Vec<i64> = newest.iter().map(|r| r.url_id).collect();
-    let kinds: Vec<&str> = newest.iter().map(|r| r.outcome.kind.as_str()).collect();
-    // The rows are read inside the statement, after the fence locked the leases: a URL that a
-    // submission joined to one of those leases meanwhile (see `join_running_leases`) is finished with
-    // it. If another transaction moves a row meanwhile, the condition is checked again on its new
-    // version (it is repeated outside the lateral read for that). A row leased only after the fence
-    // (a grant marked it since) stays with its new lease, whose holder reports it: finishing it here
-    // would end a lease this chunk did not lock first, out of the store's lock order.
-    // The rows are found by a lateral read per URL, kept apart by `OFFSET 0`: as a plain join (or a
-    // lateral read the planner pulled up into one), a young table's statistics led it to read every
-    // row of the URL index once and compare it with every reported URL (tens of millions of
-    // comparisons, seconds per chunk). The URLs go in id order, the order concurrent chunks lock
-    // `job_urls` rows in.
-    let finished: Vec<Finished> = sqlx::query_as(
-        "UPDATE job_urls ju SET state = 'done', kind = v.kind \
-         FROM (SELECT j.job_id, j.url_id, t.kind FROM UNNEST($1::bigint[], $2::text[]) AS t(url_id, kind) \
-         CROSS JOIN LATERAL (SELECT job_id, url_id FROM job_urls WHERE url_id = t.url_id AND (state = 'pending' \
-         OR (state = 'leased' AND lease_id = ANY($3::bigint[]))) OFFSET 0) AS j) AS v \
-         WHERE ju.job_id = v.job_id AND ju.url_id = v.url_id AND (ju.state = 'pending' \
-         OR (ju.state = 'leased' AND ju.lease_id = ANY($3::bigint[]))) \
-         RETURNING ju.job_id, ju.url_id, ju.lease_id, ju.host",
+/// Finishes open `job_urls` rows by primary key with the result that answered them; returns those
+/// finished (a row finished or cancelled before is left as it is).
+pub(crate) async fn finish_job_urls(tx: &mut PgTx, rows: &[FinishRow<'_>]) -> StoreResult<Vec<(i64, i64)>> {
+    let jobs: Vec<i64> = rows.iter().map(|r| r.job_id).collect();
+    let urls: Vec<i64> = rows.iter().map(|r| r.url_id).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+    let leases: Vec<i64> = rows.iter().map(|r| r.lease_id).collect();
+    let at: Vec<i64> = rows.iter().map(|r| r.checked_at).collect();
+    Ok(sqlx::query_as(
+        "UPDATE job_urls ju SET state = 'done', kind = v.kind, lease_id = v.lease_id, checked_at = v.at \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) AS v(job_id, url_id, kind, lease_id, at) \
+         WHERE ju.job_id = v.job_id AND ju.url_id = v.url_id AND ju.state = 'pending' RETURNING ju.job_id, ju.url_id",
     )
-    .bind(&ids)
+    .bind(&jobs)
+    .bind(&urls)
     .bind(&kinds)
-    .bind(locked_leases)
+    .bind(&leases)
+    .bind(&at)
     .fetch_all(&mut **tx)
-    .await?;
+    .await?)
+}
+
+/// Records a chunk's results in the history: every result a `checks` row, whose newest row of a URL
+/// is its latest state. A replay hits the primary key and changes nothing.
+pub(crate) async fn record_results(tx: &mut PgTx, results: &[&ReportedResult]) -> StoreResult<()> {
     // No foreign keys on the hot tables: every URL here exists, because the fence let through only
-    // URLs a lease holds, and a URL's `job_urls` rows are written in one transaction with it.
-    // Every result becomes a `checks` row — a replay hits the primary key and changes nothing — and a
-    // URL's newest row is its latest state. Rows go in URL id order, the order concurrent chunks meet
-    // each other's keys in, newest first within a URL: of equally new results the first reported
-    // leads, so it is the one `checks` keeps and the one `newest_per_url` counts.
+    // URLs a lease holds. Rows go in URL id order, the order concurrent chunks meet each other's keys
+    // in, newest first within a URL: of equally new results the first reported leads, so it is the
+    // one `checks` keeps and the one `newest_per_url` counts.
     let mut rows: Vec<(usize, &ReportedResult)> = results.iter().copied().enumerate().collect();
     rows.sort_by_key(|(i, r)| (r.url_id, std::cmp::Reverse(r.outcome.checked_at_ms), *i));
     let url_ids: Vec<i64> = rows.iter().map(|(_, r)| r.url_id).collect();
@@ -215,7 +248,7 @@ pub(crate) async fn record_results(
             .bind(&c.errors)
     })
     .await?;
-    Ok(finished)
+    Ok(())
 }
 
 /// Records results passed as column arrays, each one a `checks` row.

@@ -90,19 +90,22 @@ pub(crate) fn invalid_row(seq: i64, input: String, reason: String) -> ResultRow 
 }
 
 /// `SELECT … WHERE ju.job_id = ` (the job id to push next): a job's URL rows as [`UrlResultRow`]s.
-/// A URL the job checked shows that check (found by the job's lease), not the URL's latest state,
-/// which a later job may have changed; any other URL (fresh, not checked yet, or finished by another
-/// lease's report) shows its latest state, the newest check of its history.
+/// A URL the job checked shows that check (its time is in the row), not the URL's latest state,
+/// which a later job may have changed; any other URL (fresh, or not checked yet) shows its latest
+/// state, the newest check of its history. An open URL that a lease holds shows as leased.
 pub(crate) fn job_url_rows<'a>() -> super::db::Sql<'a> {
     sql(job_url_select(""))
 }
 
 /// The text of [`job_url_rows`], with `join` (a `JOIN … ON …` clause) after `job_urls ju`.
 pub(crate) fn job_url_select(join: &str) -> String {
+    // Rows finished before the job's check time was kept name the lease that checked them.
     format!(
-        "SELECT u.id, u.url, ju.kind, ju.state, c.status, c.final_url, c.redirects, c.attempts, c.response_ms, \
+        "SELECT u.id, u.url, ju.kind, CASE WHEN ju.state = 'pending' AND EXISTS (SELECT 1 FROM lease_urls lu \
+         WHERE lu.url_id = ju.url_id AND lu.job_id = ju.job_id) THEN 'leased' ELSE ju.state END AS state, \
+         c.status, c.final_url, c.redirects, c.attempts, c.response_ms, \
          c.content_type, c.content_length, c.checked_at, c.error FROM job_urls ju {join} JOIN urls u ON u.id = ju.url_id \
-         LEFT JOIN checks c ON c.url_id = ju.url_id AND c.checked_at = COALESCE(CASE WHEN ju.state = 'done' \
+         LEFT JOIN checks c ON c.url_id = ju.url_id AND c.checked_at = COALESCE(ju.checked_at, CASE WHEN ju.state = 'done' \
          THEN (SELECT MAX(c2.checked_at) FROM checks c2 WHERE c2.url_id = ju.url_id AND c2.lease_id = ju.lease_id) END, \
          {}) WHERE ju.job_id = ",
         latest_check_at("ju.url_id")

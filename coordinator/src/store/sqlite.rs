@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use urlfleet_shared::{CheckOutcome, ReportedResult};
 
 use super::db::ladder_chunks;
-use super::ingest::Finished;
+use super::frontier::{FinishRow, FrontierEntry};
 use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
 use super::{PlannedUrl, StoreError, StoreResult, mask_password};
@@ -60,14 +60,14 @@ pub(crate) async fn upsert_urls(tx: &mut LiteTx, chunk: &[PlannedUrl]) -> StoreR
         qb.push_values(run, |mut b, u| {
             b.push_bind(u.url.as_str());
         });
-        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, NULL AS kind, NULL AS status, NULL AS checked_at, TRUE AS new");
+        qb.push(" ON CONFLICT (url) DO NOTHING RETURNING url, id, NULL AS kind, NULL AS status, NULL AS checked_at");
         stored.extend(qb.build_query_as::<StoredUrl>().fetch_all(&mut **tx).await?);
     }
     if stored.len() < chunk.len() {
         let known = not_stored(chunk, &stored);
         for run in ladder_chunks(&known, SUBMIT_ROWS) {
             let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT u.url, u.id, c.kind, c.status, c.checked_at, FALSE AS new FROM urls u LEFT JOIN checks c \
+                "SELECT u.url, u.id, c.kind, c.status, c.checked_at FROM urls u LEFT JOIN checks c \
                  ON c.url_id = u.id AND c.checked_at = {} WHERE u.url IN (",
                 latest_check_at("u.id")
             ));
@@ -82,8 +82,14 @@ pub(crate) async fn upsert_urls(tx: &mut LiteTx, chunk: &[PlannedUrl]) -> StoreR
     Ok(stored)
 }
 
-/// Inserts a job's URL rows.
-pub(crate) async fn insert_job_urls(tx: &mut LiteTx, job_id: i64, planned: &[PlannedRow<'_>]) -> StoreResult<()> {
+/// Inserts a job's URL rows; returns the rows inserted (a batch tried again after a commit whose
+/// outcome was unknown inserts none).
+pub(crate) async fn insert_job_urls(
+    tx: &mut LiteTx,
+    job_id: i64,
+    planned: &[PlannedRow<'_>],
+) -> StoreResult<Vec<(i64, String)>> {
+    let mut inserted = Vec::with_capacity(planned.len());
     for run in ladder_chunks(planned, SUBMIT_ROWS) {
         let mut qb =
             QueryBuilder::<Sqlite>::new("INSERT INTO job_urls (job_id, url_id, host, state, url_order, kind, seq) ");
@@ -96,20 +102,61 @@ pub(crate) async fn insert_job_urls(tx: &mut LiteTx, job_id: i64, planned: &[Pla
                 .push_bind(p.kind)
                 .push_bind(p.seq);
         });
-        qb.push(" ON CONFLICT DO NOTHING");
+        qb.push(" ON CONFLICT DO NOTHING RETURNING url_id, state");
+        inserted.extend(qb.build_query_as::<(i64, String)>().fetch_all(&mut **tx).await?);
+    }
+    Ok(inserted)
+}
+
+/// Adds entries to the frontier; returns the host of each entry inserted.
+pub(crate) async fn insert_frontier(tx: &mut LiteTx, entries: &[FrontierEntry<'_>]) -> StoreResult<Vec<String>> {
+    let mut hosts = Vec::with_capacity(entries.len());
+    for run in ladder_chunks(entries, SUBMIT_ROWS) {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO frontier (host, url_order, seq, url_id, job_id) ");
+        qb.push_values(run, |mut b, e| {
+            b.push_bind(e.host).push_bind(e.url_order).push_bind(e.seq).push_bind(e.url_id).push_bind(e.job_id);
+        });
+        qb.push(" ON CONFLICT DO NOTHING RETURNING host");
+        hosts.extend(qb.build_query_as::<(String,)>().fetch_all(&mut **tx).await?.into_iter().map(|(h,)| h));
+    }
+    Ok(hosts)
+}
+
+/// Records what new leases hold: (URL, lease, job) triples.
+pub(crate) async fn insert_lease_urls(tx: &mut LiteTx, held: &[(i64, i64, i64)]) -> StoreResult<()> {
+    for run in ladder_chunks(held, SUBMIT_ROWS) {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO lease_urls (url_id, lease_id, job_id) ");
+        qb.push_values(run, |mut b, h| {
+            b.push_bind(h.0).push_bind(h.1).push_bind(h.2);
+        });
         qb.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-/// Writes a chunk's results: every result into the history (a replay hits the primary key and changes
-/// nothing; the newest `checks` row of a URL is its latest state), and the open `job_urls` rows of its
-/// URLs finished and returned. A result for a URL that does not exist fails on the foreign keys.
-pub(crate) async fn record_results(
-    tx: &mut LiteTx,
-    results: &[&ReportedResult],
-    newest: &[&ReportedResult],
-) -> StoreResult<Vec<Finished>> {
+/// Finishes open `job_urls` rows by primary key with the result that answered them; returns those
+/// finished.
+pub(crate) async fn finish_job_urls(tx: &mut LiteTx, rows: &[FinishRow<'_>]) -> StoreResult<Vec<(i64, i64)>> {
+    let mut finished = Vec::with_capacity(rows.len());
+    for run in ladder_chunks(rows, INGEST_ROWS) {
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH v(job_id, url_id, kind, lease_id, at) AS (");
+        qb.push_values(run, |mut b, r| {
+            b.push_bind(r.job_id).push_bind(r.url_id).push_bind(r.kind).push_bind(r.lease_id).push_bind(r.checked_at);
+        });
+        qb.push(
+            ") UPDATE job_urls SET state = 'done', kind = v.kind, lease_id = v.lease_id, checked_at = v.at FROM v \
+             WHERE job_urls.job_id = v.job_id AND job_urls.url_id = v.url_id AND job_urls.state = 'pending' \
+             RETURNING job_urls.job_id, job_urls.url_id",
+        );
+        finished.extend(qb.build_query_as::<(i64, i64)>().fetch_all(&mut **tx).await?);
+    }
+    Ok(finished)
+}
+
+/// Records a chunk's results in the history (a replay hits the primary key and changes nothing; the
+/// newest `checks` row of a URL is its latest state). A result for a URL that does not exist fails
+/// on the foreign keys.
+pub(crate) async fn record_results(tx: &mut LiteTx, results: &[&ReportedResult]) -> StoreResult<()> {
     for chunk in ladder_chunks(results, INGEST_ROWS) {
         let mut qb = QueryBuilder::<Sqlite>::new(format!("INSERT INTO checks (url_id, lease_id, {OUTCOME_COLUMNS}) "));
         qb.push_values(chunk, |mut b, r| {
@@ -119,20 +166,7 @@ pub(crate) async fn record_results(
         qb.push(" ON CONFLICT (url_id, checked_at) DO NOTHING");
         qb.build().execute(&mut **tx).await?;
     }
-    let mut finished = Vec::new();
-    for chunk in ladder_chunks(newest, INGEST_ROWS) {
-        let mut qb = QueryBuilder::<Sqlite>::new("WITH v(url_id, kind) AS (");
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.url_id).push_bind(r.outcome.kind.as_str());
-        });
-        qb.push(
-            ") UPDATE job_urls SET state = 'done', kind = v.kind FROM v \
-             WHERE job_urls.url_id = v.url_id AND job_urls.state IN ('pending', 'leased') \
-             RETURNING job_id, url_id, lease_id, host",
-        );
-        finished.extend(qb.build_query_as::<Finished>().fetch_all(&mut **tx).await?);
-    }
-    Ok(finished)
+    Ok(())
 }
 
 /// The outcome columns of `checks`, in the order [`push_outcome`] binds them.

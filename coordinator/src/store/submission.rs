@@ -8,7 +8,8 @@ use urlfleet_shared::job::{CheckReason, CountsDelta, JobUrlState, Priority, Rech
 use urlfleet_shared::time::{ms, now_ms};
 
 use super::db::{Tx, ladder_chunks, retry_transient, sql};
-use super::jobs::{JobDeltas, add_host_pending, cancel_pending, complete_if_done, require_job};
+use super::frontier::{FrontierEntry, insert_frontier, unasked};
+use super::jobs::{JobDeltas, cancel_open, complete_if_done, require_job};
 use super::rows::{options_json, parse_kind};
 use super::{InvalidEntry, JobRecord, NewJob, PlannedUrl, RecheckPolicy, Seal, SqlStore, StoreError, StoreResult};
 
@@ -24,8 +25,6 @@ pub(crate) struct StoredUrl {
     pub kind: Option<String>,
     pub status: Option<i32>,
     pub checked_at: Option<i64>,
-    /// Inserted by this transaction: no lease can hold it yet.
-    pub new: bool,
 }
 
 impl StoredUrl {
@@ -167,8 +166,13 @@ impl SqlStore {
                 .scalar(&mut tx)
                 .await?;
         let priority = priority.and_then(Priority::from_rank).ok_or(StoreError::NotReceiving(job_id))?;
+        let state: Option<String> = sql("SELECT state FROM jobs WHERE id = $1").bind(job_id).scalar(&mut tx).await?;
+        // A job cancelled while its URLs arrive keeps them as cancelled: none joins the frontier.
+        let cancelled = state.as_deref() == Some(urlfleet_shared::JobState::Cancelled.as_str());
         let mut delta = CountsDelta::default();
+        let mut budgets: HashMap<&str, LeaseBudget> = HashMap::new();
         let mut per_host: BTreeMap<&str, HostWork> = BTreeMap::new();
+        let mut waiting_rows: Vec<FrontierEntry<'_>> = Vec::new();
         for chunk in urls.chunks(CHUNK_ROWS) {
             let stored = match &mut tx {
                 Tx::Pg(t) => super::postgres::upsert_urls(t, chunk).await?,
@@ -176,28 +180,24 @@ impl SqlStore {
             };
             let stored: HashMap<&str, &StoredUrl> = stored.iter().map(|s| (s.url.as_str(), s)).collect();
             let mut planned = Vec::with_capacity(chunk.len());
-            let mut joinable = Vec::new();
+            let mut classes: HashMap<i64, urlfleet_shared::OutcomeClass> = HashMap::new();
             for u in chunk {
                 let s = stored.get(u.url.as_str()).ok_or_else(|| {
                     StoreError::Corrupt(format!("url {} not stored", urlfleet_shared::url::redact(&u.url)))
                 })?;
                 let check = s.check()?;
                 let (state, reason) = match policy.judge(check.as_ref(), now) {
+                    Recheck::Check(_) if cancelled => (JobUrlState::Cancelled, CheckReason::Stale),
                     Recheck::Check(reason) => (JobUrlState::Pending, reason),
                     Recheck::Fresh => (JobUrlState::Fresh, CheckReason::Stale),
                 };
                 if state == JobUrlState::Fresh {
-                    delta.fresh += 1;
-                    delta.add_class(
+                    classes.insert(
+                        s.id,
                         check.and_then(|c| c.kind).map_or(urlfleet_shared::OutcomeClass::Error, |k| k.class()),
                     );
-                } else {
-                    let w = per_host.entry(u.host.as_str()).or_insert(HostWork { pending: 0, budget: u.budget });
-                    w.pending += 1;
-                    if !s.new {
-                        joinable.push(s.id);
-                    }
                 }
+                budgets.entry(u.host.as_str()).or_insert(u.budget);
                 planned.push(PlannedRow {
                     url_id: s.id,
                     host: u.host.as_str(),
@@ -207,16 +207,49 @@ impl SqlStore {
                     seq: i32::try_from(u.seq).unwrap_or(i32::MAX),
                 });
             }
-            match &mut tx {
+            // The counters and the frontier follow the rows this batch inserted, not the plan: a
+            // batch tried again after a commit whose outcome was unknown finds its rows there and
+            // counts nothing twice.
+            let inserted = match &mut tx {
                 Tx::Pg(t) => super::postgres::insert_job_urls(t, job_id, &planned).await?,
                 Tx::Lite(t) => super::sqlite::insert_job_urls(t, job_id, &planned).await?,
-            }
-            for host in self.join_running_leases(&mut tx, job_id, &joinable).await? {
-                if let Some(w) = per_host.get_mut(host.as_str()) {
-                    w.pending -= 1;
-                    delta.leased += 1;
+            };
+            let mut waiting: HashSet<i64> = HashSet::with_capacity(inserted.len());
+            for (url_id, state) in inserted {
+                match state.parse::<JobUrlState>() {
+                    Ok(JobUrlState::Fresh) => {
+                        delta.fresh += 1;
+                        delta.add_class(classes.get(&url_id).copied().unwrap_or(urlfleet_shared::OutcomeClass::Error));
+                    }
+                    Ok(JobUrlState::Cancelled) => delta.cancelled += 1,
+                    Ok(JobUrlState::Pending) => {
+                        waiting.insert(url_id);
+                    }
+                    _ => return Err(StoreError::Corrupt(format!("job_urls state {state:?} inserted"))),
                 }
             }
+            // The host is borrowed from the batch (`planned` also borrows this chunk's stored rows).
+            waiting_rows.extend(chunk.iter().zip(&planned).filter(|(_, p)| waiting.contains(&p.url_id)).map(
+                |(u, p)| FrontierEntry {
+                    host: u.host.as_str(),
+                    url_order: p.url_order,
+                    seq: p.seq,
+                    url_id: p.url_id,
+                    job_id,
+                },
+            ));
+        }
+        // A URL out in another job's lease right now joins that lease: it is checked once, and its
+        // result counts for both jobs. The others wait in the frontier.
+        let joined = self.join_running_leases(&mut tx, job_id, waiting_rows.iter().map(|e| e.url_id)).await?;
+        delta.leased += joined.len() as i64;
+        waiting_rows.retain(|e| !joined.contains(&e.url_id));
+        for host in insert_frontier(&mut tx, &waiting_rows).await? {
+            let (host, budget) = budgets
+                .get_key_value(host.as_str())
+                .map(|(h, b)| (*h, *b))
+                .ok_or_else(|| unasked("a frontier host"))?;
+            per_host.entry(host).or_insert(HostWork { pending: 0, budget }).pending += 1;
         }
         self.add_frontier(&mut tx, &per_host, priority).await?;
         let mut deltas = JobDeltas::default();
@@ -276,49 +309,38 @@ impl SqlStore {
         self.statistics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A URL another job has leased right now joins that lease: it is checked once, and its result
-    /// counts for both jobs. Returns the host of each URL that joined. Usually there is none, and a
-    /// lookup by URL id says so.
-    async fn join_running_leases(&self, tx: &mut Tx, job_id: i64, url_ids: &[i64]) -> StoreResult<Vec<String>> {
-        if url_ids.is_empty() {
-            return Ok(Vec::new());
+    /// Joins those of a job's new open URLs that another job's live lease holds right now to that
+    /// lease, and returns them. Usually there is none, and a probe of `lease_urls` by URL says so.
+    /// The leases found are locked in id order, once for the whole batch (as every transaction locks
+    /// leases, before any host), and what they hold is read again under the lock: an ingest that
+    /// stored a URL's result meanwhile took it out, and the URL then waits in the frontier.
+    async fn join_running_leases(
+        &self,
+        tx: &mut Tx,
+        job_id: i64,
+        url_ids: impl Iterator<Item = i64>,
+    ) -> StoreResult<HashSet<i64>> {
+        let ids: Vec<i64> = url_ids.collect();
+        if ids.is_empty() {
+            return Ok(HashSet::new());
         }
-        let mut q = sql("SELECT url_id, MIN(lease_id) FROM job_urls WHERE state = 'leased' AND url_id ");
-        q.push_id_set(url_ids.iter().copied()).push(" GROUP BY url_id");
-        let running: Vec<(i64, Option<i64>)> = q.fetch_all(tx).await?;
-        let leases: std::collections::BTreeSet<i64> = running.iter().filter_map(|(_, l)| *l).collect();
-        if !leases.is_empty() && !self.db.dialect().for_update.is_empty() {
-            // All of them at once, in id order, as every transaction locks leases.
-            let mut q = sql("SELECT id FROM leases WHERE id ");
-            q.push_id_set(leases).push(" ORDER BY id").push(self.db.dialect().for_update);
-            q.execute(tx).await?;
+        let mut q = sql("SELECT DISTINCT lease_id FROM lease_urls WHERE url_id ");
+        q.push_id_set(ids.iter().copied());
+        let mut leases: Vec<i64> = q.fetch_all::<(i64,)>(tx).await?.into_iter().map(|(id,)| id).collect();
+        if leases.is_empty() {
+            return Ok(HashSet::new());
         }
-        let mut joined = Vec::new();
-        for (url_id, lease_id) in running {
-            let Some(lease_id) = lease_id else { continue };
-            // Only a lease that is still active, locked until this transaction ends so it cannot end
-            // unseen meanwhile.
-            let active: Option<i64> =
-                sql(format!("SELECT id FROM leases WHERE id = $1 AND active{}", self.db.dialect().for_update))
-                    .bind(lease_id)
-                    .scalar(tx)
-                    .await?;
-            if active.is_none() {
-                continue;
-            }
-            let host: Option<String> = sql("UPDATE job_urls SET state = 'leased', lease_id = $3 \
-                                            WHERE job_id = $1 AND url_id = $2 AND state = 'pending' RETURNING host")
-            .bind(job_id)
-            .bind(url_id)
-            .bind(lease_id)
-            .scalar(tx)
-            .await?;
-            if let Some(host) = host {
-                sql("UPDATE leases SET open = open + 1 WHERE id = $1").bind(lease_id).execute(tx).await?;
-                joined.push(host);
-            }
+        leases.sort_unstable();
+        let mut q = sql("SELECT id FROM leases WHERE active AND id ");
+        q.push_id_set(leases).push(" ORDER BY id").push(self.db.dialect().for_no_key_update);
+        let live: Vec<i64> = q.fetch_all::<(i64,)>(tx).await?.into_iter().map(|(id,)| id).collect();
+        if live.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(joined)
+        let mut q = sql("INSERT INTO lease_urls (url_id, lease_id, job_id) SELECT DISTINCT url_id, lease_id, ");
+        q.push_bind(job_id).push(" FROM lease_urls WHERE url_id ").push_id_set(ids);
+        q.push(" AND lease_id ").push_id_set(live).push(" ON CONFLICT DO NOTHING RETURNING url_id");
+        Ok(q.fetch_all::<(i64,)>(tx).await?.into_iter().map(|(id,)| id).collect())
     }
 
     /// Adds a batch's new pending work to its hosts' frontier rows, with the lease budget the job
@@ -425,7 +447,7 @@ impl SqlStore {
             "cancelled" => {
                 // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
                 // after the cancellation. A second seal finds it sealed and changes nothing.
-                let late = cancel_pending(&mut tx, job_id).await?;
+                let (late, _, _) = cancel_open(&mut tx, job_id).await?;
                 sql("UPDATE jobs SET cancelled = cancelled + $2, received = $3, duplicates = $4, total = $5, \
                      sealed_at = $6 WHERE id = $1 AND sealed_at IS NULL")
                 .bind(job_id)
@@ -466,20 +488,20 @@ impl SqlStore {
         let priority = seal.priority.rank().min(provisional);
         if priority < provisional {
             // Known small only now: its waiting URLs move up (a small job, so few rows). In the
-            // store's lock order: its URL rows (by URL), then their hosts (by name).
-            let dialect = self.db.dialect();
-            sql(format!(
-                "SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending' ORDER BY url_id{}",
-                dialect.for_update
-            ))
+            // store's lock order: its open work and URL rows, then their hosts (by name).
+            let shift = (provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY;
+            sql("UPDATE frontier SET url_order = url_order - $2 WHERE job_id = $1 AND url_id IN \
+                 (SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending')")
             .bind(job_id)
+            .bind(shift)
             .execute(&mut tx)
             .await?;
             sql("UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'")
                 .bind(job_id)
-                .bind((provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY)
+                .bind(shift)
                 .execute(&mut tx)
                 .await?;
+            let dialect = self.db.dialect();
             sql(format!(
                 "SELECT host FROM hosts WHERE host IN (SELECT host FROM job_urls WHERE job_id = $1 \
                  AND state = 'pending') ORDER BY host{}",
@@ -538,11 +560,23 @@ impl SqlStore {
                 .bind(before_ms)
                 .fetch_all(&mut self.db.acquire().await?)
                 .await?;
+        // One job that cannot be discarded now must not hold back the others: each is tried, and
+        // the first failure is returned once all were.
+        let (mut discarded, mut failure) = (0, None);
         for (id,) in &ids {
             tracing::warn!(job.id = id, "discarding a job whose submission never ended");
-            self.discard_job_impl(*id).await?;
+            match self.discard_job_impl(*id).await {
+                Ok(()) => discarded += 1,
+                Err(e) => {
+                    tracing::error!(job.id = id, error = %e, "discarding an abandoned submission failed");
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(ids.len() as u64)
+        match failure {
+            Some(e) if discarded == 0 => Err(e),
+            _ => Ok(discarded),
+        }
     }
 
     /// Removes a `receiving` job and everything written for it, taking its waiting URLs off the
@@ -553,26 +587,10 @@ impl SqlStore {
         if state.as_deref() != receiving {
             return Ok(());
         }
-        // In the store's lock order: leases, the job's URLs, hosts, and the job itself last.
-        super::leasing::lock_job_open_urls(tx, job_id).await?;
-        let gone: Vec<(String, String, Option<i64>)> = sql(
-            "DELETE FROM job_urls WHERE job_id = $1 AND state IN ('pending', 'leased') RETURNING host, state, lease_id",
-        )
-        .bind(job_id)
-        .fetch_all(tx)
-        .await?;
+        // In the store's lock order: leases, the job's open work and URLs, hosts, and the job
+        // itself last.
+        cancel_open(tx, job_id).await?;
         sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
-        let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
-        let mut leased: BTreeMap<i64, i64> = BTreeMap::new();
-        for (host, state, lease) in &gone {
-            match lease {
-                Some(l) if state == "leased" => *leased.entry(*l).or_default() += 1,
-                _ => *waiting.entry(host.clone()).or_default() -= 1,
-            }
-        }
-        super::leasing::lock_hosts(tx, &gone.iter().map(|(h, _, _)| h.clone()).collect()).await?;
-        add_host_pending(tx, &waiting).await?;
-        super::leasing::close_leases(tx, &leased, 0).await?;
         let state: Option<String> =
             sql(format!("SELECT state FROM jobs WHERE id = $1{}", self.db.dialect().for_update))
                 .bind(job_id)
