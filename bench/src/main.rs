@@ -2,7 +2,7 @@
 //! against real HTTP servers on loopback, and prints a table of figures and ratios.
 //!
 //! Scenarios: `throughput`, `polite`, `scaling`, `ingest`, `bigjob`, `many-hosts`, `some-fail`,
-//! `strict-load`, `big-polite`, `trust`, `coordinators`, `million`, `one-url-hosts`, or `all`; `--smoke` shrinks
+//! `strict-load`, `big-polite`, `trust`, `coordinators`, `million`, `one-url-hosts`, `repeated`, or `all`; `--smoke` shrinks
 //! every size so the whole run takes seconds (CI runs it so the harness cannot rot).
 
 mod proc;
@@ -45,6 +45,7 @@ enum Scenario {
     Coordinators,
     Million,
     OneUrlHosts,
+    Repeated,
 }
 
 #[tokio::main]
@@ -93,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if want(Scenario::OneUrlHosts) {
         scenarios::one_url_hosts(&ctx, &mut report).await?;
+    }
+    if want(Scenario::Repeated) {
+        scenarios::repeated(&ctx, &mut report).await?;
     }
     let text = report.render();
     println!("{text}");

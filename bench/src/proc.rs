@@ -14,6 +14,8 @@ pub struct Measured {
     pub wall: Duration,
     /// Peak resident set size in bytes (from GNU time).
     pub peak_rss: u64,
+    /// User + system CPU time of the command (from GNU time).
+    pub cpu: Duration,
     /// Exit code.
     pub code: i32,
     /// Standard output.
@@ -27,7 +29,7 @@ pub async fn measure(program: &Path, args: &[String]) -> Result<Measured> {
     let started = Instant::now();
     let out = Command::new("/usr/bin/time")
         .arg("-f")
-        .arg("URLFLEET_BENCH_RSS_KB=%M")
+        .arg("URLFLEET_BENCH_RSS_KB=%M\nURLFLEET_BENCH_CPU=%U %S")
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
@@ -37,10 +39,13 @@ pub async fn measure(program: &Path, args: &[String]) -> Result<Measured> {
     let wall = started.elapsed();
     let stderr_all = String::from_utf8_lossy(&out.stderr).into_owned();
     let mut peak_kb = 0u64;
+    let mut cpu = Duration::ZERO;
     let mut stderr = String::new();
     for line in stderr_all.lines() {
         if let Some(kb) = line.strip_prefix("URLFLEET_BENCH_RSS_KB=") {
             peak_kb = kb.trim().parse().unwrap_or(0);
+        } else if let Some(times) = line.strip_prefix("URLFLEET_BENCH_CPU=") {
+            cpu = times.split_whitespace().filter_map(|t| t.parse::<f64>().ok()).map(Duration::from_secs_f64).sum();
         } else {
             stderr.push_str(line);
             stderr.push('\n');
@@ -49,6 +54,7 @@ pub async fn measure(program: &Path, args: &[String]) -> Result<Measured> {
     Ok(Measured {
         wall,
         peak_rss: peak_kb * 1024,
+        cpu,
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
@@ -131,6 +137,18 @@ pub fn process_cpu(path: &str) -> Duration {
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     // utime and stime are fields 14 and 15 of the line: 11 and 12 counting from the state (field 3).
     ticks([11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum())
+}
+
+/// User + system CPU time of every PostgreSQL server process now running (the server, its
+/// background workers and every backend): read before and after a run, the difference is what the
+/// database spent on it, as long as its connections lasted the run (a pool's do).
+pub fn postgres_cpu() -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(|e| process_cpu(&e.path().join("stat").to_string_lossy()))
+        .sum()
 }
 
 /// The machine's CPU time since boot: (busy, all), summed over its cores.

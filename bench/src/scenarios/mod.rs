@@ -9,6 +9,7 @@
 //! - `hosts`: politeness at scale: many hosts, failing pages, a strict limiter on a busy machine, a
 //!   big polite job.
 //! - `million`: a million URLs over 32 hosts on every path, against wall and memory targets.
+//! - `history`: one job repeated many times, its last runs against its early ones.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -23,6 +24,7 @@ use urlfleet_tests::Fixture;
 use crate::proc::{self, Measured, Service};
 
 mod bigjob;
+mod history;
 mod hosts;
 mod ingest;
 mod million;
@@ -31,6 +33,7 @@ mod throughput;
 mod trust;
 
 pub use bigjob::bigjob;
+pub use history::repeated;
 pub use hosts::{big_polite, many_hosts, one_url_hosts, some_fail, strict_load};
 pub use ingest::ingest;
 pub use million::million;
