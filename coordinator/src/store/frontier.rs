@@ -48,16 +48,26 @@ pub(crate) struct Taken {
     pub host: String,
 }
 
-/// Adds entries to the frontier; returns the host of each entry inserted (an entry there already
-/// adds nothing, so counters taken from this stay right when a batch is tried again).
-pub(crate) async fn insert_frontier(tx: &mut Tx, entries: &[FrontierEntry<'_>]) -> StoreResult<Vec<String>> {
+/// Adds entries to the frontier; returns how many went in per host (an entry there already adds
+/// nothing, so counters taken from this stay right whatever the frontier held).
+pub(crate) async fn insert_frontier(tx: &mut Tx, entries: &[FrontierEntry<'_>]) -> StoreResult<BTreeMap<String, i64>> {
     if entries.is_empty() {
-        return Ok(Vec::new());
+        return Ok(BTreeMap::new());
     }
-    match tx {
-        Tx::Pg(t) => super::postgres::insert_frontier(t, entries).await,
-        Tx::Lite(t) => super::sqlite::insert_frontier(t, entries).await,
-    }
+    let skipped = match tx {
+        Tx::Pg(t) => super::postgres::insert_frontier(t, entries).await?,
+        Tx::Lite(t) => super::sqlite::insert_frontier(t, entries).await?,
+    };
+    Ok(match skipped {
+        None => count_by(entries.iter().map(|e| e.host.to_string()), 1),
+        Some(hosts) => {
+            tracing::error!(
+                skipped = entries.len() - hosts.len(),
+                "frontier entries that were there already were not added again"
+            );
+            count_by(hosts, 1)
+        }
+    })
 }
 
 /// Takes every job's frontier rows of these URLs out of the frontier, and returns them. A row that
@@ -68,9 +78,12 @@ pub(crate) async fn take_frontier(tx: &mut Tx, url_ids: impl IntoIterator<Item =
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    if let Tx::Pg(t) = tx {
+        return super::postgres::take_frontier(t, &ids).await;
+    }
     let mut q = sql("DELETE FROM frontier WHERE (host, url_order, seq, url_id, job_id) IN \
          (SELECT host, url_order, seq, url_id, job_id FROM frontier WHERE url_id ");
-    q.push_id_set(ids).push(tx.dialect().skip_locked).push(") RETURNING job_id, url_id, host");
+    q.push_id_set(ids).push(") RETURNING job_id, url_id, host");
     q.fetch_all(tx).await
 }
 
@@ -91,8 +104,24 @@ pub(crate) async fn release(tx: &mut Tx, pairs: Vec<(i64, i64)>) -> StoreResult<
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
+    if let Tx::Pg(t) = tx {
+        return super::postgres::release(t, &pairs).await;
+    }
     let mut q = sql("DELETE FROM lease_urls WHERE (url_id, lease_id) IN (SELECT a, b FROM ");
     q.push_id_pairs(pairs).push(" AS v) RETURNING url_id, lease_id, job_id");
+    q.fetch_all(tx).await
+}
+
+/// Which of these (URL, lease) pairs a lease holds open.
+pub(crate) async fn held(tx: &mut Tx, pairs: Vec<(i64, i64)>) -> StoreResult<Vec<(i64, i64)>> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Tx::Pg(t) = tx {
+        return super::postgres::held(t, &pairs).await;
+    }
+    let mut q = sql("SELECT DISTINCT url_id, lease_id FROM lease_urls WHERE (url_id, lease_id) IN (SELECT a, b FROM ");
+    q.push_id_pairs(pairs).push(" AS v)");
     q.fetch_all(tx).await
 }
 

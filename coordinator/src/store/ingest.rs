@@ -86,10 +86,11 @@ async fn fence<'a>(tx: &mut Tx, results: &'a [ReportedResult], now: i64, dialect
     q.push(" ORDER BY id").push(dialect.for_no_key_update);
     let leases: HashMap<i64, FencedLease> =
         q.fetch_all::<FencedLease>(tx).await?.into_iter().map(|l| (l.id, l)).collect();
-    let mut q = sql("SELECT DISTINCT url_id, lease_id FROM lease_urls WHERE url_id ");
-    q.push_id_set(results.iter().map(|r| r.url_id).collect::<BTreeSet<_>>()).push(" AND lease_id ");
-    q.push_id_set(leases.keys().copied());
-    let held: HashSet<(i64, i64)> = q.fetch_all::<(i64, i64)>(tx).await?.into_iter().map(|(u, l)| (l, u)).collect();
+    // By (URL, lease) pair: two sets would be probed as their product, every URL under every lease.
+    let pairs: BTreeSet<(i64, i64)> =
+        results.iter().filter(|r| leases.contains_key(&r.lease_id)).map(|r| (r.url_id, r.lease_id)).collect();
+    let held: HashSet<(i64, i64)> =
+        super::frontier::held(tx, pairs.into_iter().collect()).await?.into_iter().map(|(u, l)| (l, u)).collect();
     let mut accepted = Vec::with_capacity(results.len());
     let mut refused = Vec::new();
     // Results whose lease does not hold their URL open (any more): a replay, a repeat, or a refusal,

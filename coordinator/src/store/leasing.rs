@@ -148,13 +148,7 @@ pub(crate) async fn take_job_open_work(
         sql("DELETE FROM lease_urls WHERE job_id = $1 RETURNING url_id, lease_id").bind(job_id).fetch_all(tx).await?;
     let leased = held.len() as i64;
     // A URL the lease still holds for another job stays open in it.
-    let mut still = HashSet::new();
-    if !held.is_empty() {
-        let mut q =
-            sql("SELECT DISTINCT url_id, lease_id FROM lease_urls WHERE (url_id, lease_id) IN (SELECT a, b FROM ");
-        q.push_id_pairs(held.clone()).push(" AS v)");
-        still.extend(q.fetch_all::<(i64, i64)>(tx).await?);
-    }
+    let still: HashSet<(i64, i64)> = super::frontier::held(tx, held.clone()).await?.into_iter().collect();
     let closed = count_by(held.into_iter().filter(|p| !still.contains(p)).map(|(_, l)| l), 1);
     Ok((waiting, closed, leased))
 }
@@ -324,7 +318,7 @@ impl SqlStore {
                 job_id: r.job_id,
             })
             .collect();
-        let returned = count_by(insert_frontier(&mut tx, &entries).await?, 1);
+        let returned = insert_frontier(&mut tx, &entries).await?;
         let mut q = sql("UPDATE leases SET active = FALSE WHERE id ");
         q.push_id_set(ids.iter().copied());
         q.execute(&mut tx).await?;

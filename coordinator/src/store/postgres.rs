@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Acquire, Connection, FromRow, Postgres};
 
-use super::frontier::{FinishRow, FrontierEntry};
+use super::frontier::{FinishRow, FrontierEntry, Taken};
 use super::granting::Picked;
 use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
@@ -159,27 +159,83 @@ pub(crate) async fn insert_job_urls(
     Ok(rows.iter().map(<(i64, String)>::from_row).collect::<Result<_, _>>()?)
 }
 
-/// Adds entries to the frontier, passed as column arrays; returns the host of each entry inserted.
-pub(crate) async fn insert_frontier(tx: &mut PgTx, entries: &[FrontierEntry<'_>]) -> StoreResult<Vec<String>> {
+/// Adds entries to the frontier, passed as column arrays: a plain insert, behind a savepoint; only
+/// if an entry was there already (which the store's rules never leave) again, skipping conflicts
+/// and returning the host of each entry inserted. `None`: every entry was inserted.
+pub(crate) async fn insert_frontier(tx: &mut PgTx, entries: &[FrontierEntry<'_>]) -> StoreResult<Option<Vec<String>>> {
     let hosts: Vec<&str> = entries.iter().map(|e| e.host).collect();
     let orders: Vec<i16> = entries.iter().map(|e| e.url_order).collect();
     let seqs: Vec<i32> = entries.iter().map(|e| e.seq).collect();
     let urls: Vec<i64> = entries.iter().map(|e| e.url_id).collect();
     let jobs: Vec<i64> = entries.iter().map(|e| e.job_id).collect();
-    let rows = plain_first(
-        tx,
-        |conflict| {
-            format!(
-                "INSERT INTO frontier (host, url_order, seq, url_id, job_id) \
-                 SELECT * FROM UNNEST($1::text[], $2::smallint[], $3::int[], $4::bigint[], $5::bigint[]){conflict} \
-                 RETURNING host"
-            )
-        },
-        " ON CONFLICT DO NOTHING",
-        |text| query(text).bind(&hosts).bind(&orders).bind(&seqs).bind(&urls).bind(&jobs),
+    let text = |tail: &str| {
+        format!(
+            "INSERT INTO frontier (host, url_order, seq, url_id, job_id) \
+             SELECT * FROM UNNEST($1::text[], $2::smallint[], $3::int[], $4::bigint[], $5::bigint[]){tail}"
+        )
+    };
+    let run = |text: String| query(text).bind(&hosts).bind(&orders).bind(&seqs).bind(&urls).bind(&jobs);
+    let mut savepoint = tx.begin().await?;
+    match run(text("")).execute(&mut *savepoint).await {
+        Ok(_) => {
+            savepoint.commit().await?;
+            Ok(None)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            savepoint.rollback().await?;
+            let rows = run(text(" ON CONFLICT DO NOTHING RETURNING host")).fetch_all(&mut **tx).await?;
+            Ok(Some(rows.iter().map(|r| <(String,)>::from_row(r).map(|(h,)| h)).collect::<Result<_, _>>()?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes every job's frontier rows of these URLs out of the frontier (see `frontier::take_frontier`):
+/// the rows are found through the URL index and locked, passing over those another transaction
+/// holds, and deleted by their physical address — as a semi-join on the five-column key, the delete
+/// had been the costliest statement of a run.
+pub(crate) async fn take_frontier(tx: &mut PgTx, url_ids: &[i64]) -> StoreResult<Vec<Taken>> {
+    Ok(sqlx::query_as(
+        "DELETE FROM frontier WHERE ctid = ANY(ARRAY(SELECT ctid FROM frontier WHERE url_id = ANY($1) \
+         FOR UPDATE SKIP LOCKED)) RETURNING job_id, url_id, host",
     )
-    .await?;
-    Ok(rows.iter().map(|r| <(String,)>::from_row(r).map(|(h,)| h)).collect::<Result<_, _>>()?)
+    .bind(url_ids)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Deletes what leases hold of these (URL, lease) pairs, every job's row (see `frontier::release`).
+/// Each pair is found by a lateral probe of the key (`OFFSET 0` keeps the planner from pulling it
+/// up into a join): once `lease_urls` had statistics, a plain join of the pairs read the whole table
+/// for every chunk and compared each row with every pair.
+pub(crate) async fn release(tx: &mut PgTx, pairs: &[(i64, i64)]) -> StoreResult<Vec<(i64, i64, i64)>> {
+    let urls: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+    let leases: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+    Ok(sqlx::query_as(
+        "DELETE FROM lease_urls WHERE ctid = ANY(ARRAY(SELECT x.ctid FROM UNNEST($1::bigint[], $2::bigint[]) \
+         AS v(url_id, lease_id) CROSS JOIN LATERAL (SELECT ctid FROM lease_urls \
+         WHERE url_id = v.url_id AND lease_id = v.lease_id OFFSET 0) AS x)) RETURNING url_id, lease_id, job_id",
+    )
+    .bind(&urls)
+    .bind(&leases)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Which of these (URL, lease) pairs a lease holds open (see `frontier::held`), a lateral probe of
+/// the key per pair (see [`release`]).
+pub(crate) async fn held(tx: &mut PgTx, pairs: &[(i64, i64)]) -> StoreResult<Vec<(i64, i64)>> {
+    let urls: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+    let leases: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+    Ok(sqlx::query_as(
+        "SELECT x.url_id, x.lease_id FROM UNNEST($1::bigint[], $2::bigint[]) AS v(url_id, lease_id) \
+         CROSS JOIN LATERAL (SELECT url_id, lease_id FROM lease_urls WHERE url_id = v.url_id AND lease_id = v.lease_id \
+         LIMIT 1) AS x",
+    )
+    .bind(&urls)
+    .bind(&leases)
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
 /// Records what new leases hold: (URL, lease, job) triples, as column arrays.

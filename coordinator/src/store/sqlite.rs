@@ -108,18 +108,45 @@ pub(crate) async fn insert_job_urls(
     Ok(inserted)
 }
 
-/// Adds entries to the frontier; returns the host of each entry inserted.
-pub(crate) async fn insert_frontier(tx: &mut LiteTx, entries: &[FrontierEntry<'_>]) -> StoreResult<Vec<String>> {
-    let mut hosts = Vec::with_capacity(entries.len());
-    for run in ladder_chunks(entries, SUBMIT_ROWS) {
+/// Adds entries to the frontier: plain inserts, behind a savepoint; only if an entry was there
+/// already (which the store's rules never leave) again, skipping conflicts and returning the host of
+/// each entry inserted. `None`: every entry was inserted.
+pub(crate) async fn insert_frontier(
+    tx: &mut LiteTx,
+    entries: &[FrontierEntry<'_>],
+) -> StoreResult<Option<Vec<String>>> {
+    let statement = |run: &[FrontierEntry<'_>], tail: &str| {
         let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO frontier (host, url_order, seq, url_id, job_id) ");
         qb.push_values(run, |mut b, e| {
             b.push_bind(e.host).push_bind(e.url_order).push_bind(e.seq).push_bind(e.url_id).push_bind(e.job_id);
         });
-        qb.push(" ON CONFLICT DO NOTHING RETURNING host");
-        hosts.extend(qb.build_query_as::<(String,)>().fetch_all(&mut **tx).await?.into_iter().map(|(h,)| h));
+        qb.push(tail);
+        qb
+    };
+    let mut savepoint = sqlx::Acquire::begin(&mut **tx).await?;
+    let mut plain = Ok(());
+    for run in ladder_chunks(entries, SUBMIT_ROWS) {
+        if let Err(e) = statement(run, "").build().execute(&mut *savepoint).await {
+            plain = Err(e);
+            break;
+        }
     }
-    Ok(hosts)
+    match plain {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(None)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            savepoint.rollback().await?;
+            let mut hosts = Vec::new();
+            for run in ladder_chunks(entries, SUBMIT_ROWS) {
+                let mut qb = statement(run, " ON CONFLICT DO NOTHING RETURNING host");
+                hosts.extend(qb.build_query_as::<(String,)>().fetch_all(&mut **tx).await?.into_iter().map(|(h,)| h));
+            }
+            Ok(Some(hosts))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Records what new leases hold: (URL, lease, job) triples.

@@ -244,12 +244,12 @@ impl SqlStore {
         let joined = self.join_running_leases(&mut tx, job_id, waiting_rows.iter().map(|e| e.url_id)).await?;
         delta.leased += joined.len() as i64;
         waiting_rows.retain(|e| !joined.contains(&e.url_id));
-        for host in insert_frontier(&mut tx, &waiting_rows).await? {
+        for (host, n) in insert_frontier(&mut tx, &waiting_rows).await? {
             let (host, budget) = budgets
                 .get_key_value(host.as_str())
                 .map(|(h, b)| (*h, *b))
                 .ok_or_else(|| unasked("a frontier host"))?;
-            per_host.entry(host).or_insert(HostWork { pending: 0, budget }).pending += 1;
+            per_host.entry(host).or_insert(HostWork { pending: 0, budget }).pending += n;
         }
         self.add_frontier(&mut tx, &per_host, priority).await?;
         let mut deltas = JobDeltas::default();
