@@ -48,9 +48,12 @@ pub async fn million(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ("check --no-store", None, Target { wall: Duration::from_secs(25), rss_mib: 150 }),
         ("check (SQLite)", Some(db.as_str()), Target { wall: Duration::from_secs(40), rss_mib: 300 }),
     ];
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let mut cpu = Vec::new();
     for (label, db, target) in checks {
         let m = proc::measure(&ctx.urlfleet, &urlfleet_check_args(&list, db, &fast)).await?;
         expect_all_ok(&m, n, label)?;
+        cpu.push(format!("`{label}` {:.1} µs", us(m.cpu)));
         report.row(&[
             label.into(),
             format!("{:.1} s", m.wall.as_secs_f64()),
@@ -64,10 +67,20 @@ pub async fn million(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let pg = ctx.fresh_db("million").await?;
     let (coordinator, addr) = start_coordinator(ctx, &pg, &["--lease-size", "500"]).await?;
     let workers = [start_worker(ctx, &addr, &["--retries", "0"])?, start_worker(ctx, &addr, &["--retries", "0"])?];
+    let cpu_of_workers = || workers.iter().map(Service::cpu).sum::<Duration>();
+    let (c0, w0, p0) = (coordinator.cpu(), cpu_of_workers(), proc::postgres_cpu());
     let m = proc::measure(&ctx.urlfleet, &fast_submit_args(&list, &addr)).await?;
     if m.code != 0 || !m.stderr.contains(&format!("{n} ok")) {
         bail!("million-URL cluster run failed (exit {}):\n{}\n{}", m.code, m.stdout, m.stderr);
     }
+    let (c, p, w) =
+        (us(coordinator.cpu() - c0), us(proc::postgres_cpu().saturating_sub(p0)), us(cpu_of_workers() - w0));
+    cpu.push(format!(
+        "the cluster: coordinator {c:.1} + PostgreSQL {p:.1} + workers {w:.1} µs ({:.0} URLs/s per coordinator \
+         core, {:.0} per database core)",
+        1e6 / c.max(1e-9),
+        1e6 / p.max(1e-9)
+    ));
     let (cp, wp) = (coordinator.peak_rss(), workers.iter().map(Service::peak_rss).max().unwrap_or(0));
     for w in workers {
         w.stop().await?;
@@ -96,5 +109,6 @@ pub async fn million(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "Peak RSS of the cluster row: coordinator / the larger worker; its memory target is the coordinator's. \
          The targets hold at full size only.",
     );
+    report.note(&format!("CPU per URL (user + system, from /proc): {}.", cpu.join("; ")));
     Ok(())
 }

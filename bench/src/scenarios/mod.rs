@@ -306,19 +306,50 @@ fn fast_submit_args(list: &Path, addr: &str) -> Vec<String> {
     lifted_submit_args(list, addr, 128)
 }
 
-/// A coordinator and one worker as processes on PostgreSQL; returns (wall, coordinator peak, worker peak).
-async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<(Duration, u64, u64)> {
+/// What a cluster run cost: wall time, peak memory and CPU time of each process of the tier.
+pub(crate) struct ClusterRun {
+    pub wall: Duration,
+    pub coordinator_peak: u64,
+    pub worker_peak: u64,
+    pub coordinator_cpu: Duration,
+    /// Every PostgreSQL process's CPU time over the run.
+    pub postgres_cpu: Duration,
+    pub worker_cpu: Duration,
+}
+
+impl ClusterRun {
+    /// CPU per URL of each process, and what one core of each tier would check per second at that cost.
+    pub fn cpu_cells(&self, n: usize) -> (String, String) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        let (c, p, w) = (us(self.coordinator_cpu), us(self.postgres_cpu), us(self.worker_cpu));
+        (
+            format!("coordinator {c:.1} + PostgreSQL {p:.1} + worker {w:.1} µs"),
+            format!("{:.0} URLs/s per coordinator core, {:.0} per database core", 1e6 / c.max(1e-9), 1e6 / p.max(1e-9)),
+        )
+    }
+}
+
+/// A coordinator and one worker as processes on PostgreSQL, one job of `list`.
+async fn cluster_throughput(ctx: &Ctx, list: &Path, n: usize) -> Result<ClusterRun> {
     let db = ctx.fresh_db("throughput").await?;
     let (coordinator, addr) = start_coordinator(ctx, &db, &["--lease-size", "500"]).await?;
     let worker = start_worker(ctx, &addr, &["--retries", "0"])?;
+    let (c0, w0, p0) = (coordinator.cpu(), worker.cpu(), proc::postgres_cpu());
     let submit = proc::measure(&ctx.urlfleet, &fast_submit_args(list, &addr)).await?;
     if submit.code != 0 || !submit.stderr.contains(&format!("{n} ok")) {
         bail!("cluster run failed (exit {}):\n{}\n{}", submit.code, submit.stdout, submit.stderr);
     }
-    let peaks = (coordinator.peak_rss(), worker.peak_rss());
+    let run = ClusterRun {
+        wall: submit.wall,
+        coordinator_peak: coordinator.peak_rss(),
+        worker_peak: worker.peak_rss(),
+        coordinator_cpu: coordinator.cpu() - c0,
+        postgres_cpu: proc::postgres_cpu().saturating_sub(p0),
+        worker_cpu: worker.cpu() - w0,
+    };
     worker.stop().await?;
     coordinator.stop().await?;
-    Ok((submit.wall, peaks.0, peaks.1))
+    Ok(run)
 }
 
 /// The closest and the longest spacing between two requests any of the servers saw, by their clocks.

@@ -8,7 +8,7 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let n = ctx.size(100_000, 500);
     report.section(
         &format!("1. Throughput, own site: {n} URLs, politeness off, nginx on loopback"),
-        &["tool", "wall", "URLs/s", "peak memory", "vs lychee", "vs wrk ceiling"],
+        &["tool", "wall", "URLs/s", "peak memory", "CPU per URL", "vs lychee", "vs wrk ceiling"],
     );
     let Some((nginx, port)) = start_nginx(ctx).await? else {
         report.note("nginx is not installed: scenario skipped (apt-get install nginx-light).");
@@ -46,12 +46,15 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let ly = lychee_own_site(ctx, &list).await?;
     let ly_rate = ly.as_ref().map(|m| rate(n, m.wall));
     let fmt_ratio = |r: f64, base: Option<f64>| base.map(|b| format!("{:.2}×", r / b)).unwrap_or_else(|| "n/a".into());
+    let per_url = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6 / n as f64);
+    let (cluster_cpu, per_core) = cluster.cpu_cells(n);
     let uf_rate = rate(n, uf.wall);
     report.row(&[
         "urlfleet check (SQLite)".into(),
         format!("{:.2} s", uf.wall.as_secs_f64()),
         format!("{uf_rate:.0}"),
         mib(uf.peak_rss),
+        per_url(uf.cpu),
         fmt_ratio(uf_rate, ly_rate),
         fmt_ratio(uf_rate, wrk_rate),
     ]);
@@ -61,15 +64,17 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
         format!("{:.2} s", bare.wall.as_secs_f64()),
         format!("{bare_rate:.0}"),
         mib(bare.peak_rss),
+        per_url(bare.cpu),
         fmt_ratio(bare_rate, ly_rate),
         fmt_ratio(bare_rate, wrk_rate),
     ]);
-    let c_rate = rate(n, cluster.0);
+    let c_rate = rate(n, cluster.wall);
     report.row(&[
         "coordinator + 1 worker (PostgreSQL)".into(),
-        format!("{:.2} s", cluster.0.as_secs_f64()),
+        format!("{:.2} s", cluster.wall.as_secs_f64()),
         format!("{c_rate:.0}"),
-        format!("{} + {}", mib(cluster.1), mib(cluster.2)),
+        format!("{} + {}", mib(cluster.coordinator_peak), mib(cluster.worker_peak)),
+        cluster_cpu,
         fmt_ratio(c_rate, ly_rate),
         fmt_ratio(c_rate, wrk_rate),
     ]);
@@ -78,6 +83,7 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "check engine alone, in this process (no store)".into(),
         format!("{:.2} s", engine_alone.as_secs_f64()),
         format!("{e_rate:.0}"),
+        "".into(),
         "".into(),
         fmt_ratio(e_rate, ly_rate),
         fmt_ratio(e_rate, wrk_rate),
@@ -89,11 +95,12 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
             format!("{:.2} s", m.wall.as_secs_f64()),
             format!("{r:.0}"),
             mib(m.peak_rss),
+            per_url(m.cpu),
             "1.00×".into(),
             fmt_ratio(r, wrk_rate),
         ]);
     } else {
-        report.row(&["lychee".into(), "not installed".into(), "".into(), "".into(), "".into(), "".into()]);
+        report.row(&["lychee".into(), "not installed".into(), "".into(), "".into(), "".into(), "".into(), "".into()]);
     }
     if let Some(w) = wrk_rate {
         report.row(&[
@@ -102,9 +109,14 @@ pub async fn throughput(ctx: &Ctx, report: &mut Report) -> Result<()> {
             format!("{w:.0}"),
             "".into(),
             "".into(),
+            "".into(),
             "1.00×".into(),
         ]);
     }
+    report.note(&format!(
+        "CPU per URL is user + system time from /proc (of the cluster: each process, every PostgreSQL \
+         process summed). At the cluster's cost, {per_core}."
+    ));
     nginx.stop().await?;
     Ok(())
 }
