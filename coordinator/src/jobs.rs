@@ -43,8 +43,9 @@ const HISTORY_MAX: u32 = 10_000;
 const WATCH_POLL: Duration = Duration::from_millis(500);
 /// Shortest gap between two reads of a watched job: changes in between are seen at the next read.
 const WATCH_GAP: Duration = Duration::from_millis(20);
-/// How often a live upload records that it is alive (see `--abandoned-after` in the reaper).
-pub(crate) const UPLOAD_TOUCH: Duration = Duration::from_secs(30);
+/// How often a live upload records that it is alive, whatever its client and its writes are doing:
+/// an upload that has not for [`crate::store::ABANDONED_UPLOAD`] lost its coordinator.
+pub(crate) const UPLOAD_TOUCH: Duration = Duration::from_secs(2);
 /// How long a retried submission waits for the first one with its idempotency key to be sealed
 /// or discarded.
 const RETRY_WAIT: Duration = Duration::from_secs(30);
@@ -322,10 +323,21 @@ impl JobApi {
         let until = tokio::time::Instant::now() + RETRY_WAIT;
         let mut kept: usize = early.iter().flatten().map(prost::Message::encoded_len).sum();
         let mut job = Some(job);
+        let mut naps = 0u32;
         while let Some(j) = job {
             if j.state != JobState::Receiving {
                 return Ok(Some(j));
             }
+            // An attempt whose coordinator died shows no life: it is discarded now, not when a
+            // reaper comes round, and this one takes its place.
+            if naps.is_multiple_of(10) {
+                let before =
+                    urlfleet_shared::time::now_ms() - urlfleet_shared::time::ms(crate::store::ABANDONED_UPLOAD);
+                if let Err(e) = self.store.discard_abandoned(before).await {
+                    warn!(error = %e, "discarding abandoned submissions failed");
+                }
+            }
+            naps += 1;
             if tokio::time::Instant::now() >= until {
                 return Err(Status::aborted(format!(
                     "job {} with this idempotency key is still being submitted; try again",
@@ -455,7 +467,26 @@ impl JobApi {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let recheck = options.recheck();
         let client_gone = || Status::cancelled("the client gave up the submission; the job is discarded");
-        let mut touch = tokio::time::interval_at(tokio::time::Instant::now() + UPLOAD_TOUCH, UPLOAD_TOUCH);
+        // The upload's heartbeat: a task of its own, so that a slow client, a slow write or a long
+        // wait for a writer never makes a live upload look abandoned. It ends with this call.
+        let alive = CancellationToken::new();
+        let _alive = alive.clone().drop_guard();
+        tokio::spawn({
+            let store = self.store.clone();
+            async move {
+                let mut touch = tokio::time::interval_at(tokio::time::Instant::now() + UPLOAD_TOUCH, UPLOAD_TOUCH);
+                loop {
+                    tokio::select! {
+                        () = alive.cancelled() => return,
+                        _ = touch.tick() => {
+                            if let Err(e) = store.touch_upload(job_id).await {
+                                warn!(error = %e, job.id = job_id, "recording upload activity failed");
+                            }
+                        }
+                    }
+                }
+            }
+        });
         let mut planner =
             Planner::new(options, ADD_LANES).with_invalid_entry_bytes(self.config.max_invalid_entry_bytes);
         // Each host's lease budget from this job's politeness for it: a polite host one lease at a
@@ -517,12 +548,6 @@ impl JobApi {
                 tokio::select! {
                     m = stream.message() => m?,
                     () = gone.cancelled() => return Err(client_gone()),
-                    _ = touch.tick() => {
-                        if let Err(e) = self.store.touch_upload(job_id).await {
-                            warn!(error = %e, job.id = job_id, "recording upload activity failed");
-                        }
-                        continue;
-                    }
                 }
             };
             match message {

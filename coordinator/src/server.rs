@@ -193,11 +193,6 @@ impl From<urlfleet_shared::inprocess::Incoming> for Incoming {
     }
 }
 
-/// A job still receiving whose upload has not shown it is alive for this long lost its submission
-/// (the coordinator that took it died): it is discarded. A live upload shows it every
-/// [`crate::jobs::UPLOAD_TOUCH`], however slowly its client sends.
-const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// Returns the URLs of expired leases to the frontier, periodically, and discards abandoned
 /// submissions.
 ///
@@ -219,6 +214,8 @@ async fn reap(
     // While the database does not answer: the last time it did (at the start: ever).
     let mut outage_since: Option<i64> = Some(0);
     let mut last_ok = urlfleet_shared::time::now_ms();
+    // When the database last came back (at the start: now).
+    let mut recovered_at = last_ok;
     loop {
         tokio::select! {
             () = token.cancelled() => return,
@@ -246,6 +243,7 @@ async fn reap(
                         info!(extended = n, "leases that expired while nobody could renew them live one more TTL");
                     }
                     outage_since = None;
+                    recovered_at = now;
                 }
                 Err(e) => {
                     warn!(error = %e, "extending leases after the outage failed; retrying");
@@ -254,8 +252,13 @@ async fn reap(
             }
         }
         last_ok = now;
-        let abandoned = now - urlfleet_shared::time::ms(ABANDONED_AFTER);
-        if let Err(e) = store.discard_abandoned(abandoned).await {
+        // A job still receiving whose upload has shown no life for a while lost its coordinator: it
+        // is discarded — but not until the uploads that lived through an outage (this coordinator's
+        // start counts as one) have had that long to show it again.
+        let abandoned = urlfleet_shared::time::ms(crate::store::ABANDONED_UPLOAD);
+        if now - recovered_at >= abandoned
+            && let Err(e) = store.discard_abandoned(now - abandoned).await
+        {
             warn!(error = %e, "discarding abandoned submissions failed");
         }
         match store.reap_expired(config.max_lease_attempts).await {

@@ -207,6 +207,52 @@ fn url_chunk(from: usize, n: usize, hosts: usize) -> pb::SubmitJobRequest {
     }
 }
 
+/// An upload whose coordinator died (its job left `receiving`, its heartbeat stopped) blocks no
+/// retry: a retry with its key through another coordinator discards it at once and takes its place,
+/// instead of waiting for a reaper or answering `ABORTED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_upload_whose_coordinator_died_takes_its_place_at_once() {
+    let db = TestDb::fresh(Backend::Postgres).await;
+    let coordinator = Coordinator::spawn(&db.url, |_| {}).await;
+    // What a coordinator killed mid-upload leaves: a receiving job with its key and some URLs,
+    // last shown alive longer ago than an upload may stay silent.
+    let store = urlfleet_coordinator::store::connect(&db.url).await.unwrap();
+    let options = urlfleet_coordinator::store::JobOptions {
+        name: "retried".into(),
+        idempotency_key: Some("orphan".into()),
+        ..Default::default()
+    };
+    let new = urlfleet_coordinator::store::NewJob {
+        options,
+        priority: urlfleet_coordinator::store::Priority::Low,
+        not_before_ms: 0,
+        trace_parent: None,
+        owner: String::new(),
+    };
+    let (orphan, _) = store.create_job(new).await.unwrap();
+    let planned: Vec<_> = (0..50)
+        .map(|i| urlfleet_coordinator::store::PlannedUrl::new(format!("http://h.example/{i}"), "h.example", i))
+        .collect();
+    store.add_urls(orphan.id, &planned, urlfleet_coordinator::store::RecheckPolicy::default()).await.unwrap();
+    db.scalar(&format!(
+        "UPDATE jobs SET created_at = created_at - 60000, touched_at = NULL WHERE id = {} RETURNING CAST(0 AS BIGINT)",
+        orphan.id
+    ))
+    .await;
+
+    let started = std::time::Instant::now();
+    let whole: Vec<_> =
+        std::iter::once(keyed_options("orphan")).chain((0..2).map(|i| url_chunk(i * 100, 100, 3))).collect();
+    let retry = coordinator.client().await.submit_job(tokio_stream::iter(whole)).await.expect("the retry is taken");
+    let job = retry.into_inner().job.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "at once, not after a reaper: {:?}", started.elapsed());
+    assert_ne!(job.id, orphan.id);
+    assert_eq!(job.counts.unwrap().total, 200);
+    assert!(store.get_job(orphan.id).await.unwrap().is_none(), "the orphan is gone");
+    db.assert_invariants().await;
+    coordinator.stop().await;
+}
+
 /// A retry that arrives while its first attempt is still uploading waits for it, reading its own
 /// messages meanwhile; when the first attempt is abandoned instead of sealed, the retry takes its
 /// place with every URL it sent during the wait.

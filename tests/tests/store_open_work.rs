@@ -20,6 +20,7 @@ urlfleet_tests::on_both_stores!(
     urls_added_after_a_cancellation_never_wait,
     the_record_is_not_rewritten_by_a_grant_and_open_work_empties_as_it_is_done,
     a_lease_is_not_extended_past_its_maximum_life_after_an_outage,
+    an_upload_that_shows_no_life_is_not_leased_and_is_discarded,
 );
 
 fn force() -> RecheckPolicy {
@@ -223,5 +224,33 @@ async fn a_lease_is_not_extended_past_its_maximum_life_after_an_outage(backend: 
     tokio::time::sleep(Duration::from_millis(250)).await;
     let reaped = store.reap_expired(3).await.unwrap();
     assert_eq!(reaped.expired_leases, 1);
+    db.assert_invariants().await;
+}
+
+async fn an_upload_that_shows_no_life_is_not_leased_and_is_discarded(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let (job, _) = store.create_job(new_job("orphan", 3)).await.unwrap();
+    store.add_urls(job.id, &urls("a.example", 3), recheck()).await.unwrap();
+    // Its coordinator died: no sign of life for longer than an upload may stay silent.
+    let silent = urlfleet_coordinator::store::ABANDONED_UPLOAD.as_millis() as i64 + 1_000;
+    db.scalar(&format!(
+        "UPDATE jobs SET created_at = created_at - {silent} WHERE id = {} RETURNING CAST(0 AS BIGINT)",
+        job.id
+    ))
+    .await;
+    assert!(store.acquire_lease(&lease_req("w")).await.unwrap().is_none(), "an orphan's URLs are not leased");
+    // A live upload shows it, and its URLs are leased again (once the host, found with nothing
+    // ready, is looked at again a second later).
+    store.touch_upload(job.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let lease = store.acquire_lease(&lease_req("w")).await.unwrap().expect("a live upload's URLs");
+    assert_eq!(lease.urls.len(), 3);
+    db.scalar(&format!(
+        "UPDATE jobs SET touched_at = touched_at - {silent} WHERE id = {} RETURNING CAST(0 AS BIGINT)",
+        job.id
+    ))
+    .await;
+    assert_eq!(store.discard_abandoned(now_ms() - silent + 1_000).await.unwrap(), 1);
+    assert!(store.get_job(job.id).await.unwrap().is_none());
     db.assert_invariants().await;
 }

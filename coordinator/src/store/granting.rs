@@ -186,13 +186,15 @@ impl SqlStore {
             // whose URLs may go are read once and bound to every branch: a subquery of `jobs` in
             // each branch was evaluated per branch, more than half of a read's time.
             let jobs: Vec<i64> =
-                sql("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $1")
-                    .bind(now)
-                    .fetch_all::<(i64,)>(tx)
-                    .await?
-                    .into_iter()
-                    .map(|(id,)| id)
-                    .collect();
+                sql("SELECT id FROM jobs WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $1 \
+                     AND (state <> 'receiving' OR COALESCE(touched_at, created_at) >= $2)")
+                .bind(now)
+                .bind(now - ms(super::ABANDONED_UPLOAD))
+                .fetch_all::<(i64,)>(tx)
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
             // With no job handing out work, no host has anything ready: nothing to read.
             let planned = if jobs.is_empty() { &[][..] } else { planned };
             let mut rows = Vec::new();

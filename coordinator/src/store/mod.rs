@@ -70,6 +70,11 @@ pub enum StoreError {
     NotReceiving(i64),
 }
 
+/// A job still receiving whose upload has not shown it is alive for this long lost its coordinator
+/// (a live upload shows it every few seconds, whatever its client sends): its URLs are not leased
+/// any more, and it is discarded.
+pub const ABANDONED_UPLOAD: Duration = Duration::from_secs(15);
+
 /// Result alias of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 

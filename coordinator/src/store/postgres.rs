@@ -14,6 +14,7 @@ use super::rows::{OutcomeRow, latest_check_at};
 use super::submission::{PlannedRow, StoredUrl, not_stored};
 use super::{PlannedUrl, StoreError, StoreResult, mask_password};
 use urlfleet_shared::ReportedResult;
+use urlfleet_shared::time::ms;
 
 type PgTx = sqlx::Transaction<'static, Postgres>;
 
@@ -119,13 +120,15 @@ pub(crate) async fn pick_frontier(tx: &mut PgTx, hosts: &[(&str, i64)], now: i64
         "SELECT f.* FROM UNNEST($1::text[], $2::bigint[]) AS h(host, n) CROSS JOIN LATERAL \
          (SELECT fr.host, fr.url_id, u.url, fr.url_order, fr.seq FROM frontier fr JOIN urls u ON u.id = fr.url_id \
           WHERE fr.host = h.host AND fr.job_id = ANY(ARRAY(SELECT id FROM jobs \
-          WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $3)) \
+          WHERE state IN ('receiving', 'scheduled', 'running') AND not_before <= $3 \
+          AND (state <> 'receiving' OR COALESCE(touched_at, created_at) >= $4))) \
           AND NOT EXISTS (SELECT 1 FROM lease_urls lu WHERE lu.url_id = fr.url_id) \
           ORDER BY fr.url_order, fr.seq, fr.url_id LIMIT h.n) AS f",
     )
     .bind(&names)
     .bind(&limits)
     .bind(now)
+    .bind(now - ms(super::ABANDONED_UPLOAD))
     .fetch_all(&mut **tx)
     .await?)
 }
