@@ -98,16 +98,16 @@ impl SqlStore {
                     hosts.push((c, urls));
                 }
                 Some(_) => {}
-                // The host's work waits for `not_before`, or is all out in leases of other jobs
-                // (its rows wait for their results): look again a little later. The recount reads
-                // only the host's open work, never its history.
+                // The host's work waits for `not_before` (or its upload went silent), or is all out
+                // in leases of other jobs (its rows wait for their results): look again a little
+                // later. Its pending count is right (counters follow the rows written), so it is
+                // not recounted: a recount read the host's whole frontier every second.
                 None => {
-                    sql("UPDATE hosts SET next_allowed_at = $2, pending = \
-                         (SELECT COUNT(*) FROM frontier WHERE host = $1) WHERE host = $1")
-                    .bind(c.host.clone())
-                    .bind(now + 1_000)
-                    .execute(&mut tx)
-                    .await?;
+                    sql("UPDATE hosts SET next_allowed_at = $2 WHERE host = $1")
+                        .bind(c.host.clone())
+                        .bind(now + 1_000)
+                        .execute(&mut tx)
+                        .await?;
                 }
             }
         }
