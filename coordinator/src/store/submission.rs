@@ -488,7 +488,10 @@ impl SqlStore {
         let priority = seal.priority.rank().min(provisional);
         if priority < provisional {
             // Known small only now: its waiting URLs move up (a small job, so few rows). In the
-            // store's lock order: its open work and URL rows, then their hosts (by name).
+            // store's lock order: its open work (an ingest takes frontier rows before it finishes
+            // URL rows, and never waits for one), its URL rows by URL (the order an ingest finishes
+            // them in), then their hosts by name.
+            let dialect = self.db.dialect();
             let shift = (provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY;
             sql("UPDATE frontier SET url_order = url_order - $2 WHERE job_id = $1 AND url_id IN \
                  (SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending')")
@@ -496,12 +499,18 @@ impl SqlStore {
             .bind(shift)
             .execute(&mut tx)
             .await?;
+            sql(format!(
+                "SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending' ORDER BY url_id{}",
+                dialect.for_update
+            ))
+            .bind(job_id)
+            .execute(&mut tx)
+            .await?;
             sql("UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'")
                 .bind(job_id)
                 .bind(shift)
                 .execute(&mut tx)
                 .await?;
-            let dialect = self.db.dialect();
             sql(format!(
                 "SELECT host FROM hosts WHERE host IN (SELECT host FROM job_urls WHERE job_id = $1 \
                  AND state = 'pending') ORDER BY host{}",
