@@ -5,7 +5,9 @@
 //! # Layout
 //! - [`db`]: the small interface to the two databases: statements, transactions, dialect differences.
 //! - `rows`: how domain values are laid out in columns (`FromRow` types, redirect hops).
-//! - `submission`: creating jobs, adding their URLs to the frontier, sealing and discarding them.
+//! - `submission`: creating jobs and adding their URLs to the frontier as they arrive.
+//! - `sealing`: the end of a submission — sealing it, or discarding it.
+//! - `statistics`: the analyze a large upload starts when the URL tables' statistics go stale.
 //! - `frontier`: the open work, apart from the record — what waits for a lease, what leases hold.
 //! - `granting`: granting the next batches of many free hosts in one transaction.
 //! - `leasing`: renewing, ending, expiring and reaping leases.
@@ -35,7 +37,9 @@ mod leasing;
 mod postgres;
 mod results;
 mod rows;
+mod sealing;
 mod sqlite;
+mod statistics;
 mod submission;
 
 /// A store failure.
@@ -402,7 +406,7 @@ pub trait Store: Send + Sync + 'static {
 pub struct SqlStore {
     db: db::Db,
     /// What this store knows of the URL tables' statistics (PostgreSQL), shared by its clones.
-    statistics: std::sync::Arc<std::sync::Mutex<submission::Statistics>>,
+    statistics: std::sync::Arc<std::sync::Mutex<statistics::Statistics>>,
 }
 
 #[async_trait]

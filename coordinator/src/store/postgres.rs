@@ -61,15 +61,29 @@ async fn plain_first<'q, F>(
 where
     F: Fn(String) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
 {
+    Ok(plain_first_told(tx, statement, conflict, run).await?.0)
+}
+
+/// [`plain_first`], and whether the plain statement hit a conflict (the rows are then the second
+/// statement's).
+async fn plain_first_told<'q, F>(
+    tx: &mut PgTx,
+    statement: impl Fn(&str) -> String,
+    conflict: &str,
+    run: F,
+) -> StoreResult<(Vec<PgRow>, bool)>
+where
+    F: Fn(String) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+{
     let mut savepoint = tx.begin().await?;
     match run(statement("")).fetch_all(&mut *savepoint).await {
         Ok(rows) => {
             savepoint.commit().await?;
-            Ok(rows)
+            Ok((rows, false))
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             savepoint.rollback().await?;
-            Ok(run(statement(conflict)).fetch_all(&mut **tx).await?)
+            Ok((run(statement(conflict)).fetch_all(&mut **tx).await?, true))
         }
         Err(e) => Err(e.into()),
     }
@@ -177,20 +191,14 @@ pub(crate) async fn insert_frontier(tx: &mut PgTx, entries: &[FrontierEntry<'_>]
              SELECT * FROM UNNEST($1::text[], $2::smallint[], $3::int[], $4::bigint[], $5::bigint[]){tail}"
         )
     };
-    let run = |text: String| query(text).bind(&hosts).bind(&orders).bind(&seqs).bind(&urls).bind(&jobs);
-    let mut savepoint = tx.begin().await?;
-    match run(text("")).execute(&mut *savepoint).await {
-        Ok(_) => {
-            savepoint.commit().await?;
-            Ok(None)
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            savepoint.rollback().await?;
-            let rows = run(text(" ON CONFLICT DO NOTHING RETURNING host")).fetch_all(&mut **tx).await?;
-            Ok(Some(rows.iter().map(|r| <(String,)>::from_row(r).map(|(h,)| h)).collect::<Result<_, _>>()?))
-        }
-        Err(e) => Err(e.into()),
+    let (rows, conflicted) = plain_first_told(tx, text, " ON CONFLICT DO NOTHING RETURNING host", |text| {
+        query(text).bind(&hosts).bind(&orders).bind(&seqs).bind(&urls).bind(&jobs)
+    })
+    .await?;
+    if !conflicted {
+        return Ok(None);
     }
+    Ok(Some(rows.iter().map(|r| <(String,)>::from_row(r).map(|(h,)| h)).collect::<Result<_, _>>()?))
 }
 
 /// Takes every job's frontier rows of these URLs out of the frontier (see `frontier::take_frontier`):

@@ -1,17 +1,17 @@
-//! Submissions: creating a job, adding its URLs to the frontier as they arrive, sealing it (or
-//! finding it is a duplicate) and discarding one that failed.
+//! Submissions: creating a job and adding its URLs to the frontier as they arrive (sealing and
+//! discarding are in `sealing`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use urlfleet_shared::LeaseBudget;
 use urlfleet_shared::job::{CheckReason, CountsDelta, JobUrlState, Priority, Recheck, StoredCheck, frontier_order};
-use urlfleet_shared::time::{ms, now_ms};
+use urlfleet_shared::time::now_ms;
 
-use super::db::{Tx, ladder_chunks, retry_transient, sql};
+use super::db::{Tx, ladder_chunks, sql};
 use super::frontier::{FrontierEntry, insert_frontier, unasked};
-use super::jobs::{JobDeltas, cancel_open, complete_if_done, require_job};
+use super::jobs::{JobDeltas, require_job};
 use super::rows::{options_json, parse_kind};
-use super::{InvalidEntry, JobRecord, NewJob, PlannedUrl, RecheckPolicy, Seal, SqlStore, StoreError, StoreResult};
+use super::{InvalidEntry, JobRecord, NewJob, PlannedUrl, RecheckPolicy, SqlStore, StoreError, StoreResult};
 
 /// Rows per multi-row statement: under both bind-parameter limits (SQLite 32,766, PostgreSQL 65,535)
 /// for the widest statement here (7 columns): floor(32,766 / 7 × 0.9) = 4,212, rounded down.
@@ -73,42 +73,6 @@ struct FrontierRow {
 /// can spell another's.
 pub(crate) fn owned_key(owner: &str, key: &str) -> String {
     if owner.is_empty() { key.to_string() } else { format!("\u{1f}{owner}/{key}") }
-}
-
-/// The URL tables are analyzed (PostgreSQL) once uploads have added at least this many rows to
-/// `job_urls` since their statistics were taken, and at least three times the rows those statistics
-/// describe: the tables are then at least four times what the planner believes (always, for the first
-/// large job on a new database).
-const ANALYZE_AFTER_URLS: u64 = 10_000;
-
-/// What this store knows of the URL tables' statistics: the rows of `job_urls` the last statistics
-/// describe (read from the catalog the first time it matters), the rows its uploads added since, and
-/// whether an analyze is running. One store has one analyze at a time: uploads in several lanes, or
-/// several jobs at once, each reaching the threshold would otherwise each start one, on the cores the
-/// leases and the ingest need at that moment.
-#[derive(Debug, Default)]
-pub(crate) struct Statistics {
-    described: Option<u64>,
-    added: u64,
-    running: bool,
-}
-
-impl Statistics {
-    /// Counts `rows` added; true when an analyze should start now (and marks it running).
-    fn added(&mut self, rows: u64) -> bool {
-        self.added = self.added.saturating_add(rows);
-        if self.running || !self.stale() {
-            return false;
-        }
-        self.running = true;
-        true
-    }
-
-    /// Whether the rows added since the statistics make them stale (see [`ANALYZE_AFTER_URLS`]); not
-    /// knowing what they describe yet counts as stale until it is read.
-    fn stale(&self) -> bool {
-        self.added >= ANALYZE_AFTER_URLS && self.described.is_none_or(|d| self.added >= d.saturating_mul(3))
-    }
 }
 
 impl SqlStore {
@@ -262,53 +226,6 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Counts `rows` added to `job_urls` and, when that makes the statistics stale, has PostgreSQL
-    /// analyze the URL tables in the background (it blocks no reader or writer). A large job can be
-    /// most of the tables (always, on a new database): until PostgreSQL's own analyze comes round,
-    /// the prepared ingest and lease statements would be planned without statistics — as scans of
-    /// the whole table per chunk, or nested loops over all of it.
-    fn analyze_when_stale(&self, rows: u64) {
-        let super::db::Db::Pg(pool) = &self.db else { return };
-        if !self.statistics().added(rows) {
-            return;
-        }
-        let (pool, store) = (pool.clone(), self.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store.refresh_statistics(&pool).await {
-                tracing::warn!(error = %e, "analyzing the URL tables after a large upload failed");
-            }
-            store.statistics().running = false;
-        });
-    }
-
-    /// Reads what the statistics describe, if this store does not know yet, and analyzes the URL
-    /// tables if they are stale.
-    async fn refresh_statistics(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-        let described = || async {
-            let rows = "SELECT GREATEST(reltuples, 0)::BIGINT FROM pg_class WHERE oid = 'job_urls'::regclass";
-            sqlx::query_scalar::<_, i64>(rows).fetch_one(pool).await.map(|d| d.max(0) as u64)
-        };
-        if self.statistics().described.is_none() {
-            let d = described().await?;
-            let mut stats = self.statistics();
-            stats.described = Some(d);
-            if !stats.stale() {
-                return Ok(());
-            }
-        }
-        let added = self.statistics().added;
-        sqlx::query("ANALYZE job_urls, urls").execute(pool).await?;
-        let d = described().await?;
-        let mut stats = self.statistics();
-        stats.described = Some(d);
-        stats.added -= added.min(stats.added);
-        Ok(())
-    }
-
-    fn statistics(&self) -> std::sync::MutexGuard<'_, Statistics> {
-        self.statistics.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Joins those of a job's new open URLs that another job's live lease holds right now to that
     /// lease, and returns them. Usually there is none, and a probe of `lease_urls` by URL says so.
     /// The leases found are locked in id order, once for the whole batch (as every transaction locks
@@ -417,228 +334,10 @@ impl SqlStore {
             .await?;
         tx.commit().await
     }
-
-    pub(crate) async fn seal_job_impl(&self, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
-        // A twin sealing at the same moment makes the activation fail on the unique index once the
-        // twin commits, and a lease or an ingest may deadlock with it: the next attempt finds the
-        // twin, or gets through.
-        let sealed = retry_transient(
-            "seal",
-            || self.seal_once(job_id, seal),
-            |e| matches!(e, StoreError::Query(sqlx::Error::Database(d)) if d.is_unique_violation()),
-        )
-        .await?;
-        Ok(sealed)
-    }
-
-    /// One attempt at the seal, in one transaction.
-    async fn seal_once(&self, job_id: i64, seal: &Seal) -> StoreResult<(JobRecord, bool)> {
-        let now = now_ms();
-        let mut tx = self.db.begin().await?;
-        // The job's row is locked last, as leasing and ingest do: they lock frontier and URL rows
-        // first and the job's counters at the end.
-        let current: Option<(String, i16)> =
-            sql("SELECT state, priority FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&mut tx).await?;
-        let Some((state, provisional)) = current else {
-            return Err(StoreError::Corrupt(format!("job {job_id} vanished while receiving")));
-        };
-        match state.as_str() {
-            "receiving" => {}
-            "cancelled" => {
-                // Cancelled while its URLs arrived: it stays cancelled, and so do the URLs that came
-                // after the cancellation. A second seal finds it sealed and changes nothing.
-                let (late, _, _) = cancel_open(&mut tx, job_id).await?;
-                sql("UPDATE jobs SET cancelled = cancelled + $2, received = $3, duplicates = $4, total = $5, \
-                     sealed_at = $6 WHERE id = $1 AND sealed_at IS NULL")
-                .bind(job_id)
-                .bind(late)
-                .bind(seal.received as i64)
-                .bind(seal.duplicates as i64)
-                .bind(seal.total as i64)
-                .bind(now)
-                .execute(&mut tx)
-                .await?;
-                let rec = require_job(&mut tx, job_id).await?;
-                tx.commit().await?;
-                return Ok((rec, false));
-            }
-            // Sealed already (an earlier attempt committed): nothing to do again.
-            _ => {
-                let rec = require_job(&mut tx, job_id).await?;
-                tx.commit().await?;
-                return Ok((rec, false));
-            }
-        }
-        // An active job older than the uniqueness window no longer absorbs duplicates.
-        sql("UPDATE jobs SET unique_active = FALSE WHERE unique_key = $1 AND unique_active AND created_at < $2")
-            .bind(seal.unique_key.as_str())
-            .bind(now - ms(seal.unique_window))
-            .execute(&mut tx)
-            .await?;
-        let twin: Option<i64> = sql("SELECT id FROM jobs WHERE unique_key = $1 AND unique_active ORDER BY id LIMIT 1")
-            .bind(seal.unique_key.as_str())
-            .scalar(&mut tx)
-            .await?;
-        if let Some(twin) = twin {
-            self.discard_receiving(&mut tx, job_id).await?;
-            let rec = require_job(&mut tx, twin).await?;
-            tx.commit().await?;
-            return Ok((rec, true));
-        }
-        let priority = seal.priority.rank().min(provisional);
-        if priority < provisional {
-            // Known small only now: its waiting URLs move up (a small job, so few rows). In the
-            // store's lock order: its open work (an ingest takes frontier rows before it finishes
-            // URL rows, and never waits for one), its URL rows by URL (the order an ingest finishes
-            // them in), then their hosts by name.
-            let dialect = self.db.dialect();
-            let shift = (provisional - priority) * urlfleet_shared::job::FRONTIER_ORDERS_PER_PRIORITY;
-            sql("UPDATE frontier SET url_order = url_order - $2 WHERE job_id = $1 AND url_id IN \
-                 (SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending')")
-            .bind(job_id)
-            .bind(shift)
-            .execute(&mut tx)
-            .await?;
-            sql(format!(
-                "SELECT url_id FROM job_urls WHERE job_id = $1 AND state = 'pending' ORDER BY url_id{}",
-                dialect.for_update
-            ))
-            .bind(job_id)
-            .execute(&mut tx)
-            .await?;
-            sql("UPDATE job_urls SET url_order = url_order - $2 WHERE job_id = $1 AND state = 'pending'")
-                .bind(job_id)
-                .bind(shift)
-                .execute(&mut tx)
-                .await?;
-            sql(format!(
-                "SELECT host FROM hosts WHERE host IN (SELECT host FROM job_urls WHERE job_id = $1 \
-                 AND state = 'pending') ORDER BY host{}",
-                dialect.for_no_key_update
-            ))
-            .bind(job_id)
-            .execute(&mut tx)
-            .await?;
-            sql("UPDATE hosts SET priority = $2 WHERE priority > $2 AND host IN \
-                 (SELECT host FROM job_urls WHERE job_id = $1 AND state = 'pending')")
-            .bind(job_id)
-            .bind(priority)
-            .execute(&mut tx)
-            .await?;
-        }
-        let sealed = sql("UPDATE jobs SET state = CASE WHEN leased > 0 OR checked > 0 OR failed > 0 THEN 'running' \
-                          ELSE 'scheduled' END, unique_key = $2, unique_active = TRUE, received = $3, \
-                          duplicates = $4, total = $5, priority = $6, not_before = $7, sealed_at = $8 \
-                          WHERE id = $1 AND state = 'receiving'")
-        .bind(job_id)
-        .bind(seal.unique_key.as_str())
-        .bind(seal.received as i64)
-        .bind(seal.duplicates as i64)
-        .bind(seal.total as i64)
-        .bind(priority)
-        .bind(seal.not_before_ms)
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        if sealed == 0 {
-            // Cancelled meanwhile: the next attempt takes the cancelled path.
-            return Err(StoreError::Conflict);
-        }
-        complete_if_done(&mut tx, &[job_id], now).await?;
-        let rec = require_job(&mut tx, job_id).await?;
-        tx.commit().await?;
-        Ok((rec, false))
-    }
-
-    pub(crate) async fn discard_job_impl(&self, job_id: i64) -> StoreResult<()> {
-        retry_transient(
-            "discard",
-            || async {
-                let mut tx = self.db.begin().await?;
-                self.discard_receiving(&mut tx, job_id).await?;
-                tx.commit().await
-            },
-            |_| false,
-        )
-        .await
-    }
-
-    pub(crate) async fn discard_abandoned_impl(&self, before_ms: i64) -> StoreResult<u64> {
-        let ids: Vec<(i64,)> =
-            sql("SELECT id FROM jobs WHERE state = 'receiving' AND COALESCE(touched_at, created_at) < $1")
-                .bind(before_ms)
-                .fetch_all(&mut self.db.acquire().await?)
-                .await?;
-        // One job that cannot be discarded now must not hold back the others: each is tried, and
-        // the first failure is returned once all were.
-        let (mut discarded, mut failure) = (0, None);
-        for (id,) in &ids {
-            tracing::warn!(job.id = id, "discarding a job whose submission never ended");
-            match self.discard_job_impl(*id).await {
-                Ok(()) => discarded += 1,
-                Err(e) => {
-                    tracing::error!(job.id = id, error = %e, "discarding an abandoned submission failed");
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        match failure {
-            Some(e) if discarded == 0 => Err(e),
-            _ => Ok(discarded),
-        }
-    }
-
-    /// Removes a `receiving` job and everything written for it, taking its waiting URLs off the
-    /// frontier counters and its leased ones off their leases (a lease left with none ends).
-    async fn discard_receiving(&self, tx: &mut Tx, job_id: i64) -> StoreResult<()> {
-        let receiving = Some(urlfleet_shared::JobState::Receiving.as_str());
-        let state: Option<String> = sql("SELECT state FROM jobs WHERE id = $1").bind(job_id).scalar(tx).await?;
-        if state.as_deref() != receiving {
-            return Ok(());
-        }
-        // In the store's lock order: leases, the job's open work and URLs, hosts, and the job
-        // itself last.
-        cancel_open(tx, job_id).await?;
-        sql("DELETE FROM job_urls WHERE job_id = $1").bind(job_id).execute(tx).await?;
-        let state: Option<String> =
-            sql(format!("SELECT state FROM jobs WHERE id = $1{}", self.db.dialect().for_update))
-                .bind(job_id)
-                .scalar(tx)
-                .await?;
-        if state.as_deref() != receiving {
-            // Sealed or cancelled meanwhile: nothing of this is kept, and the next attempt leaves it.
-            return Err(super::StoreError::Conflict);
-        }
-        sql("DELETE FROM job_invalid WHERE job_id = $1").bind(job_id).execute(tx).await?;
-        sql("DELETE FROM jobs WHERE id = $1").bind(job_id).execute(tx).await?;
-        Ok(())
-    }
 }
 
 /// The URLs of a chunk that are not in `stored` yet (by text), in chunk order.
 pub(crate) fn not_stored<'a>(chunk: &'a [PlannedUrl], stored: &[StoredUrl]) -> Vec<&'a str> {
     let new: HashSet<&str> = stored.iter().map(|s| s.url.as_str()).collect();
     chunk.iter().map(|u| u.url.as_str()).filter(|u| !new.contains(u)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Statistics;
-
-    #[test]
-    fn statistics_go_stale_at_ten_thousand_rows_added_and_three_times_what_they_describe() {
-        let mut s = Statistics::default();
-        assert!(!s.added(9_999));
-        assert!(s.added(1), "10,000 rows added to tables whose statistics are not known yet");
-        assert!(!s.added(50_000), "one analyze at a time");
-        // The analyze found the tables at 60,000 rows and counted what it saw.
-        (s.described, s.added, s.running) = (Some(60_000), 0, false);
-        assert!(!s.added(100_000));
-        assert!(s.added(80_000), "180,000 rows added: the tables are four times what the statistics describe");
-        (s.described, s.added, s.running) = (Some(0), 0, false);
-        assert!(!s.added(9_999), "a new database: below 10,000 rows nothing is planned differently");
-        assert!(s.added(1));
-        (s.described, s.added, s.running) = (Some(u64::MAX), 0, false);
-        assert!(!s.added(u64::MAX - 1), "no overflow");
-    }
 }
